@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "warmtls", version, about = "TLS-terminating endpoint with a persistent session cache")]
+#[command(
+    name = "warmtls",
+    version,
+    about = "TLS-terminating endpoint with a persistent session cache"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

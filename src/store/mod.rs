@@ -1,50 +1,29 @@
-//! The persistent session store (API stub; implementation in progress).
-#![allow(unsafe_code)]
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+//! The session store: a hash table in a memory-mapped, file-backed cache that every
+//! core and every process opening the file share.
+//!
+//! Opening it is an `mmap` and a header check — no load phase — so a restarted
+//! endpoint resumes its devices' sessions at once. The file format is in
+//! [`format`], the only raw-memory code in `map` (private), the table logic in
+//! [`SessionStore`], rustls' side in [`SessionCache`], background flush and sweep
+//! in [`Flusher`], and the non-blocking walk the inspector uses in [`inspect`].
+//!
+//! The store must never return a value it cannot verify (per-slot checksums), never
+//! leave a secret behind in a slot it gives up (take, expiry and eviction zero the
+//! bytes), and never let a client-chosen key aim at one bucket (keyed hash).
 
-/// Where and how big the store file is.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub capacity: u64,
-    pub slot_size: u32,
-}
+mod adapter;
+mod clock;
+mod error;
+mod flusher;
+pub mod format;
+pub mod inspect;
+mod map;
+mod table;
 
-/// Source of "now" (unix seconds); injectable so tests can move time by months.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_secs(&self) -> u64;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("todo")]
-    Todo,
-}
-
-#[derive(Debug)]
-pub struct SessionStore;
-
-impl SessionStore {
-    pub fn open_or_create(_cfg: &StoreConfig) -> Result<Self, StoreError> { todo!() }
-    pub fn open_or_create_with_clock(_cfg: &StoreConfig, _clock: Arc<dyn Clock>) -> Result<Self, StoreError> { todo!() }
-    pub fn open_existing(_path: &Path) -> Result<Self, StoreError> { todo!() }
-    pub fn put(&self, _key: &[u8], _value: &[u8], _ttl: Duration) -> bool { todo!() }
-    pub fn get(&self, _key: &[u8]) -> Option<Vec<u8>> { todo!() }
-    pub fn take(&self, _key: &[u8]) -> Option<Vec<u8>> { todo!() }
-    pub fn flush(&self) -> Result<(), StoreError> { todo!() }
-}
-
-/// rustls server session storage over a [`SessionStore`].
-#[derive(Debug)]
-pub struct SessionCache;
-impl SessionCache {
-    pub fn new(_store: Arc<SessionStore>, _lifetime: Duration) -> Self { SessionCache }
-}
-impl rustls::server::StoresServerSessions for SessionCache {
-    fn put(&self, _key: Vec<u8>, _value: Vec<u8>) -> bool { todo!() }
-    fn get(&self, _key: &[u8]) -> Option<Vec<u8>> { todo!() }
-    fn take(&self, _key: &[u8]) -> Option<Vec<u8>> { todo!() }
-    fn can_cache(&self) -> bool { true }
-}
+pub use adapter::SessionCache;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::StoreError;
+pub use flusher::Flusher;
+pub use format::Geometry;
+pub use inspect::{ScanTotals, SlotInfo, SlotState};
+pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};

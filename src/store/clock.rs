@@ -1,0 +1,51 @@
+//! Where the store gets "now" from. Injectable so tests can move time by months.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Source of the current time in unix seconds.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_secs(&self) -> u64;
+}
+
+/// The system's wall clock: session lifetimes must span restarts and reboots,
+/// so a monotonic clock would not do.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_secs(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to (tests, simulations).
+#[derive(Debug)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(now_secs: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(now_secs))
+    }
+
+    /// Starts at the current wall-clock time.
+    pub fn starting_now() -> ManualClock {
+        ManualClock::new(SystemClock.now_secs())
+    }
+
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    pub fn set(&self, now_secs: u64) {
+        self.0.store(now_secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_secs(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,94 @@
+//! What can go wrong opening or using a cache file, in words an operator can act on.
+use std::path::PathBuf;
+
+use super::format::Geometry;
+
+/// A cache file could not be created, opened or flushed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create cache file {path}: {source}; {hint}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+        hint: String,
+    },
+
+    #[error("cannot open cache file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("cache file {path} is readable or writable by group/others (mode {mode:04o}); it holds TLS resumption secrets — run `chmod 600 {path}` (or delete it)")]
+    Permissions { path: PathBuf, mode: u32 },
+
+    #[error("cache file {path} is owned by uid {owner}, but this process runs as uid {euid}; run `chown {euid} {path}` or run as its owner")]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+
+    #[error("{path} is not a warmtls cache file (found magic {found:02x?}, expected {expected:02x?}); point --cache elsewhere or delete it")]
+    BadMagic {
+        path: PathBuf,
+        found: [u8; 8],
+        expected: [u8; 8],
+    },
+
+    #[error("cache file {path} has format version {found}; this build reads version {expected} — delete it to start a fresh cache (sessions in it will do one full handshake)")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+
+    #[error("cache file {path} has a damaged header ({what}); delete it to start a fresh cache")]
+    BadHeader { path: PathBuf, what: String },
+
+    #[error("cache file {path} is truncated: {found} bytes, its header says {expected}; delete it to start a fresh cache")]
+    Truncated {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+
+    #[error("cache file {path} was created for {found_capacity} sessions of {found_slot}-byte slots; the configuration asks for {want_capacity} sessions of {want_slot}-byte slots — set cache capacity/slot_size back to the file's values, or delete the file to start a fresh cache")]
+    Geometry {
+        path: PathBuf,
+        found_capacity: u64,
+        found_slot: u32,
+        want_capacity: u64,
+        want_slot: u32,
+    },
+
+    #[error("invalid cache geometry: {0}")]
+    InvalidConfig(String),
+
+    #[error("cannot map cache file {path}: {source}")]
+    Map {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("cannot flush cache file {path}: {source}")]
+    Flush {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("cache file {path} is open read-only")]
+    ReadOnly { path: PathBuf },
+}
+
+impl StoreError {
+    pub(crate) fn geometry(path: PathBuf, found: &Geometry, want: &Geometry) -> StoreError {
+        StoreError::Geometry {
+            path,
+            found_capacity: found.capacity,
+            found_slot: found.slot_size,
+            want_capacity: want.capacity,
+            want_slot: want.slot_size,
+        }
+    }
+}

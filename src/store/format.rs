@@ -1,0 +1,321 @@
+//! The cache file format: where every byte lives.
+//!
+//! The file *is* the table; there is no serialization step. Layout:
+//!
+//! ```text
+//! offset 0            header page (HEADER_SIZE bytes)
+//!                       0..64   static header: magic, version, geometry, seed (little-endian)
+//!                      64..68   CRC-32 of bytes 0..64
+//!                     128..     live flags (atomic)
+//!                    1024..     counter stripes (atomic u64s)
+//! buckets_offset      bucket_count × BucketHeader (32 bytes: lock, seq, 8 tags)
+//! slots_offset        bucket_count × SLOTS_PER_BUCKET × slot_size
+//! ```
+//!
+//! A slot:
+//!
+//! ```text
+//!  0  expires   u32  unix seconds; the slot is dead at or after this time
+//!  4  born      u32  unix seconds of the full handshake that started this session's lineage
+//!  8  crc       u32  CRC-32 over (bucket, slot index, bytes 0..8, 12..16, fingerprint, value)
+//! 12  val_len   u16
+//! 14  state     u8   SLOT_LIVE when in use
+//! 15  reserved  u8
+//! 16  fingerprint [u8; 16]  keyed SipHash-1-3-128 of the session key
+//! 32  value     [u8; slot_size - 32]
+//! ```
+//!
+//! The raw session key is not stored: its keyed 128-bit fingerprint identifies the
+//! entry (a collision needs ~2^64 keys), which saves 16 bytes per slot and keeps
+//! session IDs out of the file. Atomics are native-endian; the build refuses
+//! big-endian targets so the file stays little-endian throughout.
+
+#[cfg(target_endian = "big")]
+compile_error!("the warmtls cache file format assumes a little-endian host");
+
+/// First eight bytes of every cache file.
+pub const MAGIC: [u8; 8] = *b"WARMTLS\x01";
+/// Format version; bump on any layout change.
+pub const VERSION: u32 = 1;
+/// Size of the header page.
+pub const HEADER_SIZE: usize = 4096;
+/// Slots in one bucket.
+pub const SLOTS_PER_BUCKET: usize = 8;
+/// Bytes of one bucket header: lock u32, seq u32, 8 × u16 tags, padding.
+pub const BUCKET_HEADER_SIZE: usize = 32;
+/// Bytes of slot metadata before the fingerprint.
+pub const SLOT_META_SIZE: usize = 16;
+/// Length of the stored key fingerprint.
+pub const FINGERPRINT_LEN: usize = 16;
+/// Offset of the value inside a slot.
+pub const VALUE_OFFSET: usize = SLOT_META_SIZE + FINGERPRINT_LEN;
+/// Smallest and largest slot sizes accepted.
+pub const MIN_SLOT_SIZE: u32 = 128;
+pub const MAX_SLOT_SIZE: u32 = 4096;
+/// Entries the table is sized for, as a fraction of its slots (7 of 8): a bucket
+/// of eight overflows rarely at this load, so `capacity` sessions really fit.
+pub const LOAD_NUM: u64 = 7;
+pub const LOAD_DEN: u64 = 8;
+
+/// Slot state byte of a live entry.
+pub const SLOT_LIVE: u8 = 1;
+
+/// Byte offsets inside the header page.
+pub mod hdr {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HEADER_SIZE: usize = 12;
+    pub const SLOT_SIZE: usize = 16;
+    pub const SLOTS_PER_BUCKET: usize = 20;
+    pub const BUCKET_COUNT: usize = 24;
+    pub const CAPACITY: usize = 32;
+    pub const CREATED_AT: usize = 40;
+    pub const SEED: usize = 48;
+    pub const STATIC_LEN: usize = 64;
+    pub const CRC: usize = 64;
+    /// Atomic u32: [`super::FLAG_OPEN`] while a writer has the file open.
+    pub const FLAGS: usize = 128;
+    /// Atomic u64: unix seconds of the last clean close.
+    pub const LAST_CLEAN_CLOSE: usize = 136;
+    /// Atomic u64: number of times the file was opened for writing.
+    pub const OPEN_COUNT: usize = 144;
+    pub const COUNTERS: usize = 1024;
+}
+
+/// Header flag: set while a writer has the file open; cleared at a clean close.
+pub const FLAG_OPEN: u32 = 1;
+
+/// Counter stripes (each on its own 128-byte line pair), picked by bucket index,
+/// so cores hitting different buckets don't bounce one cache line.
+pub const COUNTER_STRIPES: usize = 16;
+pub const COUNTER_STRIPE_SIZE: usize = 128;
+
+/// The counters kept in the file, in stripe order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    Hits = 0,
+    Misses,
+    Puts,
+    Takes,
+    Evictions,
+    Expired,
+    Corrupt,
+    TooLarge,
+    LockSteals,
+    Purged,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 10] = [
+        Counter::Hits,
+        Counter::Misses,
+        Counter::Puts,
+        Counter::Takes,
+        Counter::Evictions,
+        Counter::Expired,
+        Counter::Corrupt,
+        Counter::TooLarge,
+        Counter::LockSteals,
+        Counter::Purged,
+    ];
+}
+
+/// The shape of a table: everything needed to find a byte in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub slot_size: u32,
+    pub bucket_count: u64,
+    /// Sessions the file was sized for (slots × 7/8).
+    pub capacity: u64,
+}
+
+impl Geometry {
+    /// Geometry for `capacity` sessions of up to `slot_size` bytes each.
+    pub fn for_capacity(capacity: u64, slot_size: u32) -> Geometry {
+        let slots = (capacity.max(1) * LOAD_DEN).div_ceil(LOAD_NUM);
+        let bucket_count = slots.div_ceil(SLOTS_PER_BUCKET as u64);
+        Geometry {
+            slot_size,
+            bucket_count,
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn slot_count(&self) -> u64 {
+        self.bucket_count * SLOTS_PER_BUCKET as u64
+    }
+
+    /// Largest value a slot holds.
+    pub fn max_value_len(&self) -> usize {
+        self.slot_size as usize - VALUE_OFFSET
+    }
+
+    pub fn buckets_offset(&self) -> usize {
+        HEADER_SIZE
+    }
+
+    pub fn slots_offset(&self) -> usize {
+        let end = HEADER_SIZE + self.bucket_count as usize * BUCKET_HEADER_SIZE;
+        end.div_ceil(4096) * 4096
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.slots_offset() as u64 + self.slot_count() * self.slot_size as u64
+    }
+
+    pub fn bucket_header_offset(&self, bucket: u64) -> usize {
+        self.buckets_offset() + bucket as usize * BUCKET_HEADER_SIZE
+    }
+
+    pub fn slot_offset(&self, bucket: u64, slot: usize) -> usize {
+        self.slots_offset() + (bucket as usize * SLOTS_PER_BUCKET + slot) * self.slot_size as usize
+    }
+
+    /// Whether `slot_size` is one this build accepts (a multiple of 64 in range).
+    pub fn slot_size_is_valid(slot_size: u32) -> bool {
+        (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) && slot_size % 64 == 0
+    }
+}
+
+/// The static part of the header page, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticHeader {
+    pub version: u32,
+    pub geometry: Geometry,
+    pub created_at: u64,
+    pub seed: [u8; 16],
+}
+
+impl StaticHeader {
+    /// Encode into the first `hdr::STATIC_LEN + 4` bytes of the header page.
+    pub fn encode(&self) -> [u8; 68] {
+        let mut b = [0u8; 68];
+        b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);
+        b[hdr::VERSION..hdr::VERSION + 4].copy_from_slice(&self.version.to_le_bytes());
+        b[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
+            .copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        b[hdr::SLOT_SIZE..hdr::SLOT_SIZE + 4]
+            .copy_from_slice(&self.geometry.slot_size.to_le_bytes());
+        b[hdr::SLOTS_PER_BUCKET..hdr::SLOTS_PER_BUCKET + 4]
+            .copy_from_slice(&(SLOTS_PER_BUCKET as u32).to_le_bytes());
+        b[hdr::BUCKET_COUNT..hdr::BUCKET_COUNT + 8]
+            .copy_from_slice(&self.geometry.bucket_count.to_le_bytes());
+        b[hdr::CAPACITY..hdr::CAPACITY + 8].copy_from_slice(&self.geometry.capacity.to_le_bytes());
+        b[hdr::CREATED_AT..hdr::CREATED_AT + 8].copy_from_slice(&self.created_at.to_le_bytes());
+        b[hdr::SEED..hdr::SEED + 16].copy_from_slice(&self.seed);
+        let crc = crc32fast::hash(&b[..hdr::STATIC_LEN]);
+        b[hdr::CRC..hdr::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decode and check the header bytes. Errors say which check failed.
+    pub fn decode(b: &[u8]) -> Result<StaticHeader, HeaderProblem> {
+        if b.len() < 68 {
+            return Err(HeaderProblem::Short);
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        if b[..8] != MAGIC {
+            let mut found = [0u8; 8];
+            found.copy_from_slice(&b[..8]);
+            return Err(HeaderProblem::Magic(found));
+        }
+        let version = u32_at(hdr::VERSION);
+        if version != VERSION {
+            return Err(HeaderProblem::Version(version));
+        }
+        if crc32fast::hash(&b[..hdr::STATIC_LEN]) != u32_at(hdr::CRC) {
+            return Err(HeaderProblem::Checksum);
+        }
+        let header_size = u32_at(hdr::HEADER_SIZE);
+        let spb = u32_at(hdr::SLOTS_PER_BUCKET);
+        let slot_size = u32_at(hdr::SLOT_SIZE);
+        let bucket_count = u64_at(hdr::BUCKET_COUNT);
+        if header_size as usize != HEADER_SIZE
+            || spb as usize != SLOTS_PER_BUCKET
+            || !Geometry::slot_size_is_valid(slot_size)
+            || bucket_count == 0
+            || bucket_count > (1 << 40)
+        {
+            return Err(HeaderProblem::Layout {
+                header_size,
+                slots_per_bucket: spb,
+                slot_size,
+                bucket_count,
+            });
+        }
+        let mut seed = [0u8; 16];
+        seed.copy_from_slice(&b[hdr::SEED..hdr::SEED + 16]);
+        Ok(StaticHeader {
+            version,
+            geometry: Geometry {
+                slot_size,
+                bucket_count,
+                capacity: u64_at(hdr::CAPACITY),
+            },
+            created_at: u64_at(hdr::CREATED_AT),
+            seed,
+        })
+    }
+}
+
+/// Why a header page was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderProblem {
+    Short,
+    Magic([u8; 8]),
+    Version(u32),
+    Checksum,
+    Layout {
+        header_size: u32,
+        slots_per_bucket: u32,
+        slot_size: u32,
+        bucket_count: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_million_sessions_fit_in_160_bytes_each() {
+        let g = Geometry::for_capacity(1_000_000, 128);
+        assert!(g.slot_count() >= 1_000_000 * 8 / 7);
+        let per_session = g.file_len() as f64 / 1_000_000.0;
+        assert!(per_session <= 160.0, "{per_session} bytes per session");
+    }
+
+    #[test]
+    fn header_roundtrips_and_detects_damage() {
+        let h = StaticHeader {
+            version: VERSION,
+            geometry: Geometry::for_capacity(1000, 192),
+            created_at: 1_700_000_000,
+            seed: [7; 16],
+        };
+        let mut b = h.encode();
+        assert_eq!(StaticHeader::decode(&b), Ok(h));
+        b[30] ^= 1;
+        assert_eq!(StaticHeader::decode(&b), Err(HeaderProblem::Checksum));
+        b[0] = b'X';
+        assert!(matches!(
+            StaticHeader::decode(&b),
+            Err(HeaderProblem::Magic(_))
+        ));
+    }
+
+    #[test]
+    fn slots_never_overlap_bucket_headers() {
+        for cap in [1u64, 7, 8, 1000, 123_457] {
+            let g = Geometry::for_capacity(cap, 128);
+            assert!(g.slots_offset() >= g.bucket_header_offset(g.bucket_count));
+            assert_eq!(g.slots_offset() % 4096, 0);
+        }
+    }
+}
