@@ -58,7 +58,9 @@ impl ScanTotals {
     }
 }
 
-const READ_ATTEMPTS: u32 = 1000;
+/// How long a reader keeps retrying a bucket that writers keep changing (a writer
+/// descheduled while holding the lock can keep it busy for a few milliseconds).
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl SessionStore {
     /// Visit every slot with a consistent snapshot of its bucket.
@@ -73,7 +75,11 @@ impl SessionStore {
         let mut totals = ScanTotals::default();
         for b in 0..geo.bucket_count {
             let mut ok = false;
-            for _ in 0..READ_ATTEMPTS {
+            let started = std::time::Instant::now();
+            for attempt in 0u32.. {
+                if attempt % 64 == 63 && started.elapsed() > READ_PATIENCE {
+                    break;
+                }
                 let Some(seq) = map.read_begin(&geo, b) else {
                     std::thread::yield_now();
                     continue;

@@ -64,3 +64,32 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn cache_path(dir: &Path) -> PathBuf {
     dir.join("sessions.cache")
 }
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Re-run this test binary as a child process running only test `name`, with
+/// `env` set; its stdout is piped.
+pub fn spawn_self(name: &str, env: &[(&str, String)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("current exe"));
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    cmd.spawn().expect("spawn child test process")
+}
