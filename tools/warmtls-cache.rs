@@ -1,2 +1,259 @@
-//! `warmtls-cache`: the cache inspector. A thin shell over the library.
-fn main() {}
+//! `warmtls-cache`: inspect a warmtls session cache file, live or not.
+//!
+//! Reads never block the endpoint (optimistic, sequence-checked copies); `purge`
+//! takes bucket locks one at a time, like the endpoint does. Never prints secret
+//! bytes: entries are identified by a prefix of their keyed fingerprint.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use warmtls::store::{Access, Counters, ScanTotals, SessionStore, SlotInfo, SlotState};
+
+#[derive(Parser)]
+#[command(name = "warmtls-cache", version, about = "Inspect a warmtls session cache file (live or not)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Capacity, live entries, bytes per session, age/expiry histograms, counters.
+    Stats {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live entries: id, age, time to expiry, value size (never secret bytes).
+    List {
+        file: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every slot; report torn or corrupt ones; exit 1 if there are any.
+    Verify { file: PathBuf },
+    /// Erase expired and corrupt entries (--expired, the default) or everything (--all).
+    Purge {
+        file: PathBuf,
+        #[arg(long, conflicts_with = "all")]
+        expired: bool,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Histogram edges in seconds, with their labels.
+const EDGES: [(u64, &str); 7] = [
+    (60, "<1m"),
+    (3_600, "<1h"),
+    (86_400, "<1d"),
+    (7 * 86_400, "<7d"),
+    (30 * 86_400, "<30d"),
+    (90 * 86_400, "<90d"),
+    (365 * 86_400, "<1y"),
+];
+
+#[derive(serde::Serialize, Default)]
+struct Histogram(Vec<(String, u64)>);
+
+impl Histogram {
+    fn new() -> Histogram {
+        let mut v: Vec<(String, u64)> = EDGES.iter().map(|(_, l)| (l.to_string(), 0)).collect();
+        v.push((">=1y".into(), 0));
+        Histogram(v)
+    }
+    fn add(&mut self, secs: u64) {
+        let i = EDGES.iter().position(|(e, _)| secs < *e).unwrap_or(EDGES.len());
+        self.0[i].1 += 1;
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Stats {
+    file: String,
+    file_bytes: u64,
+    capacity: u64,
+    slots: u64,
+    slot_size: u32,
+    max_value_bytes: usize,
+    live: u64,
+    expired: u64,
+    corrupt: u64,
+    empty: u64,
+    load_factor: f64,
+    bytes_per_session: f64,
+    bytes_per_live_session: Option<f64>,
+    created_at: u64,
+    writer_open_or_crashed: bool,
+    last_clean_close: u64,
+    age_histogram: Histogram,
+    expiry_histogram: Histogram,
+    counters: Counters,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warmtls-cache: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open(file: &PathBuf, access: Access) -> anyhow::Result<SessionStore> {
+    Ok(SessionStore::open_existing(file, access)?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Stats { file, json } => {
+            let s = open(&file, Access::ReadOnly)?;
+            let stats = stats(&s, &file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_stats(&stats);
+            }
+        }
+        Cmd::List { file, limit, json } => {
+            let s = open(&file, Access::ReadOnly)?;
+            let now = s.now();
+            let mut rows: Vec<SlotInfo> = Vec::new();
+            s.scan(|i| {
+                if i.state == SlotState::Live && rows.len() < limit {
+                    rows.push(*i);
+                }
+            });
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "id": format!("{:016x}", i.id),
+                            "bucket": i.bucket,
+                            "slot": i.index,
+                            "age_s": now.saturating_sub(i.born),
+                            "expires_in_s": i.expires.saturating_sub(now),
+                            "value_bytes": i.value_len,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{:<16}  {:>10}  {:>12}  {:>11}", "id", "age", "expires in", "value bytes");
+                for i in &rows {
+                    println!(
+                        "{:016x}  {:>10}  {:>12}  {:>11}",
+                        i.id,
+                        human(now.saturating_sub(i.born)),
+                        human(i.expires.saturating_sub(now)),
+                        i.value_len
+                    );
+                }
+            }
+        }
+        Cmd::Verify { file } => {
+            let s = open(&file, Access::ReadOnly)?;
+            let mut bad: Vec<(u64, usize)> = Vec::new();
+            let t = s.scan(|i| {
+                if i.state == SlotState::Corrupt {
+                    bad.push((i.bucket, i.index));
+                }
+            });
+            for (b, i) in bad.iter().take(20) {
+                println!("corrupt slot: bucket {b} slot {i}");
+            }
+            if bad.len() > 20 {
+                println!("... and {} more", bad.len() - 20);
+            }
+            print_totals(&t);
+            if t.busy_buckets > 0 {
+                println!("{} buckets were busy with writers and not checked; run verify again", t.busy_buckets);
+            }
+            if t.corrupt > 0 {
+                println!("FAILED: {} corrupt or torn slots (they read as misses; `warmtls-cache purge` clears them)", t.corrupt);
+                return Ok(ExitCode::from(1));
+            }
+            println!("OK");
+        }
+        Cmd::Purge { file, expired: _, all } => {
+            let s = open(&file, Access::ReadWrite)?;
+            let n = s.purge(all).with_context(|| format!("purging {}", file.display()))?;
+            println!("purged {n} entries ({})", if all { "all" } else { "expired and corrupt" });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(s: &SessionStore, file: &PathBuf) -> anyhow::Result<Stats> {
+    let geo = s.geometry();
+    let now = s.now();
+    let mut age = Histogram::new();
+    let mut expiry = Histogram::new();
+    let t = s.scan(|i| {
+        if i.state == SlotState::Live {
+            age.add(now.saturating_sub(i.born));
+            expiry.add(i.expires.saturating_sub(now));
+        }
+    });
+    let file_bytes = std::fs::metadata(file)?.len();
+    Ok(Stats {
+        file: file.display().to_string(),
+        file_bytes,
+        capacity: geo.capacity,
+        slots: geo.slot_count(),
+        slot_size: geo.slot_size,
+        max_value_bytes: geo.max_value_len(),
+        live: t.live,
+        expired: t.expired,
+        corrupt: t.corrupt,
+        empty: t.empty,
+        load_factor: t.live as f64 / geo.slot_count() as f64,
+        bytes_per_session: file_bytes as f64 / geo.capacity as f64,
+        bytes_per_live_session: (t.live > 0).then(|| file_bytes as f64 / t.live as f64),
+        created_at: s.created_at(),
+        writer_open_or_crashed: s.open_flag(),
+        last_clean_close: s.last_clean_close(),
+        age_histogram: age,
+        expiry_histogram: expiry,
+        counters: s.counters(),
+    })
+}
+
+fn print_totals(t: &ScanTotals) {
+    println!(
+        "slots {}: live {}, expired {}, empty {}, corrupt {}",
+        t.slots, t.live, t.expired, t.empty, t.corrupt
+    );
+}
+
+fn print_stats(s: &Stats) {
+    println!("file              {} ({:.1} MiB)", s.file, s.file_bytes as f64 / (1 << 20) as f64);
+    println!("capacity          {} sessions ({} slots of {} bytes, values up to {} bytes)", s.capacity, s.slots, s.slot_size, s.max_value_bytes);
+    println!("bytes per session {:.1} (file / capacity)", s.bytes_per_session);
+    println!("live              {} (load {:.1}% of slots)", s.live, s.load_factor * 100.0);
+    println!("expired           {}   corrupt {}   empty {}", s.expired, s.corrupt, s.empty);
+    println!("writer            {}", if s.writer_open_or_crashed { "open (or last writer crashed)" } else { "closed cleanly" });
+    let c = &s.counters;
+    println!(
+        "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {}",
+        c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged
+    );
+    for (name, h) in [("age", &s.age_histogram), ("expires in", &s.expiry_histogram)] {
+        let line: Vec<String> = h.0.iter().map(|(l, n)| format!("{l} {n}")).collect();
+        println!("{name:<17} {}", line.join("  "));
+    }
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3_600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3_600, (s % 3_600) / 60),
+        s => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3_600),
+    }
+}
