@@ -7,7 +7,10 @@ use std::time::Duration;
 use store_support::*;
 
 fn cache(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_warmtls-cache")).args(args).output().expect("run warmtls-cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_warmtls-cache"))
+        .args(args)
+        .output()
+        .expect("run warmtls-cache");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,14 +25,21 @@ fn stats_list_verify_and_purge_work_while_a_writer_has_the_file_open() {
     let s = open(&cfg);
     let secret = [0xC3u8; 80];
     for i in 0..1_000 {
-        s.put(&key(i), &secret, Duration::from_secs(if i < 100 { 1 } else { 3_600 }));
+        s.put(
+            &key(i),
+            &secret,
+            Duration::from_secs(if i < 100 { 1 } else { 3_600 }),
+        );
     }
     let f = cfg.path.to_str().unwrap();
 
     let (code, out, err) = cache(&["stats", f, "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["live"].as_u64().unwrap() + v["expired"].as_u64().unwrap(), 1_000);
+    assert_eq!(
+        v["live"].as_u64().unwrap() + v["expired"].as_u64().unwrap(),
+        1_000
+    );
     assert_eq!(v["capacity"], 2_000);
     assert!(v["bytes_per_session"].as_f64().unwrap() <= 160.0);
     assert_eq!(v["counters"]["puts"], 1_000);
@@ -45,7 +55,10 @@ fn stats_list_verify_and_purge_work_while_a_writer_has_the_file_open() {
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|r| r["value_bytes"] == 80));
     let (_, text, _) = cache(&["list", f, "--limit", "1000"]);
-    assert!(!text.to_lowercase().contains("c3c3"), "never prints secret bytes");
+    assert!(
+        !text.to_lowercase().contains("c3c3"),
+        "never prints secret bytes"
+    );
 
     let (code, out, _) = cache(&["verify", f]);
     assert_eq!(code, 0, "{out}");
@@ -99,7 +112,10 @@ fn a_missing_or_foreign_file_is_a_clear_error() {
     let p = dir.path().join("nope");
     let (code, _, err) = cache(&["stats", p.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("cannot open cache file") && err.contains("nope"), "{err}");
+    assert!(
+        err.contains("cannot open cache file") && err.contains("nope"),
+        "{err}"
+    );
     std::fs::write(&p, b"hello world, not a cache").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();

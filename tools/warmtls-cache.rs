@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use warmtls::store::{Access, Counters, ScanTotals, SessionStore, SlotInfo, SlotState};
 
 #[derive(Parser)]
-#[command(name = "warmtls-cache", version, about = "Inspect a warmtls session cache file (live or not)")]
+#[command(
+    name = "warmtls-cache",
+    version,
+    about = "Inspect a warmtls session cache file (live or not)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,7 +70,10 @@ impl Histogram {
         Histogram(v)
     }
     fn add(&mut self, secs: u64) {
-        let i = EDGES.iter().position(|(e, _)| secs < *e).unwrap_or(EDGES.len());
+        let i = EDGES
+            .iter()
+            .position(|(e, _)| secs < *e)
+            .unwrap_or(EDGES.len());
         self.0[i].1 += 1;
     }
 }
@@ -144,7 +151,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("{:<16}  {:>10}  {:>12}  {:>11}", "id", "age", "expires in", "value bytes");
+                println!(
+                    "{:<16}  {:>10}  {:>12}  {:>11}",
+                    "id", "age", "expires in", "value bytes"
+                );
                 for i in &rows {
                     println!(
                         "{:016x}  {:>10}  {:>12}  {:>11}",
@@ -172,7 +182,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             print_totals(&t);
             if t.busy_buckets > 0 {
-                println!("{} buckets were busy with writers and not checked; run verify again", t.busy_buckets);
+                println!(
+                    "{} buckets were busy with writers and not checked; run verify again",
+                    t.busy_buckets
+                );
             }
             if t.corrupt > 0 {
                 println!("FAILED: {} corrupt or torn slots (they read as misses; `warmtls-cache purge` clears them)", t.corrupt);
@@ -180,10 +193,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("OK");
         }
-        Cmd::Purge { file, expired: _, all } => {
+        Cmd::Purge {
+            file,
+            expired: _,
+            all,
+        } => {
             let s = open(&file, Access::ReadWrite)?;
-            let n = s.purge(all).with_context(|| format!("purging {}", file.display()))?;
-            println!("purged {n} entries ({})", if all { "all" } else { "expired and corrupt" });
+            let n = s
+                .purge(all)
+                .with_context(|| format!("purging {}", file.display()))?;
+            println!(
+                "purged {n} entries ({})",
+                if all { "all" } else { "expired and corrupt" }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -232,18 +254,45 @@ fn print_totals(t: &ScanTotals) {
 }
 
 fn print_stats(s: &Stats) {
-    println!("file              {} ({:.1} MiB)", s.file, s.file_bytes as f64 / (1 << 20) as f64);
-    println!("capacity          {} sessions ({} slots of {} bytes, values up to {} bytes)", s.capacity, s.slots, s.slot_size, s.max_value_bytes);
-    println!("bytes per session {:.1} (file / capacity)", s.bytes_per_session);
-    println!("live              {} (load {:.1}% of slots)", s.live, s.load_factor * 100.0);
-    println!("expired           {}   corrupt {}   empty {}", s.expired, s.corrupt, s.empty);
-    println!("writer            {}", if s.writer_open_or_crashed { "open (or last writer crashed)" } else { "closed cleanly" });
+    println!(
+        "file              {} ({:.1} MiB)",
+        s.file,
+        s.file_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "capacity          {} sessions ({} slots of {} bytes, values up to {} bytes)",
+        s.capacity, s.slots, s.slot_size, s.max_value_bytes
+    );
+    println!(
+        "bytes per session {:.1} (file / capacity)",
+        s.bytes_per_session
+    );
+    println!(
+        "live              {} (load {:.1}% of slots)",
+        s.live,
+        s.load_factor * 100.0
+    );
+    println!(
+        "expired           {}   corrupt {}   empty {}",
+        s.expired, s.corrupt, s.empty
+    );
+    println!(
+        "writer            {}",
+        if s.writer_open_or_crashed {
+            "open (or last writer crashed)"
+        } else {
+            "closed cleanly"
+        }
+    );
     let c = &s.counters;
     println!(
         "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {}",
         c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged
     );
-    for (name, h) in [("age", &s.age_histogram), ("expires in", &s.expiry_histogram)] {
+    for (name, h) in [
+        ("age", &s.age_histogram),
+        ("expires in", &s.expiry_histogram),
+    ] {
         let line: Vec<String> = h.0.iter().map(|(l, n)| format!("{l} {n}")).collect();
         println!("{name:<17} {}", line.join("  "));
     }

@@ -1,0 +1,314 @@
+//! `warmtls-bench store`: the session store in-process, against rustls' own
+//! `ServerSessionMemoryCache` with the same entries and operations, in one run.
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use warmtls::store::{SessionStore, StoreConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// Sessions to store (the file is sized for exactly this many).
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    /// Threads doing operations at once.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Bytes per stored value (rustls values are 55–87 bytes).
+    #[arg(long, default_value_t = 90)]
+    value_bytes: usize,
+    /// Directory for the temporary cache file.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Skip the rustls in-memory cache comparison.
+    #[arg(long)]
+    no_rustls: bool,
+    /// Write the results as JSON to stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Throughput and latency of one operation over all threads.
+#[derive(serde::Serialize, Clone, Copy, Default)]
+struct OpResult {
+    ops_per_s: f64,
+    per_thread_ops_per_s: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    hits: u64,
+}
+
+trait Table: Sync {
+    fn put(&self, k: &[u8], v: &[u8]) -> bool;
+    fn get(&self, k: &[u8]) -> bool;
+    fn take(&self, k: &[u8]) -> bool;
+}
+
+impl Table for SessionStore {
+    fn put(&self, k: &[u8], v: &[u8]) -> bool {
+        SessionStore::put(self, k, v, Duration::from_secs(7 * 86_400))
+    }
+    fn get(&self, k: &[u8]) -> bool {
+        SessionStore::get(self, k).is_some()
+    }
+    fn take(&self, k: &[u8]) -> bool {
+        SessionStore::take(self, k).is_some()
+    }
+}
+
+impl Table for Arc<ServerSessionMemoryCache> {
+    fn put(&self, k: &[u8], v: &[u8]) -> bool {
+        StoresServerSessions::put(&**self, k.to_vec(), v.to_vec())
+    }
+    fn get(&self, k: &[u8]) -> bool {
+        StoresServerSessions::get(&**self, k).is_some()
+    }
+    fn take(&self, k: &[u8]) -> bool {
+        StoresServerSessions::take(&**self, k).is_some()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Get,
+    Take,
+}
+
+/// Keys are 32 pseudo-random bytes, like rustls session IDs and ticket IDs.
+fn keys(n: u64) -> Vec<[u8; 32]> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            let mut k = [0u8; 32];
+            for c in k.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            k
+        })
+        .collect()
+}
+
+/// Run `op` over every key, split across `threads`; gets visit keys in a
+/// scrambled order so lookups are as random as real reconnects.
+fn run(table: &dyn Table, keys: &[[u8; 32]], value: &[u8], threads: usize, op: Op) -> OpResult {
+    let chunk = keys.len().div_ceil(threads);
+    let started = Instant::now();
+    let per_thread: Vec<(Histogram<u64>, u64, Duration)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = keys
+            .chunks(chunk)
+            .enumerate()
+            .map(|(t, mine)| {
+                sc.spawn(move || {
+                    let mut h =
+                        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+                    let mut hits = 0u64;
+                    let n = mine.len();
+                    // A stride coprime with n walks every key once, out of order.
+                    let stride = if matches!(op, Op::Get) {
+                        coprime_stride(n)
+                    } else {
+                        1
+                    };
+                    let t0 = Instant::now();
+                    let mut idx = (t * 7919) % n.max(1);
+                    for i in 0..n {
+                        let k = &mine[idx];
+                        idx = (idx + stride) % n;
+                        let sample = i % 16 == 0;
+                        let s0 = sample.then(Instant::now);
+                        let hit = match op {
+                            Op::Put => table.put(k, value),
+                            Op::Get => table.get(k),
+                            Op::Take => table.take(k),
+                        };
+                        if let Some(s0) = s0 {
+                            let _ = h.record(s0.elapsed().as_nanos().max(1) as u64);
+                        }
+                        hits += u64::from(hit);
+                    }
+                    (h, hits, t0.elapsed())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    let wall = started.elapsed();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+    let mut hits = 0;
+    let mut per_thread_rate = 0.0;
+    for (h, n, d) in &per_thread {
+        all.add(h).expect("same bounds");
+        hits += n;
+        per_thread_rate += (keys.len() / per_thread.len()) as f64 / d.as_secs_f64();
+    }
+    OpResult {
+        ops_per_s: keys.len() as f64 / wall.as_secs_f64(),
+        per_thread_ops_per_s: per_thread_rate / per_thread.len() as f64,
+        p50_ns: all.value_at_quantile(0.50),
+        p99_ns: all.value_at_quantile(0.99),
+        hits,
+    }
+}
+
+fn coprime_stride(n: usize) -> usize {
+    if n < 3 {
+        return 1;
+    }
+    let mut s = n / 2 + 1;
+    while gcd(s, n) != 1 {
+        s += 1;
+    }
+    s
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Evict the file's pages from the page cache, so the reopen is measured cold.
+fn drop_from_page_cache(path: &std::path::Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.sync_data();
+        let _ = nix::fcntl::posix_fadvise(
+            &f,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+pub fn main(a: StoreArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.entries > 0 && a.threads > 0,
+        "--entries and --threads must be at least 1"
+    );
+    let dir = tempfile::tempdir_in(a.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let cfg = StoreConfig {
+        path: dir.path().join("bench.cache"),
+        capacity: a.entries,
+        slot_size: 128,
+    };
+    let value: Vec<u8> = (0..a.value_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let keys = keys(a.entries);
+    eprintln!(
+        "store: {} entries, {} threads, {}-byte values, file {}",
+        a.entries,
+        a.threads,
+        a.value_bytes,
+        cfg.path.display()
+    );
+
+    let t = Instant::now();
+    let store = SessionStore::open_or_create(&cfg)?;
+    let create_ms = t.elapsed().as_secs_f64() * 1e3;
+    let put = run(&store, &keys, &value, a.threads, Op::Put);
+    let get = run(&store, &keys, &value, a.threads, Op::Get);
+    let counters = store.counters();
+    let file_bytes = std::fs::metadata(&cfg.path)?.len();
+    store.close()?;
+
+    drop_from_page_cache(&cfg.path);
+    let t = Instant::now();
+    let store = SessionStore::open_or_create(&cfg)?;
+    let reopen_ms = t.elapsed().as_secs_f64() * 1e3;
+    let first = store.get(&keys[keys.len() / 2]);
+    let reopen_first_get_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        first.as_deref() == Some(&value[..]),
+        "the first get after reopen must hit"
+    );
+    // The first pass after a cold reopen pays a page fault per bucket it touches:
+    // that is what a restart costs, spread over the first lookups.
+    let cold_get = run(&store, &keys, &value, a.threads, Op::Get);
+    let take = run(&store, &keys, &value, a.threads, Op::Take);
+    drop(store);
+
+    let rustls = (!a.no_rustls).then(|| {
+        let cache = ServerSessionMemoryCache::new(a.entries as usize);
+        let p = run(&cache, &keys, &value, a.threads, Op::Put);
+        let g = run(&cache, &keys, &value, a.threads, Op::Get);
+        let t = run(&cache, &keys, &value, a.threads, Op::Take);
+        (p, g, t)
+    });
+
+    let ratio =
+        |ours: &OpResult, theirs: Option<&OpResult>| theirs.map(|t| ours.ops_per_s / t.ops_per_s);
+    let report = serde_json::json!({
+        "entries": a.entries,
+        "threads": a.threads,
+        "value_bytes": a.value_bytes,
+        "file_bytes": file_bytes,
+        "bytes_per_session": file_bytes as f64 / a.entries as f64,
+        "kept_after_fill_pct": 100.0 * get.hits as f64 / a.entries as f64,
+        "evictions": counters.evictions,
+        "create_ms": create_ms,
+        "put_ops_per_s": put.ops_per_s,
+        "get_ops_per_s": get.ops_per_s,
+        "take_ops_per_s": take.ops_per_s,
+        "put": put, "get": get, "take": take,
+        "reopen_ms": reopen_ms,
+        "reopen_first_get_ms": reopen_first_get_ms,
+        "cold_get_after_reopen_ops_per_s": cold_get.ops_per_s,
+        "rustls_memcache_put_ops_per_s": rustls.as_ref().map(|r| r.0.ops_per_s),
+        "rustls_memcache_get_ops_per_s": rustls.as_ref().map(|r| r.1.ops_per_s),
+        "rustls_memcache_take_ops_per_s": rustls.as_ref().map(|r| r.2.ops_per_s),
+        "get_ratio_vs_rustls_memcache": ratio(&get, rustls.as_ref().map(|r| &r.1)),
+        "take_ratio_vs_rustls_memcache": ratio(&take, rustls.as_ref().map(|r| &r.2)),
+        "put_ratio_vs_rustls_memcache": ratio(&put, rustls.as_ref().map(|r| &r.0)),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "entries {}  threads {}  file {:.1} MiB  bytes/session {:.1}  kept after fill {:.3}%",
+        a.entries,
+        a.threads,
+        file_bytes as f64 / (1 << 20) as f64,
+        file_bytes as f64 / a.entries as f64,
+        100.0 * get.hits as f64 / a.entries as f64
+    );
+    println!(
+        "{:<6} {:>14} {:>16} {:>9} {:>9} {:>18} {:>8}",
+        "op", "warmtls ops/s", "per thread", "p50 ns", "p99 ns", "rustls memcache", "ratio"
+    );
+    for (name, ours, theirs) in [
+        ("put", &put, rustls.as_ref().map(|r| r.0)),
+        ("get", &get, rustls.as_ref().map(|r| r.1)),
+        ("take", &take, rustls.as_ref().map(|r| r.2)),
+    ] {
+        println!(
+            "{:<6} {:>14.0} {:>16.0} {:>9} {:>9} {:>18} {:>8}",
+            name,
+            ours.ops_per_s,
+            ours.per_thread_ops_per_s,
+            ours.p50_ns,
+            ours.p99_ns,
+            theirs
+                .map(|t| format!("{:.0}", t.ops_per_s))
+                .unwrap_or_else(|| "-".into()),
+            theirs
+                .map(|t| format!("{:.2}x", ours.ops_per_s / t.ops_per_s))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!("reopen (page cache dropped) {reopen_ms:.2} ms; first get served {reopen_first_get_ms:.2} ms after open began");
+    println!(
+        "first pass of gets after the cold reopen: {:.0} ops/s (page faults)",
+        cold_get.ops_per_s
+    );
+    Ok(())
+}
