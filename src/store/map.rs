@@ -80,6 +80,21 @@ impl Mapping {
         }
     }
 
+    /// As [`Mapping::read_volatile`], eight bytes at a time: `off` and
+    /// `out.len()` must be multiples of 8 (slots are 64-byte aligned).
+    pub(crate) fn read_volatile_words(&self, off: usize, out: &mut [u8]) {
+        assert!(out.len() % 8 == 0);
+        self.check(off, out.len(), 8);
+        let base = self.raw.as_ptr();
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: in bounds and 8-aligned (checked above); as in
+            // `read_volatile`, a stale or torn word is caught by the caller's
+            // sequence-number and checksum checks.
+            let w = unsafe { std::ptr::read_volatile(base.add(off + 8 * i).cast::<u64>()) };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+    }
+
     pub(crate) fn flush(&self) -> std::io::Result<()> {
         if self.writable {
             self.raw.flush()

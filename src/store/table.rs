@@ -458,9 +458,80 @@ impl SessionStore {
         self.lookup(key, true)
     }
 
+    /// A lock-free read of `kh`: copies candidate slots and checks the bucket's
+    /// sequence number did not move. `None` when the locked path must decide
+    /// (a writer kept the bucket busy, or the entry is expired or corrupt and
+    /// must be erased).
+    fn get_optimistic(&self, kh: &KeyHash, now: u64) -> Option<Option<(Vec<u8>, u64)>> {
+        let geo = &self.header.geometry;
+        let slot_size = geo.slot_size as usize;
+        let mut buf = [0u8; super::format::MAX_SLOT_SIZE as usize];
+        let buf = &mut buf[..slot_size];
+        // Start the second bucket's cache miss now, in parallel with the first's.
+        let _ = self.map.read_begin(geo, kh.alt);
+        for b in [kh.bucket, kh.alt] {
+            let mut settled = false;
+            for _ in 0..64 {
+                let Some(seq) = self.map.read_begin(geo, b) else {
+                    std::hint::spin_loop();
+                    continue;
+                };
+                let tags = geo.bucket_header_offset(b) + 8;
+                let mut hit = None;
+                for i in 0..SLOTS_PER_BUCKET {
+                    if self.map.atomic_u16(tags + 2 * i).load(Ordering::Relaxed) != kh.tag {
+                        continue;
+                    }
+                    let off = geo.slot_offset(b, i);
+                    self.map
+                        .read_volatile_words(off + SLOT_META_SIZE, &mut buf[..FINGERPRINT_LEN]);
+                    if buf[..FINGERPRINT_LEN] == kh.fingerprint {
+                        self.map.read_volatile_words(off, buf);
+                        hit = Some(i);
+                        break;
+                    }
+                }
+                if !self.map.read_validate(geo, b, seq) {
+                    continue;
+                }
+                settled = true;
+                if let Some(i) = hit {
+                    if !slot_intact(buf, b, i, geo.max_value_len())
+                        || u64::from(expires_of(buf)) <= now
+                    {
+                        return None;
+                    }
+                    let v = buf[VALUE_OFFSET..VALUE_OFFSET + val_len(buf)].to_vec();
+                    return Some(Some((v, u64::from(born_of(buf)))));
+                }
+                break;
+            }
+            if !settled {
+                return None;
+            }
+            if kh.alt == kh.bucket {
+                break;
+            }
+        }
+        Some(None)
+    }
+
     fn lookup(&self, key: &[u8], remove: bool) -> Option<(Vec<u8>, u64)> {
         let kh = self.key_hash(key);
         let now = self.clock.now_secs();
+        if !remove {
+            if let Some(found) = self.get_optimistic(&kh, now) {
+                self.bump(
+                    kh.bucket,
+                    if found.is_some() {
+                        Counter::Hits
+                    } else {
+                        Counter::Misses
+                    },
+                );
+                return found;
+            }
+        }
         let mut found = None;
         // Entries never move between buckets, so checking one bucket at a time
         // under its own lock is enough: a stored entry is in exactly one of them.
