@@ -1,1 +1,286 @@
-//! TODO
+//! The endpoint's configuration: a TOML file, then command-line overrides.
+//!
+//! Every field has a default that works on loopback, so `warmtls serve` with no
+//! file runs. Unknown keys are errors: a typo must not silently mean "default".
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
+
+/// Where plaintext goes after TLS is terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("unix: backend needs a socket path".into());
+            }
+            return Ok(Backend::Unix(PathBuf::from(p)));
+        }
+        use std::net::ToSocketAddrs;
+        s.to_socket_addrs()
+            .map_err(|e| format!("backend {s:?}: {e} (expected HOST:PORT or unix:PATH)"))?
+            .next()
+            .map(Backend::Tcp)
+            .ok_or_else(|| format!("backend {s:?} resolves to no address"))
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Tcp(a) => write!(f, "{a}"),
+            Backend::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The session cache file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub path: PathBuf,
+    pub capacity: u64,
+    pub slot_size: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            path: PathBuf::from("warmtls.cache"),
+            capacity: DEFAULT_CAPACITY,
+            slot_size: DEFAULT_SLOT_SIZE,
+        }
+    }
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Everything `warmtls serve` needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub backend: String,
+    /// Certificates; several (e.g. ECDSA + RSA) are chosen per client. Empty: a
+    /// self-signed ECDSA P-256 certificate is made and kept beside the cache file.
+    pub certs: Vec<CertConfig>,
+    pub cache: CacheConfig,
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Worker threads (one ring and listener each); 0 = one per core.
+    pub workers: usize,
+    /// Open client connections, all workers together.
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backend_connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+    pub tickets_per_handshake: usize,
+    /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
+    pub groups: Vec<String>,
+    /// Write counters as JSON here every stats interval and at exit.
+    pub stats_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8443".into(),
+            backend: "127.0.0.1:8080".into(),
+            certs: Vec::new(),
+            cache: CacheConfig::default(),
+            session_lifetime: Duration::from_secs(7 * 86_400),
+            workers: 0,
+            max_connections: 20_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            backend_connect_timeout: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(5),
+            flush_interval: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(10),
+            tickets_per_handshake: 1,
+            groups: vec!["x25519".into(), "secp256r1".into()],
+            stats_file: None,
+        }
+    }
+}
+
+/// A configuration that could not be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Check everything that can be checked without serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        if self.listen_addr().is_err() {
+            return invalid(
+                "listen",
+                format!("{:?} is not an IP:PORT address", self.listen),
+            );
+        }
+        if let Err(m) = self.backend_addr() {
+            return invalid("backend", m);
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1".into());
+        }
+        if self.tickets_per_handshake > 8 {
+            return invalid("tickets_per_handshake", "at most 8".into());
+        }
+        if !crate::store::Geometry::slot_size_is_valid(self.cache.slot_size) {
+            return invalid(
+                "cache.slot_size",
+                format!(
+                    "{} must be a multiple of 64 from 128 to 4096",
+                    self.cache.slot_size
+                ),
+            );
+        }
+        if self.cache.capacity == 0 {
+            return invalid("cache.capacity", "must be at least 1".into());
+        }
+        for g in &self.groups {
+            if crate::tls::group_by_name(g).is_none() {
+                return invalid(
+                    "groups",
+                    format!(
+                        "unknown group {g:?} (known: x25519, secp256r1, secp384r1, x25519mlkem768)"
+                    ),
+                );
+            }
+        }
+        if self.groups.is_empty() {
+            return invalid("groups", "at least one key exchange group is needed".into());
+        }
+        for c in &self.certs {
+            for p in [&c.cert, &c.key] {
+                if !p.exists() {
+                    return invalid("certs", format!("{} does not exist", p.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.listen.parse()
+    }
+
+    pub fn backend_addr(&self) -> Result<Backend, String> {
+        self.backend.parse()
+    }
+
+    /// Worker count, resolving 0 to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen_addr().unwrap().to_string(), "127.0.0.1:8443");
+        assert_eq!(
+            c.backend_addr().unwrap(),
+            Backend::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn toml_with_durations_parses() {
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:443\"\nbackend = \"unix:/run/app.sock\"\nsession_lifetime = \"90d\"\n[cache]\npath = \"/var/lib/warmtls/cache\"\ncapacity = 2000000\n",
+        )
+        .unwrap();
+        assert_eq!(c.session_lifetime, Duration::from_secs(90 * 86_400));
+        assert_eq!(
+            c.backend_addr().unwrap(),
+            Backend::Unix("/run/app.sock".into())
+        );
+        assert_eq!(c.cache.capacity, 2_000_000);
+        assert_eq!(c.cache.slot_size, 128);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::from_toml("lisen = \"x\"")
+            .unwrap_err()
+            .contains("lisen"));
+        let c = Config {
+            groups: vec!["x448".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("x448"));
+        let c = Config {
+            listen: "nope".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -18,5 +18,6 @@ pub mod demo;
 pub mod fleet;
 pub mod metrics;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod tls;

@@ -1,5 +1,9 @@
 //! `warmtls`: the endpoint binary (serve, check, demo). A thin shell over the library.
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use warmtls::config::{CertConfig, Config};
 
 #[derive(Parser)]
 #[command(
@@ -14,17 +18,153 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the endpoint (TODO: endpoint issue).
-    Serve,
-    /// Validate a configuration file and exit (TODO).
-    Check,
-    /// One-command demo: endpoint, simulated devices, restart, warm resumption (TODO).
-    Demo,
+    /// Run the endpoint.
+    Serve(ServeArgs),
+    /// Validate a configuration file (and its certificates) and exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// One-command demo: endpoint, simulated devices, restart, warm resumption.
+    Demo(warmtls::demo::DemoArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Command-line overrides of the configuration file.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (flags below override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (IP:PORT; port 0 picks one, printed when ready).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Backend: HOST:PORT or unix:PATH.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Session cache file.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Sessions the cache file holds (used when the file is created).
+    #[arg(long)]
+    cache_capacity: Option<u64>,
+    /// Certificate chain (PEM); with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM); with --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Worker threads (0: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Open client connections, all workers together.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Handshake timeout, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<std::time::Duration>,
+    /// Backend connect timeout, e.g. 3s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    backend_connect_timeout: Option<std::time::Duration>,
+    /// Idle timeout between bytes once piping, e.g. 60s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<std::time::Duration>,
+    /// Write counters as JSON to this file every stats interval and at exit.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Seconds between stats lines / stats file writes.
+    #[arg(long)]
+    stats_interval: Option<u64>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &self.backend {
+            c.backend = v.clone();
+        }
+        if let Some(v) = &self.cache {
+            c.cache.path = v.clone();
+        }
+        if let Some(v) = self.cache_capacity {
+            c.cache.capacity = v;
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            c.certs = vec![CertConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }];
+        }
+        if let Some(v) = self.workers {
+            c.workers = v;
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = self.handshake_timeout {
+            c.handshake_timeout = v;
+        }
+        if let Some(v) = self.backend_connect_timeout {
+            c.backend_connect_timeout = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            c.idle_timeout = v;
+        }
+        if let Some(v) = &self.stats_file {
+            c.stats_file = Some(v.clone());
+        }
+        if let Some(v) = self.stats_interval {
+            c.stats_interval = std::time::Duration::from_secs(v.max(1));
+        }
+        Ok(c)
+    }
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Serve | Cmd::Check | Cmd::Demo => anyhow::bail!("not implemented yet"),
+    let result = match cli.cmd {
+        Cmd::Serve(a) => {
+            init_logs(&a.log);
+            a.config()
+                .and_then(|c| warmtls::server::serve(c).map_err(anyhow::Error::from))
+        }
+        Cmd::Check { config } => Config::from_file(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| c.validate().map(|_| c).map_err(anyhow::Error::from))
+            .and_then(|c| {
+                if !c.certs.is_empty() {
+                    warmtls::tls::load_certs(&c)?;
+                }
+                println!("{}: OK", config.display());
+                Ok(())
+            }),
+        Cmd::Demo(a) => {
+            init_logs("warn");
+            warmtls::demo::run(a)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warmtls: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,1 +1,186 @@
-//! TODO
+//! One client connection: the TLS state machine driven by hand, the plaintext on
+//! its way to and from the backend, and where the connection is in its life.
+//!
+//! This module never does I/O: the worker (`runtime::worker`) feeds it received
+//! bytes and sends what it queues. It must never panic on client bytes; a TLS
+//! error queues the alert rustls made and moves the connection to `Draining`.
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use rustls::ServerConnection;
+
+mod outbox;
+pub use outbox::Outbox;
+
+/// Bytes buffered toward one side before we stop reading the other side.
+pub const PIPE_LIMIT: usize = 64 * 1024;
+/// Size of each receive buffer.
+pub const RECV_BUF: usize = 16 * 1024;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TLS handshake in progress (bounded by `handshake_timeout`).
+    Handshaking,
+    /// Handshake done; connecting to the backend (bounded by `backend_connect_timeout`).
+    ConnectingBackend,
+    /// Forwarding plaintext both ways (bounded by `idle_timeout` between events).
+    Piping,
+    /// Our last bytes (an alert or close_notify) are going out; then half-close
+    /// and wait briefly for the client's EOF so the alert is not lost to a reset.
+    Draining,
+}
+
+/// The outcome of feeding received client bytes to rustls.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// Nothing new of note.
+    Progress,
+    /// The handshake completed with these bytes.
+    HandshakeDone,
+    /// The client sent a fatal error or bad TLS; an alert is queued.
+    Failed(String),
+}
+
+/// A client connection and everything it owns. Buffers are boxed so they stay put
+/// while the kernel uses them, even when the slab holding this struct grows.
+pub struct Conn {
+    pub gen: u32,
+    pub client: OwnedFd,
+    pub backend: Option<OwnedFd>,
+    pub backend_addr: Box<nix::sys::socket::SockaddrStorage>,
+    pub tls: ServerConnection,
+    pub phase: Phase,
+    pub deadline: Instant,
+    /// Operations handed to the kernel and not yet completed.
+    pub inflight: u32,
+    pub closing: bool,
+    pub client_rx: Box<[u8]>,
+    pub backend_rx: Box<[u8]>,
+    pub to_client: Outbox,
+    pub to_backend: Outbox,
+    pub client_recv_posted: bool,
+    pub backend_recv_posted: bool,
+    pub connect_posted: bool,
+    pub client_eof: bool,
+    pub backend_eof: bool,
+    pub backend_shut: bool,
+    pub close_notify_sent: bool,
+    pub client_shut: bool,
+}
+
+impl Conn {
+    pub fn new(gen: u32, client: OwnedFd, tls: ServerConnection, deadline: Instant) -> Conn {
+        Conn {
+            gen,
+            client,
+            backend: None,
+            backend_addr: Box::new(nix::sys::socket::SockaddrStorage::from(
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            )),
+            tls,
+            phase: Phase::Handshaking,
+            deadline,
+            inflight: 0,
+            closing: false,
+            client_rx: vec![0; RECV_BUF].into_boxed_slice(),
+            backend_rx: vec![0; RECV_BUF].into_boxed_slice(),
+            to_client: Outbox::with_capacity(RECV_BUF + 1024),
+            to_backend: Outbox::with_capacity(RECV_BUF),
+            client_recv_posted: false,
+            backend_recv_posted: false,
+            connect_posted: false,
+            client_eof: false,
+            backend_eof: false,
+            backend_shut: false,
+            close_notify_sent: false,
+            client_shut: false,
+        }
+    }
+
+    /// Feed `n` bytes just received into `client_rx` to rustls; queue what it
+    /// wants to send and the plaintext it releases.
+    pub fn feed_client(&mut self, n: usize) -> Fed {
+        let was_handshaking = self.tls.is_handshaking();
+        // Lend the buffer out of `self` (a pointer swap) so rustls can be driven
+        // while we read from it; it is put back before returning.
+        let buf = std::mem::take(&mut self.client_rx);
+        let outcome = self.feed_bytes(&buf[..n]);
+        self.client_rx = buf;
+        if let Err(why) = outcome {
+            return self.fail(why);
+        }
+        self.flush_tls();
+        if was_handshaking && !self.tls.is_handshaking() {
+            Fed::HandshakeDone
+        } else {
+            Fed::Progress
+        }
+    }
+
+    fn feed_bytes(&mut self, mut rd: &[u8]) -> Result<(), String> {
+        while !rd.is_empty() {
+            match self.tls.read_tls(&mut rd) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(format!("read_tls: {e}")),
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                return Err(e.to_string());
+            }
+            self.take_plaintext();
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, why: String) -> Fed {
+        // rustls has queued the matching alert; send it, then drain.
+        self.flush_tls();
+        self.phase = Phase::Draining;
+        self.close_notify_sent = true;
+        Fed::Failed(why)
+    }
+
+    /// Move decrypted client bytes to the backend's outbox.
+    fn take_plaintext(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.tls.reader().read(&mut buf) {
+                Ok(0) => {
+                    self.client_eof = true; // close_notify
+                    return;
+                }
+                Ok(n) => self.to_backend.queue(&buf[..n]),
+                Err(_) => return, // WouldBlock: nothing more for now
+            }
+        }
+    }
+
+    /// Encrypt bytes the backend sent, as one record when they fit.
+    pub fn feed_backend(&mut self, n: usize) {
+        let data = &self.backend_rx[..n];
+        // The writer accepts everything (buffered in rustls when needed).
+        let _ = self.tls.writer().write_all(data);
+        self.flush_tls();
+    }
+
+    /// The backend closed: say close_notify to the client.
+    pub fn backend_closed(&mut self) {
+        if !self.close_notify_sent {
+            self.tls.send_close_notify();
+            self.close_notify_sent = true;
+            self.flush_tls();
+        }
+    }
+
+    /// Move everything rustls wants to send into the client outbox.
+    pub fn flush_tls(&mut self) {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.to_client.writer()) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Listening sockets: one SO_REUSEPORT listener per worker, so the kernel spreads
+//! connections across cores with no shared accept queue.
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
+/// Bind a listener on `addr` with SO_REUSEPORT (and SO_REUSEADDR, so a restart
+/// does not wait out TIME_WAIT).
+pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok(fd)
+}
+
+/// The address a socket is bound to (to learn the port after binding port 0).
+pub fn local_addr(fd: &OwnedFd) -> std::io::Result<SocketAddr> {
+    let a: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Ok(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
+    }
+    if let Some(v6) = a.as_sockaddr_in6() {
+        return Ok(SocketAddr::from(std::net::SocketAddrV6::from(*v6)));
+    }
+    Err(std::io::Error::other("listener has no IP address"))
+}

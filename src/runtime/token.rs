@@ -1,0 +1,80 @@
+//! `user_data` of a submission: which connection, which incarnation of its slab
+//! slot, and which operation — so a completion for a freed-and-reused slot is
+//! recognised and dropped.
+
+/// The operation a completion belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Accept = 1,
+    Tick,
+    ClientRecv,
+    ClientSend,
+    BackendConnect,
+    BackendRecv,
+    BackendSend,
+    Cancel,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Accept,
+            2 => Op::Tick,
+            3 => Op::ClientRecv,
+            4 => Op::ClientSend,
+            5 => Op::BackendConnect,
+            6 => Op::BackendRecv,
+            7 => Op::BackendSend,
+            8 => Op::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// slab key (32 bits) | generation (24 bits) | op (8 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnToken {
+    pub key: u32,
+    pub gen: u32,
+    pub op: Op,
+}
+
+impl ConnToken {
+    pub const GEN_MASK: u32 = 0x00FF_FFFF;
+
+    pub fn new(key: usize, gen: u32, op: Op) -> ConnToken {
+        ConnToken {
+            key: key as u32,
+            gen: gen & Self::GEN_MASK,
+            op,
+        }
+    }
+
+    pub fn encode(self) -> u64 {
+        (u64::from(self.key) << 32) | (u64::from(self.gen & Self::GEN_MASK) << 8) | self.op as u64
+    }
+
+    pub fn decode(v: u64) -> Option<ConnToken> {
+        Some(ConnToken {
+            key: (v >> 32) as u32,
+            gen: ((v >> 8) as u32) & Self::GEN_MASK,
+            op: Op::from_u8(v as u8)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_generations_wrap() {
+        for op in [Op::Accept, Op::ClientRecv, Op::BackendSend, Op::Cancel] {
+            let t = ConnToken::new(123_456, 0x1FF_FFFF, op);
+            assert_eq!(t.gen, 0xFF_FFFF);
+            assert_eq!(ConnToken::decode(t.encode()), Some(t));
+        }
+        assert_eq!(ConnToken::decode(0), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! `warmtls serve`: open the store, build TLS, bind one listener per worker, start
+//! the workers, then watch signals (TERM/INT: drain and exit; HUP: reload
+//! certificates) and write the periodic stats.
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::metrics::{self, WorkerMetrics};
+use crate::runtime::{listener, worker};
+use crate::store::{Flusher, SessionStore, StoreConfig};
+use crate::tls::{self, CertResolver};
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("worker {0} could not start: {1}")]
+    Worker(usize, String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Raise RLIMIT_NOFILE to cover `max_connections` (a client and a backend socket
+/// each), or say why not.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = (max_connections as u64) * 2 + 256;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < want => {
+            let new = want.min(hard);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
+                tracing::warn!("cannot raise the open-file limit to {want}: {e}");
+            } else if new < want {
+                tracing::warn!("open-file limit is {new} (hard limit), below the {want} that max_connections={max_connections} needs; raise it with `ulimit -Hn` or LimitNOFILE=");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Run the endpoint until SIGTERM/SIGINT. Prints `warmtls: listening on ADDR` on
+/// stdout once every worker listens.
+pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    cfg.validate()?;
+    let workers = cfg.worker_count();
+    raise_fd_limit(cfg.max_connections);
+
+    let store = Arc::new(SessionStore::open_or_create(&StoreConfig {
+        path: cfg.cache.path.clone(),
+        capacity: cfg.cache.capacity,
+        slot_size: cfg.cache.slot_size,
+    })?);
+    let flusher = Flusher::start(store.clone(), cfg.flush_interval);
+    let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
+    let server_cfg =
+        tls::server_config(&cfg, resolver.clone(), store.clone(), cfg.session_lifetime)?;
+    let tls_cfg = Arc::new(RwLock::new(server_cfg));
+
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone()).map_err(ServeError::Signals)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(ServeError::Signals)?;
+
+    let listen = cfg.listen_addr().map_err(|e| ServeError::Listen {
+        addr: cfg.listen.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let backend = cfg
+        .backend_addr()
+        .map_err(|m| crate::config::ConfigError::Invalid {
+            field: "backend",
+            message: m,
+        })?;
+    let listen_err = |source| ServeError::Listen {
+        addr: cfg.listen.clone(),
+        source,
+    };
+    let first = listener::bind(listen, 4096).map_err(listen_err)?;
+    let bound = listener::local_addr(&first).map_err(listen_err)?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(listener::bind(bound, 4096).map_err(listen_err)?);
+    }
+
+    let metrics: Arc<Vec<WorkerMetrics>> =
+        Arc::new((0..workers).map(|_| WorkerMetrics::default()).collect());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let per_worker = cfg.max_connections.div_ceil(workers).max(1);
+    let cores = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
+    let mut handles = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for (index, l) in listeners.into_iter().enumerate() {
+        let setup = worker::WorkerSetup {
+            index,
+            listener: l,
+            tls: tls_cfg.clone(),
+            backend: backend.clone(),
+            max_connections: per_worker,
+            handshake_timeout: cfg.handshake_timeout,
+            idle_timeout: cfg.idle_timeout,
+            backend_connect_timeout: cfg.backend_connect_timeout,
+            drain_timeout: cfg.drain_timeout,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let ready = ready_tx.clone();
+        let pin = cores.as_ref().and_then(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .nth(index)
+        });
+        let h = std::thread::Builder::new()
+            .name(format!("warmtls-w{index}"))
+            .spawn(move || {
+                if let Some(cpu) = pin {
+                    let mut one = nix::sched::CpuSet::new();
+                    if one.set(cpu).is_ok() {
+                        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one);
+                    }
+                }
+                worker::run(setup, ready)
+            })
+            .map_err(|e| ServeError::Worker(index, e.to_string()))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for i in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.store(true, Ordering::Relaxed);
+                return Err(ServeError::Worker(i, e));
+            }
+            Err(_) => return Err(ServeError::Worker(i, "exited during start-up".into())),
+        }
+    }
+    tracing::info!(%bound, workers, backend = %backend, cache = %cfg.cache.path.display(),
+        previous_shutdown_unclean = store.previous_shutdown_unclean(), "serving");
+    println!("warmtls: listening on {bound}");
+    let _ = std::io::stdout().flush();
+
+    let mut last_stats = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if term.load(Ordering::Relaxed) {
+            break;
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            match tls::load_certs(&cfg) {
+                Ok(keys) => {
+                    resolver.replace(keys);
+                    tracing::info!("SIGHUP: certificates reloaded");
+                }
+                Err(e) => tracing::error!("SIGHUP: keeping the current certificates: {e}"),
+            }
+        }
+        if last_stats.elapsed() >= cfg.stats_interval {
+            last_stats = Instant::now();
+            report(&metrics, &store, cfg.stats_file.as_deref(), true);
+        }
+    }
+    tracing::info!(
+        "shutting down: draining connections (up to {:?})",
+        cfg.drain_timeout
+    );
+    shutdown.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    drop(flusher);
+    store.flush()?;
+    report(&metrics, &store, cfg.stats_file.as_deref(), true);
+    drop(tls_cfg);
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close()?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn report(
+    metrics: &[WorkerMetrics],
+    store: &SessionStore,
+    stats_file: Option<&std::path::Path>,
+    log: bool,
+) {
+    let m = metrics::snapshot(metrics);
+    let s = store.counters();
+    if log {
+        tracing::info!(
+            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {}",
+            m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
+            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions
+        );
+    }
+    if let Some(path) = stats_file {
+        let mut v = serde_json::to_value(m).unwrap_or_default();
+        v["store"] = serde_json::to_value(s).unwrap_or_default();
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, v.to_string())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .is_err()
+        {
+            tracing::warn!(path = %path.display(), "cannot write the stats file");
+        }
+    }
+}
