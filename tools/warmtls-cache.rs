@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(file: &PathBuf, access: Access) -> anyhow::Result<SessionStore> {
+fn open(file: &std::path::Path, access: Access) -> anyhow::Result<SessionStore> {
     Ok(SessionStore::open_existing(file, access)?)
 }
 
@@ -211,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(s: &SessionStore, file: &PathBuf) -> anyhow::Result<Stats> {
+fn stats(s: &SessionStore, file: &std::path::Path) -> anyhow::Result<Stats> {
     let geo = s.geometry();
     let now = s.now();
     let mut age = Histogram::new();

@@ -42,11 +42,7 @@ fn run(store: &SessionStore, interval: Duration, stop: &mpsc::Receiver<()>) {
     let per_tick = buckets.div_ceil(ticks_per_sweep).max(1);
     let mut cursor = 0u64;
     let mut last_flush = Instant::now();
-    loop {
-        match stop.recv_timeout(tick) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-        }
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
         store.sweep(cursor..cursor + per_tick);
         cursor = if cursor + per_tick >= buckets {
             0
