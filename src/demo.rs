@@ -400,8 +400,8 @@ impl DemoReport {
             self.stop_ms, self.restart_ready_ms
         );
         s += &format!(
-            "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-            "phase", "resumed%", "p50 ms", "p99 ms", "conn/s", "failed"
+            "  {:<24} {:>9} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10}\n",
+            "phase", "resumed%", "p50 ms", "p99 ms", "conn/s", "failed", "srv us/c", "srv RSS MB"
         );
         for p in &self.phases {
             let name = match (p.name.as_str(), p.after_restart) {
@@ -410,13 +410,16 @@ impl DemoReport {
                 (n, false) => n.to_string(),
             };
             s += &format!(
-                "  {:<22} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>9}\n",
+                "  {:<24} {:>9.2} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>10} {:>10}\n",
                 name,
                 p.resumed_pct,
                 p.conn_time_ms.p50,
                 p.conn_time_ms.p99,
                 p.conn_per_s,
-                p.failed_total
+                p.failed_total,
+                b(p.server_cpu_us_per_conn),
+                p.server_rss_mb
+                    .map_or_else(|| "-".into(), |v| format!("{v:.1}"))
             );
         }
         if let Some(c) = self.client_bytes_per_device {
@@ -534,6 +537,7 @@ fn demo(a: &DemoArgs) -> anyhow::Result<DemoReport> {
     cfg.progress = true;
     let mut fleet = Fleet::new(cfg)?;
 
+    let first_pid = endpoint.pid();
     let mut sessions_stored = 0;
     let mut endpoint_stats = Vec::new();
     let mut stop_ms = 0.0;
@@ -552,7 +556,7 @@ fn demo(a: &DemoArgs) -> anyhow::Result<DemoReport> {
         eprintln!("demo: endpoint restarted on the same cache file");
         Ok(endpoint.pid())
     };
-    let report = fleet::run_rounds(&mut fleet, 2, None, Some(&mut restart), |p| {
+    let report = fleet::run_rounds(&mut fleet, 2, first_pid, Some(&mut restart), |p| {
         eprintln!(
             "demo: {} done in {:.1} s: {:.2}% resumed, {} failed",
             p.name, p.elapsed_s, p.resumed_pct, p.failed_total

@@ -6,10 +6,10 @@ use std::fmt::Write;
 use super::report::PhaseReport;
 
 const W: f64 = 900.0;
-const H: f64 = 480.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const RIGHT: f64 = 40.0;
+/// Height of the plot area itself.
+const PH: f64 = 380.0;
 const BOTTOM: f64 = 60.0;
 const BINS: usize = 60;
 const COLORS: [&str; 6] = [
@@ -49,20 +49,21 @@ pub fn latency_svg(title: &str, phases: &[PhaseReport]) -> String {
             bins.iter().map(|&c| 100.0 * c as f64 / n).collect()
         })
         .collect();
-    let ymax = shares
-        .iter()
-        .flatten()
-        .fold(1.0f64, |m, &v| m.max(v))
-        .ceil();
+    let ymax = shares.iter().flatten().fold(1.0f64, |m, &v| m.max(v));
+    // Round up to a multiple of 4 so the four gridlines get whole percentages.
+    let ymax = (ymax / 4.0).ceil() * 4.0;
     let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
+    // The legend sits between the title and the plot, one row per phase.
+    let top = 44.0 + 16.0 * phases.len() as f64;
+    let h = top + PH + BOTTOM;
+    let ph = PH;
     let px = |bin: f64| LEFT + pw * bin / BINS as f64;
-    let py = |share: f64| TOP + ph * (1.0 - share / ymax);
+    let py = |share: f64| top + ph * (1.0 - share / ymax);
 
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
@@ -74,8 +75,8 @@ pub fn latency_svg(title: &str, phases: &[PhaseReport]) -> String {
     // Axes, decade ticks and share gridlines.
     let _ = writeln!(
         s,
-        r#"<path d="M{LEFT} {TOP} V{} H{}" stroke="black" fill="none"/>"#,
-        TOP + ph,
+        r#"<path d="M{LEFT} {top} V{} H{}" stroke="black" fill="none"/>"#,
+        top + ph,
         LEFT + pw
     );
     let decades = (hi - lo) as i32;
@@ -84,9 +85,9 @@ pub fn latency_svg(title: &str, phases: &[PhaseReport]) -> String {
         let ms = 10f64.powf(lo + f64::from(d));
         let _ = writeln!(
             s,
-            r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
-            TOP + ph,
-            TOP + ph + 16.0,
+            r##"<line x1="{x}" y1="{top}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
+            top + ph,
+            top + ph + 16.0,
             fmt_ms(ms)
         );
     }
@@ -105,16 +106,16 @@ pub fn latency_svg(title: &str, phases: &[PhaseReport]) -> String {
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">connection time, ms (log scale)</text>"#,
         LEFT + pw / 2.0,
-        H - 18.0
+        h - 18.0
     );
     let _ = writeln!(
         s,
         r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">share of the phase's connections</text>"#,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0
+        top + ph / 2.0,
+        top + ph / 2.0
     );
-    // One step line per phase, and its legend entry.
-    for (i, (p, bins)) in phases.iter().zip(&shares).enumerate() {
+    // One step line per phase.
+    for (i, bins) in shares.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut d = format!("M{:.1} {:.1}", px(0.0), py(0.0));
         for (b, &v) in bins.iter().enumerate() {
@@ -132,28 +133,37 @@ pub fn latency_svg(title: &str, phases: &[PhaseReport]) -> String {
             s,
             r#"<path d="{d}" stroke="{color}" stroke-width="1.5" fill="{color}" fill-opacity="0.12"/>"#
         );
-        let ly = TOP + 14.0 + 16.0 * i as f64;
-        let label = format!(
-            "{}{}: {} conns, {:.1}% resumed, p50 {} p99 {}",
-            p.name,
-            if p.after_restart {
-                " (after restart)"
-            } else {
-                ""
-            },
-            p.connections,
-            p.resumed_pct,
-            fmt_ms(p.conn_time_ms.p50),
-            fmt_ms(p.conn_time_ms.p99)
-        );
+    }
+    // The legend.
+    let labels: Vec<String> = phases
+        .iter()
+        .map(|p| {
+            format!(
+                "{}{}: {} conns, {:.1}% resumed, p50 {} p99 {}",
+                p.name,
+                if p.after_restart {
+                    " (after restart)"
+                } else {
+                    ""
+                },
+                p.connections,
+                p.resumed_pct,
+                fmt_ms(p.conn_time_ms.p50),
+                fmt_ms(p.conn_time_ms.p99)
+            )
+        })
+        .collect();
+    for (i, label) in labels.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let ly = 48.0 + 16.0 * i as f64;
         let _ = writeln!(
             s,
             r#"<rect x="{}" y="{}" width="12" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
-            LEFT + pw - 390.0,
+            LEFT + 14.0,
             ly - 9.0,
-            LEFT + pw - 372.0,
+            LEFT + 32.0,
             ly,
-            escape(&label)
+            escape(label)
         );
     }
     s.push_str("</svg>\n");
