@@ -42,9 +42,22 @@ fn two_thousand_devices_resume_before_and_after_a_restart() {
     let mut server = Server::start(&cache, &backend, &[]);
     let cert = server.cert_path();
     let devices: Vec<_> = (0..2_000)
-        .map(|i| device(&cert, if i % 2 == 0 { &rustls::version::TLS13 } else { &rustls::version::TLS12 }))
+        .map(|i| {
+            device(
+                &cert,
+                if i % 2 == 0 {
+                    &rustls::version::TLS13
+                } else {
+                    &rustls::version::TLS12
+                },
+            )
+        })
         .collect();
-    assert_eq!(round(&devices, &server.addr()), (2_000, 0), "prime: all full handshakes");
+    assert_eq!(
+        round(&devices, &server.addr()),
+        (2_000, 0),
+        "prime: all full handshakes"
+    );
     assert_eq!(round(&devices, &server.addr()), (0, 2_000), "all resume");
     let st = server.stats();
     assert_eq!(st["full_handshakes"], 2_000);
@@ -52,7 +65,11 @@ fn two_thousand_devices_resume_before_and_after_a_restart() {
     // Graceful shutdown right after the round: the sessions just written must survive.
     assert!(server.stop());
     let server = Server::start(&cache, &backend, &[]);
-    assert_eq!(round(&devices, &server.addr()), (0, 2_000), "all resume after the restart");
+    assert_eq!(
+        round(&devices, &server.addr()),
+        (0, 2_000),
+        "all resume after the restart"
+    );
 }
 
 #[test]
@@ -62,10 +79,13 @@ fn one_mebibyte_each_way_arrives_byte_exact() {
     let server = Server::start(&dir.path().join("c.cache"), &backend, &[]);
     let cfg = device(&server.cert_path(), &rustls::version::TLS13);
     let sock = TcpStream::connect(server.addr()).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut back = vec![0u8; data.len()];
     for (sent, chunk) in data.chunks(50_000).enumerate() {
         tls.write_all(chunk).unwrap();

@@ -24,16 +24,26 @@ impl Server {
     pub fn start(cache: &Path, backend: &str, extra: &[&str]) -> Server {
         let stats = cache.with_extension("stats.json");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmtls"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--backend", backend, "--workers", "2", "--stats-interval", "1"])
-            .arg("--cache")
-            .arg(cache)
-            .args(["--cache-capacity", "20000"])
-            .arg("--stats-file")
-            .arg(&stats)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--workers",
+            "2",
+            "--stats-interval",
+            "1",
+        ])
+        .arg("--cache")
+        .arg(cache)
+        .args(["--cache-capacity", "20000"])
+        .arg("--stats-file")
+        .arg(&stats)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn warmtls serve");
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -44,9 +54,20 @@ impl Server {
             }
             for _ in lines {}
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("warmtls printed its readiness line");
-        let port = line.rsplit(':').next().and_then(|p| p.trim().parse().ok()).expect("a port in the readiness line");
-        Server { child: Some(child), port, cache: cache.to_path_buf(), stats }
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("warmtls printed its readiness line");
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("a port in the readiness line");
+        Server {
+            child: Some(child),
+            port,
+            cache: cache.to_path_buf(),
+            stats,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -55,17 +76,26 @@ impl Server {
 
     /// SIGTERM and wait; returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
     /// The counters the server last wrote (waits for a fresh write).
     pub fn stats(&self) -> serde_json::Value {
-        let before = std::fs::metadata(&self.stats).and_then(|m| m.modified()).ok();
+        let before = std::fs::metadata(&self.stats)
+            .and_then(|m| m.modified())
+            .ok();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let now = std::fs::metadata(&self.stats).and_then(|m| m.modified()).ok();
+            let now = std::fs::metadata(&self.stats)
+                .and_then(|m| m.modified())
+                .ok();
             if (now.is_some() && now != before) || Instant::now() > deadline {
                 break;
             }
@@ -142,12 +172,17 @@ pub fn echo() -> String {
 }
 
 /// A client config for one device, trusting the server's self-signed certificate.
-pub fn device(cert: &Path, version: &'static rustls::SupportedProtocolVersion) -> Arc<ClientConfig> {
+pub fn device(
+    cert: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = ClientConfig::builder_with_protocol_versions(&[version]).with_root_certificates(roots).with_no_client_auth();
+    let mut cfg = ClientConfig::builder_with_protocol_versions(&[version])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.resumption = rustls::client::Resumption::in_memory_sessions(1);
     Arc::new(cfg)
 }
@@ -156,10 +191,15 @@ use rustls::pki_types::pem::PemObject;
 
 /// One device connection: handshake, a request, the whole response until the
 /// server closes. Returns the handshake kind and the response.
-pub fn request(cfg: &Arc<ClientConfig>, addr: &str, req: &[u8]) -> std::io::Result<(HandshakeKind, Vec<u8>)> {
+pub fn request(
+    cfg: &Arc<ClientConfig>,
+    addr: &str,
+    req: &[u8],
+) -> std::io::Result<(HandshakeKind, Vec<u8>)> {
     let sock = TcpStream::connect(addr)?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let conn =
+        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     tls.write_all(req)?;
     let mut resp = Vec::new();
@@ -176,7 +216,9 @@ pub const GET: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 /// Open descriptors of a process.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Wait until `f` holds or `timeout` passes.
