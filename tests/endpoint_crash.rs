@@ -17,7 +17,16 @@ fn sessions_survive_repeated_sigkill_under_load() {
     let mut server = Server::start(&cache, &backend, &[]);
     let cert = server.cert_path();
     let devices: Vec<_> = (0..300)
-        .map(|i| device(&cert, if i % 2 == 0 { &rustls::version::TLS13 } else { &rustls::version::TLS12 }))
+        .map(|i| {
+            device(
+                &cert,
+                if i % 2 == 0 {
+                    &rustls::version::TLS13
+                } else {
+                    &rustls::version::TLS12
+                },
+            )
+        })
         .collect();
     // Whether each device's last connection completed (so it holds a session the
     // server has stored).
@@ -44,27 +53,58 @@ fn sessions_survive_repeated_sigkill_under_load() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(300 + rng % 700));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid() as i32), nix::sys::signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.pid() as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
         stop.store(true, Ordering::Relaxed);
         for h in load {
             h.join().unwrap();
         }
         drop(server);
 
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmtls-cache")).arg("verify").arg(&cache).output().unwrap();
-        assert!(out.status.success(), "cycle {cycle}: verify after kill -9:\n{}", String::from_utf8_lossy(&out.stdout));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmtls-cache"))
+            .arg("verify")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: verify after kill -9:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
 
         server = Server::start(&cache, &backend, &[]);
-        let done: Vec<usize> = completed.lock().unwrap().iter().enumerate().filter(|(_, &c)| c).map(|(i, _)| i).collect();
-        assert!(done.len() > 50, "cycle {cycle}: the load must have completed connections ({})", done.len());
+        let done: Vec<usize> = completed
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            done.len() > 50,
+            "cycle {cycle}: the load must have completed connections ({})",
+            done.len()
+        );
         for &i in &done {
-            let (kind, body) = request(&devices[i], &server.addr(), GET).expect("device reconnects");
+            let (kind, body) =
+                request(&devices[i], &server.addr(), GET).expect("device reconnects");
             assert!(body.ends_with(b"hello"));
-            assert_eq!(kind, HandshakeKind::Resumed, "cycle {cycle}: device {i}'s session was lost to kill -9");
+            assert_eq!(
+                kind,
+                HandshakeKind::Resumed,
+                "cycle {cycle}: device {i}'s session was lost to kill -9"
+            );
             checked += 1;
         }
     }
     assert!(checked > 150);
     let st = server.stats();
-    assert_eq!(st["store"]["corrupt"], 0, "no corrupt session was ever met: {st}");
+    assert_eq!(
+        st["store"]["corrupt"], 0,
+        "no corrupt session was ever met: {st}"
+    );
 }

@@ -372,7 +372,8 @@ fn a_backend_flooding_a_slow_client_does_not_grow_memory() {
     let server = Server::start(&dir.path().join("c.cache"), &backend, &[]);
     let cfg = device(&server.cert_path(), &rustls::version::TLS13);
     let sock = TcpStream::connect(server.addr()).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     tls.write_all(GET).unwrap();
@@ -391,9 +392,15 @@ fn a_backend_flooding_a_slow_client_does_not_grow_memory() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let after = rss_kib(server.pid());
-    eprintln!("server RSS {before} KiB -> {after} KiB after {} MiB through a slow reader", got >> 20);
+    eprintln!(
+        "server RSS {before} KiB -> {after} KiB after {} MiB through a slow reader",
+        got >> 20
+    );
     assert!(got >= 10 << 20);
-    assert!(after < before + 8 * 1024, "server RSS grew from {before} KiB to {after} KiB while the backend had 256 MiB to send");
+    assert!(
+        after < before + 8 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB while the backend had 256 MiB to send"
+    );
 }
 
 #[test]
@@ -404,7 +411,14 @@ fn a_backend_that_resets_or_never_answers_is_bounded_and_counted() {
     let reset_addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
             drop(s);
         }
     });
@@ -425,11 +439,20 @@ fn a_backend_that_resets_or_never_answers_is_bounded_and_counted() {
             h2.lock().unwrap().push(s);
         }
     });
-    let server2 = Server::start(&dir.path().join("s.cache"), &silent_addr, &["--idle-timeout", "1s"]);
+    let server2 = Server::start(
+        &dir.path().join("s.cache"),
+        &silent_addr,
+        &["--idle-timeout", "1s"],
+    );
     let cfg2 = device(&server2.cert_path(), &rustls::version::TLS13);
     let t = Instant::now();
     let _ = request(&cfg2, &server2.addr(), GET);
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(4), "closed at the idle timeout: {took:?}");
-    assert!(wait_for(Duration::from_secs(5), || server2.stats()["timeouts"] == 1));
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "closed at the idle timeout: {took:?}"
+    );
+    assert!(wait_for(Duration::from_secs(5), || server2.stats()
+        ["timeouts"]
+        == 1));
 }

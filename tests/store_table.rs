@@ -392,12 +392,23 @@ fn a_full_disk_fails_at_creation_with_a_clear_error_and_leaves_nothing() {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let cfg = StoreConfig { path: mnt.join("sessions.cache"), capacity: 100_000, slot_size: 128 };
+    let cfg = StoreConfig {
+        path: mnt.join("sessions.cache"),
+        capacity: 100_000,
+        slot_size: 128,
+    };
     let err = SessionStore::open_or_create(&cfg).expect_err("15 MB do not fit in 1 MB");
     let msg = err.to_string();
     umount_after(&mnt, || {
-        assert!(msg.contains("not enough free space") && msg.contains("MiB"), "{msg}");
-        assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "no half-written file left");
+        assert!(
+            msg.contains("not enough free space") && msg.contains("MiB"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&mnt).unwrap().count(),
+            0,
+            "no half-written file left"
+        );
     });
 }
 
@@ -407,7 +418,11 @@ fn a_filesystem_that_fills_up_later_does_not_corrupt_existing_entries() {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let cfg = StoreConfig { path: mnt.join("sessions.cache"), capacity: 10_000, slot_size: 128 };
+    let cfg = StoreConfig {
+        path: mnt.join("sessions.cache"),
+        capacity: 10_000,
+        slot_size: 128,
+    };
     let s = SessionStore::open_or_create(&cfg).unwrap();
     for i in 0..5_000 {
         s.put(&key(i), &value(i, 0, 80), Duration::from_secs(3600));
