@@ -230,6 +230,7 @@ impl Fleet {
         );
         let bar = self.progress_bar(name);
         let cpu_before = server_pid.and_then(probe::cpu_time);
+        let mem_before = server_pid.and_then(probe::tree_memory_bytes);
         let start = Instant::now();
         let workers = self.cfg.concurrency.min(self.cfg.devices as usize).max(1);
         let this = &*self;
@@ -276,7 +277,8 @@ impl Fleet {
                 .and_then(probe::cpu_time)
                 .zip(cpu_before)
                 .map(|(after, before)| after.saturating_sub(before)),
-            rss: server_pid.and_then(probe::rss_bytes),
+            rss: server_pid.and_then(probe::tree_memory_bytes),
+            rss_before: mem_before,
         };
         PhaseReport::new(name, after_restart, &total, sched.skipped(), elapsed, usage)
     }

@@ -116,8 +116,11 @@ pub struct Quantiles {
 pub struct ServerUsage {
     /// CPU time (user + system) the server used during the phase.
     pub cpu: Option<Duration>,
-    /// Its resident memory at the end of the phase, bytes.
+    /// Its memory at the end of the phase, bytes (PSS summed over the process
+    /// and its descendants).
     pub rss: Option<u64>,
+    /// The same at the start of the phase.
+    pub rss_before: Option<u64>,
 }
 
 /// One phase's figures.
@@ -149,8 +152,13 @@ pub struct PhaseReport {
     /// Completed connections per second of the phase's wall time.
     pub conn_per_s: f64,
     pub elapsed_s: f64,
+    /// Server CPU time (its process and descendants) over the phase / connections.
     pub server_cpu_us_per_conn: Option<f64>,
+    /// Server memory at the end of the phase (PSS over its process tree), MiB.
     pub server_rss_mb: Option<f64>,
+    /// How much that memory grew over the phase, MiB (after the prime phase:
+    /// what the server holds for the fleet's sessions).
+    pub server_rss_growth_mb: Option<f64>,
     /// Connection times in µs, for the plot.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -230,11 +238,17 @@ impl PhaseReport {
                 .cpu
                 .filter(|_| connections > 0)
                 .map(|c| c.as_secs_f64() * 1e6 / connections as f64),
-            server_rss_mb: server.rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+            server_rss_mb: server.rss.map(|b| b as f64 / MIB),
+            server_rss_growth_mb: server
+                .rss
+                .zip(server.rss_before)
+                .map(|(a, b)| (a as f64 - b as f64) / MIB),
             histogram: t.hist.clone(),
         }
     }
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// A whole run: the fleet and its phases.
 #[derive(Debug, Clone, Serialize)]
