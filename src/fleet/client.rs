@@ -1,8 +1,11 @@
 //! The devices' rustls client configurations: one per protocol version, all
 //! sharing the fleet's [`DeviceTable`] as their session store.
 //!
-//! Devices are low-bandwidth: X25519 is the only key-exchange group (no
-//! post-quantum share inflating the ClientHello) unless asked otherwise.
+//! Devices are low-bandwidth: X25519 is the only key exchange offered in TLS 1.3
+//! (no post-quantum share inflating the ClientHello). TLS 1.2 devices also list
+//! P-256: in TLS 1.2 the client's group list also says which ECDSA certificate
+//! curves it accepts, and OpenSSL servers (nginx, HAProxy) refuse a P-256
+//! certificate to a client that lists X25519 alone. X25519 still comes first.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -84,6 +87,9 @@ impl DeviceConfigs {
         let mut provider = aws_lc_rs::default_provider();
         provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
         let provider = Arc::new(provider);
+        let mut provider12 = (*provider).clone();
+        provider12.kx_groups = vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
+        let provider12 = Arc::new(provider12);
         // One verifier for both configs: rustls only resumes a session under the
         // verifier that accepted it.
         let verifier: Arc<dyn ServerCertVerifier> = match verify {
@@ -100,7 +106,8 @@ impl DeviceConfigs {
                 algorithms: provider.signature_verification_algorithms,
             }),
         };
-        let build = |version: &'static rustls::SupportedProtocolVersion| {
+        let build = |version: &'static rustls::SupportedProtocolVersion,
+                     provider: &Arc<rustls::crypto::CryptoProvider>| {
             let mut cfg = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[version])
                 .map_err(FleetError::Tls)?
@@ -112,8 +119,8 @@ impl DeviceConfigs {
             Ok::<_, FleetError>(Arc::new(cfg))
         };
         Ok(DeviceConfigs {
-            tls12: build(&rustls::version::TLS12)?,
-            tls13: build(&rustls::version::TLS13)?,
+            tls12: build(&rustls::version::TLS12, &provider12)?,
+            tls13: build(&rustls::version::TLS13, &provider)?,
             mix,
         })
     }

@@ -4,9 +4,10 @@
 //! close.
 //!
 //! Bytes are counted at the socket, so they are what the server reads and
-//! writes. The device does not answer the server's close_notify: it closes TCP
-//! after reading EOF, like most small clients, and so every byte it sends is a
-//! byte the server reads.
+//! writes. The device answers the server's close_notify with its own and closes
+//! TCP at once (OpenSSL servers forget sessions of connections not shut down
+//! cleanly; waiting for the server's FIN would stall on servers that wait for
+//! the client to close first).
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -24,7 +25,8 @@ pub struct Limits {
     pub connect: Duration,
     /// The whole connection, connect to close.
     pub total: Duration,
-    /// After the server's close_notify, how long to wait for its EOF.
+    /// After the server's close_notify, how long to wait for its EOF (zero: close
+    /// at once).
     pub linger: Duration,
 }
 
@@ -281,6 +283,14 @@ fn drive(
         }
         if state.peer_has_closed() {
             closed_cleanly = true;
+            // Answer with our close_notify: OpenSSL servers (nginx, HAProxy) drop
+            // the session of a connection that was not shut down cleanly.
+            conn.send_close_notify();
+            while conn.wants_write() {
+                if conn.write_tls(io).is_err() {
+                    break;
+                }
+            }
             // Wait briefly for the TCP FIN, so the server closes first and keeps
             // the TIME_WAIT, not the device.
             let linger = limits

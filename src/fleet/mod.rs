@@ -119,7 +119,10 @@ impl FleetConfig {
             limits: Limits {
                 connect: Duration::from_secs(5),
                 total: Duration::from_secs(15),
-                linger: Duration::from_millis(200),
+                // nginx sends close_notify but keeps TCP open until the client
+                // answers or closes: waiting for its FIN would add the whole linger
+                // to every connection. Devices close as soon as close_notify is in.
+                linger: Duration::ZERO,
             },
             progress: false,
             seed: 0x5eed,
