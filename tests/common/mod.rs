@@ -412,3 +412,92 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Send `data` through the endpoint while reading what comes back (both ways at
+/// once, so back-pressure cannot deadlock the test), then close_notify and read
+/// until the endpoint's close_notify. Returns the bytes received.
+pub fn exchange(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    data: &[u8],
+    within: Duration,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::ErrorKind::WouldBlock;
+    use std::os::fd::AsFd;
+    let mut sock = TcpStream::connect(addr)?;
+    sock.set_nonblocking(true)?;
+    let mut conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+        .map_err(std::io::Error::other)?;
+    let deadline = Instant::now() + within;
+    let (mut sent, mut closed_write, mut eof) = (0, false, false);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !eof {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("sent {sent}, received {}", got.len()),
+            ));
+        }
+        let mut progress = false;
+        if !conn.is_handshaking() && sent < data.len() {
+            let n = conn.writer().write(&data[sent..(sent + 16_384).min(data.len())])?;
+            sent += n;
+            progress |= n > 0;
+        }
+        if sent == data.len() && !closed_write && !conn.is_handshaking() {
+            conn.send_close_notify();
+            closed_write = true;
+        }
+        while conn.wants_write() {
+            match conn.write_tls(&mut sock) {
+                Ok(n) => progress |= n > 0,
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        match conn.read_tls(&mut sock) {
+            Ok(0) => eof = true,
+            Ok(_) => {
+                progress = true;
+                conn.process_new_packets().map_err(std::io::Error::other)?;
+            }
+            Err(e) if e.kind() == WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        loop {
+            match conn.reader().read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !progress && !eof {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let mut flags = PollFlags::POLLIN;
+            if conn.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            let mut fds = [PollFd::new(sock.as_fd(), flags)];
+            let _ = poll(&mut fds, PollTimeout::from(10u8));
+        }
+    }
+    Ok(got)
+}
+
+/// `n` reproducible pseudo-random bytes.
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
