@@ -29,12 +29,7 @@ fn s_client(ep: &Endpoint, version: &str, sess_in: Option<&Path>, sess_out: &Pat
         .stderr(Stdio::piped())
         .spawn()
         .expect("run openssl s_client (is openssl installed?)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ping\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -70,14 +65,20 @@ fn openssl_s_client_resumes_tls12_and_tls13_also_after_restart() {
     // see the cheap suite was chosen.
     let out = s_client(&ep, "-tls1_3", Some(&sess("-tls1_3.1")), &sess("-tls1_3.2"));
     assert!(reused(&out), "a ticket from a resumption resumes:\n{out}");
-    assert!(out.contains("TLS_AES_128_GCM_SHA256"), "AES-128 preferred:\n{out}");
+    assert!(
+        out.contains("TLS_AES_128_GCM_SHA256"),
+        "AES-128 preferred:\n{out}"
+    );
     // Stop and start on the same cache file: the saved sessions still resume.
     // (A TLS 1.3 ticket is single use, so the restart uses the latest one issued;
     // a TLS 1.2 session ID is reusable and s_client saves nothing new on reuse.)
     assert_eq!(ep.stop(), 0);
     let ep = Endpoint::start(dir.path(), &backend.addr_arg(), &[]);
     let v12 = s_client(&ep, "-tls1_2", Some(&sess("-tls1_2.0")), &sess("-tls1_2.2"));
-    assert!(reused(&v12), "TLS 1.2 session resumes after restart:\n{v12}");
+    assert!(
+        reused(&v12),
+        "TLS 1.2 session resumes after restart:\n{v12}"
+    );
     let v13 = s_client(&ep, "-tls1_3", Some(&sess("-tls1_3.2")), &sess("-tls1_3.3"));
     assert!(reused(&v13), "TLS 1.3 ticket resumes after restart:\n{v13}");
     assert_eq!(ep.stop(), 0);

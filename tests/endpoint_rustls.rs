@@ -33,7 +33,10 @@ fn rustls_client_resumes_tls12_and_tls13_and_after_restart() {
         stat(s, "resumed_handshakes") >= 2
     });
     assert_eq!(stat(&s, "full_handshakes"), 0, "{s}");
-    assert!(stat(&s["store"], "hits") + stat(&s["store"], "takes") >= 1, "{s}");
+    assert!(
+        stat(&s["store"], "hits") + stat(&s["store"], "takes") >= 1,
+        "{s}"
+    );
 }
 
 /// Devices made just before SIGTERM (the store is flushed on the way out) all

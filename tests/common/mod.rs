@@ -64,7 +64,7 @@ impl Endpoint {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if !extra.iter().any(|a| *a == "--workers") {
+        if !extra.contains(&"--workers") {
             args.extend(["--workers".to_string(), "2".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -142,7 +142,10 @@ impl Endpoint {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("warmtls did not exit after SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "warmtls did not exit after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -286,6 +289,7 @@ enum Mode {
 }
 
 fn handle(mut s: TcpStream, mode: Mode, rec: Arc<Mutex<Vec<Received>>>) {
+    let _ = s.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
     let mut hasher = crc32fast::Hasher::new();
     let mut len = 0u64;
@@ -347,6 +351,7 @@ pub fn tls_connect(
     addr: SocketAddr,
 ) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
     let sock = TcpStream::connect(addr)?;
+    sock.set_nodelay(true)?; // as a device would: no Nagle wait between records
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     sock.set_write_timeout(Some(Duration::from_secs(10)))?;
     let conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
@@ -441,7 +446,9 @@ pub fn exchange(
         }
         let mut progress = false;
         if !conn.is_handshaking() && sent < data.len() {
-            let n = conn.writer().write(&data[sent..(sent + 16_384).min(data.len())])?;
+            let n = conn
+                .writer()
+                .write(&data[sent..(sent + 16_384).min(data.len())])?;
             sent += n;
             progress |= n > 0;
         }
