@@ -9,7 +9,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{
-    client_config, ping, read_until_closed, stat, tempdir, tls_connect, EchoBackend, Endpoint,
+    client_config, ping, read_until_closed, stat, stuck_listener, tempdir, tls_connect,
+    EchoBackend, Endpoint,
 };
 use rustls::HandshakeKind;
 
@@ -55,34 +56,6 @@ fn refused_backend_closes_the_client_promptly_and_later_clients_are_served() {
     let _backend = EchoBackend::serve_on(listener);
     let cfg = client_config(&ep.ca(), &rustls::version::TLS12);
     assert_eq!(ping(&cfg, ep.addr).unwrap(), HandshakeKind::Full);
-}
-
-/// A listener with a full accept queue: the kernel drops further SYNs, so a
-/// connect to it hangs (the "backend not accepting" case, on loopback).
-fn stuck_listener() -> (TcpListener, Vec<TcpStream>) {
-    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::new(127, 0, 0, 1, 0),
-    )
-    .unwrap();
-    socket::listen(&fd, Backlog::new(0).unwrap()).unwrap();
-    let listener = TcpListener::from(fd);
-    let addr = listener.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-            fillers.push(s);
-        }
-    }
-    (listener, fillers)
 }
 
 #[test]

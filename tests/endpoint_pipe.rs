@@ -62,3 +62,29 @@ fn unix_socket_backend_round_trips_and_sees_half_close() {
     assert_eq!(backend.join().unwrap(), data.len());
     assert!(got == data, "echoed bytes differ");
 }
+
+/// A device that sends its request and half-closes (TCP FIN, no close_notify)
+/// before the backend has even accepted still gets its whole answer.
+#[test]
+fn request_and_fin_before_the_backend_connects_still_get_the_answer() {
+    let dir = tempdir();
+    let (listener, fillers) = common::stuck_listener();
+    let ep = Endpoint::start(
+        dir.path(),
+        &listener.local_addr().unwrap().to_string(),
+        &["--backend-connect-timeout", "5s"],
+    );
+    let cfg = client_config(&ep.ca(), &rustls::version::TLS13);
+    let mut s = common::tls_connect(&cfg, ep.addr).unwrap();
+    s.write_all(b"request").unwrap();
+    s.flush().unwrap();
+    s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    // The endpoint is still connecting (the backend's SYN was dropped); let the
+    // client's FIN arrive first, then let the backend accept.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(fillers);
+    let _backend = EchoBackend::serve_on(listener);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap(); // ends at the endpoint's close_notify
+    assert_eq!(got, b"request");
+}

@@ -195,9 +195,16 @@ impl Worker {
         match op {
             Op::ClientRecv => {
                 c.client_recv_posted = false;
-                if res <= 0 {
+                if res < 0 {
+                    // Reset or error: nobody is left to answer.
+                    self.begin_close(key);
+                    return;
+                }
+                if res == 0 {
                     c.client_eof = true;
-                    if c.phase != Phase::Piping {
+                    // A FIN after the handshake is a half-close: the request already
+                    // read still goes to the backend and its answer comes back.
+                    if matches!(c.phase, Phase::Handshaking | Phase::Draining) {
                         self.begin_close(key);
                     }
                     return;
