@@ -115,7 +115,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             session_lifetime: Duration::from_secs(7 * 86_400),
             workers: 0,
-            max_connections: 20_000,
+            max_connections: 8_192,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             backend_connect_timeout: Duration::from_secs(3),

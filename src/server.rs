@@ -36,7 +36,7 @@ pub enum ServeError {
 /// each), or say why not.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let want = (max_connections as u64) * 2 + 256;
+    let want = (max_connections as u64) * 2 + 64;
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < want => {
             let new = want.min(hard);

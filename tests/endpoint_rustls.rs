@@ -1,95 +1,105 @@
-//! A rustls client (a device) through the real endpoint: TLS 1.2 session IDs and
-//! TLS 1.3 stateful tickets resume, and 2,000 distinct devices still resume after
-//! the endpoint is stopped (SIGTERM) and started again on the same cache file.
-mod common;
+//! rustls devices through warmtls: 2,000 distinct sessions resume, also after a
+//! restart; plaintext arrives byte-exact both ways.
+mod endpoint_support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 
-use common::{client_config, device, ping, stat, tempdir, EchoBackend, Endpoint};
+use endpoint_support::*;
 use rustls::HandshakeKind;
 
-#[test]
-fn rustls_client_resumes_tls12_and_tls13_and_after_restart() {
-    let dir = tempdir();
-    let backend = EchoBackend::start();
-    let ep = Endpoint::start(dir.path(), &backend.addr_arg(), &[]);
-    let ca = ep.ca();
-    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let cfg = client_config(&ca, version);
-        assert_eq!(ping(&cfg, ep.addr).unwrap(), HandshakeKind::Full);
-        assert_eq!(ping(&cfg, ep.addr).unwrap(), HandshakeKind::Resumed);
-    }
-    let v12 = client_config(&ca, &rustls::version::TLS12);
-    let v13 = client_config(&ca, &rustls::version::TLS13);
-    assert_eq!(ping(&v12, ep.addr).unwrap(), HandshakeKind::Full);
-    assert_eq!(ping(&v13, ep.addr).unwrap(), HandshakeKind::Full);
-    assert_eq!(ep.stop(), 0, "clean exit on SIGTERM");
-
-    let ep = Endpoint::start(dir.path(), &backend.addr_arg(), &[]);
-    assert_eq!(ep.ca(), ca);
-    assert_eq!(ping(&v12, ep.addr).unwrap(), HandshakeKind::Resumed);
-    assert_eq!(ping(&v13, ep.addr).unwrap(), HandshakeKind::Resumed);
-    let s = ep.wait_stats(std::time::Duration::from_secs(5), |s| {
-        stat(s, "resumed_handshakes") >= 2
-    });
-    assert_eq!(stat(&s, "full_handshakes"), 0, "{s}");
-    assert!(
-        stat(&s["store"], "hits") + stat(&s["store"], "takes") >= 1,
-        "{s}"
-    );
-}
-
-/// Devices made just before SIGTERM (the store is flushed on the way out) all
-/// resume after the restart: half TLS 1.2, half TLS 1.3.
-#[test]
-fn two_thousand_devices_made_just_before_sigterm_resume_after_restart() {
-    const DEVICES: usize = 2_000;
-    const THREADS: usize = 4;
-    let dir = tempdir();
-    let backend = EchoBackend::start();
-    let ep = Endpoint::start(dir.path(), &backend.addr_arg(), &[]);
-    let v12 = client_config(&ep.ca(), &rustls::version::TLS12);
-    let v13 = client_config(&ep.ca(), &rustls::version::TLS13);
-    let devices: Vec<_> = (0..DEVICES)
-        .map(|i| device(if i % 2 == 0 { &v12 } else { &v13 }))
-        .collect();
-    let devices = Arc::new(devices);
-
-    let run = |addr, expect: HandshakeKind| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let devices = devices.clone();
-                std::thread::spawn(move || {
-                    let mut wrong = Vec::new();
-                    for i in (t..DEVICES).step_by(THREADS) {
-                        match ping(&devices[i], addr) {
-                            Ok(k) if k == expect => {}
-                            other => wrong.push((i, format!("{other:?}"))),
+fn round(devices: &[Arc<rustls::ClientConfig>], addr: &str) -> (usize, usize) {
+    let chunks: Vec<_> = devices.chunks(devices.len().div_ceil(8)).collect();
+    let results: Vec<(usize, usize)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                sc.spawn(move || {
+                    let (mut full, mut resumed) = (0, 0);
+                    for d in chunk {
+                        let (kind, resp) = request(d, addr, GET).expect("device connection");
+                        assert!(resp.ends_with(b"hello"), "response arrived");
+                        match kind {
+                            HandshakeKind::Resumed => resumed += 1,
+                            _ => full += 1,
                         }
                     }
-                    wrong
+                    (full, resumed)
                 })
             })
             .collect();
-        let wrong: Vec<_> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "{} of {DEVICES} devices did not get a {expect:?} handshake, e.g. {:?}",
-            wrong.len(),
-            &wrong[..wrong.len().min(5)]
-        );
-    };
-
-    run(ep.addr, HandshakeKind::Full);
-    assert_eq!(ep.stop(), 0);
-    let ep = Endpoint::start(dir.path(), &backend.addr_arg(), &[]);
-    run(ep.addr, HandshakeKind::Resumed);
-    let s = ep.wait_stats(std::time::Duration::from_secs(5), |s| {
-        stat(s, "resumed_handshakes") >= DEVICES as u64
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(stat(&s, "full_handshakes"), 0, "{s}");
-    assert_eq!(stat(&s, "tls_errors"), 0, "{s}");
+    results.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+#[test]
+fn two_thousand_devices_resume_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _) = responder();
+    let cache = dir.path().join("c.cache");
+    let mut server = Server::start(&cache, &backend, &[]);
+    let cert = server.cert_path();
+    let devices: Vec<_> = (0..2_000)
+        .map(|i| {
+            device(
+                &cert,
+                if i % 2 == 0 {
+                    &rustls::version::TLS13
+                } else {
+                    &rustls::version::TLS12
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        round(&devices, &server.addr()),
+        (2_000, 0),
+        "prime: all full handshakes"
+    );
+    assert_eq!(round(&devices, &server.addr()), (0, 2_000), "all resume");
+    let st = server.stats();
+    assert_eq!(st["full_handshakes"], 2_000);
+    assert_eq!(st["resumed_handshakes"], 2_000);
+    // Graceful shutdown right after the round: the sessions just written must survive.
+    assert!(server.stop());
+    let server = Server::start(&cache, &backend, &[]);
+    assert_eq!(
+        round(&devices, &server.addr()),
+        (0, 2_000),
+        "all resume after the restart"
+    );
+}
+
+#[test]
+fn one_mebibyte_each_way_arrives_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo();
+    let server = Server::start(&dir.path().join("c.cache"), &backend, &[]);
+    let cfg = device(&server.cert_path(), &rustls::version::TLS13);
+    let sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut back = vec![0u8; data.len()];
+    for (sent, chunk) in data.chunks(50_000).enumerate() {
+        tls.write_all(chunk).unwrap();
+        tls.flush().unwrap();
+        let at = sent * 50_000;
+        tls.read_exact(&mut back[at..at + chunk.len()]).unwrap();
+    }
+    assert!(back == data, "echoed bytes differ");
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    let st = server.stats();
+    assert!(st["bytes_from_clients"].as_u64().unwrap() > 1 << 20);
+    assert!(st["bytes_to_clients"].as_u64().unwrap() > 1 << 20);
 }

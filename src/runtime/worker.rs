@@ -450,6 +450,11 @@ impl Worker {
             return;
         }
         c.closing = true;
+        if c.inflight == 0 {
+            return; // nothing to wake: the caller's pump frees it
+        }
+        // Wake whatever receive or send is pending so it completes and the
+        // connection can be freed.
         let _ = shutdown(c.client.as_raw_fd(), Shutdown::Both);
         if let Some(b) = &c.backend {
             let _ = shutdown(b.as_raw_fd(), Shutdown::Both);
