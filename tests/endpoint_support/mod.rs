@@ -187,11 +187,7 @@ pub fn request(
     addr: &str,
     req: &[u8],
 ) -> std::io::Result<(HandshakeKind, Vec<u8>)> {
-    let sock = TcpStream::connect(addr)?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let conn =
-        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = connect(cfg, addr)?;
     tls.write_all(req)?;
     let mut resp = Vec::new();
     match tls.read_to_end(&mut resp) {
@@ -224,10 +220,13 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Per backend connection: bytes received and their CRC-32.
+pub type Received = Arc<std::sync::Mutex<Vec<(u64, u32)>>>;
+
 /// A backend that echoes everything back, half-closes on EOF, and records per
 /// connection how many bytes it received and their CRC-32 (recorded at EOF), so
 /// a test can check the endpoint forwarded the client's plaintext exactly.
-pub fn recording_echo() -> (String, Arc<std::sync::Mutex<Vec<(u64, u32)>>>) {
+pub fn recording_echo() -> (String, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
