@@ -21,6 +21,9 @@ pub enum RingError {
     Setup(std::io::Error),
 }
 
+/// The period of the worker's tick (timeouts, drain, accept re-arm).
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A worker's ring.
 pub struct Ring {
     ring: IoUring,
@@ -51,7 +54,7 @@ impl Ring {
                 Ok(ring) => {
                     return Ok(Ring {
                         ring,
-                        tick: Box::new(types::Timespec::new().nsec(100_000_000)),
+                        tick: Box::new(types::Timespec::from(TICK)),
                     })
                 }
                 Err(e)
@@ -85,11 +88,11 @@ impl Ring {
     }
 
     /// Multishot accept on `fd`.
-    pub fn push_accept(&mut self, fd: RawFd) {
+    pub fn push_accept(&mut self, fd: RawFd, token: ConnToken) {
         let e = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(ConnToken::new(u32::MAX as usize, 0, Op::Accept).encode());
+            .user_data(token.encode());
         self.push(e);
     }
 
