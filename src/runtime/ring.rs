@@ -144,6 +144,28 @@ impl Ring {
         self.push(e);
     }
 
+    /// Half-close `fd` (`how` as for shutdown(2)) without a syscall of its own.
+    pub fn push_shutdown(&mut self, fd: RawFd, how: i32, token: ConnToken) {
+        let e = opcode::Shutdown::new(types::Fd(fd), how)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// Close `fd`, which the caller gives up: nothing may use it afterwards.
+    pub fn push_close(&mut self, fd: std::os::fd::OwnedFd, token: ConnToken) {
+        use std::os::fd::IntoRawFd;
+        let e = opcode::Close::new(types::Fd(fd.into_raw_fd()))
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// Hand queued submissions to the kernel without waiting.
+    pub fn submit(&mut self) -> std::io::Result<usize> {
+        self.ring.submit()
+    }
+
     /// Cancel the operation whose user_data is `target`.
     pub fn push_cancel(&mut self, target: ConnToken, token: ConnToken) {
         let e = opcode::AsyncCancel::new(target.encode())

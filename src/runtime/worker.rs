@@ -140,6 +140,9 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             break;
         }
     }
+    if let Err(e) = w.ring.submit() {
+        tracing::warn!(worker = w.s.index, "last io_uring submit failed: {e}");
+    }
     let stuck = w.conns.iter().filter(|(_, c)| c.inflight > 0).count();
     if stuck > 0 {
         // The drain deadline passed with operations still in flight. The kernel
@@ -223,7 +226,7 @@ impl Worker {
         match t.op {
             Op::Accept => self.accepted(res, flags),
             Op::Tick => self.tick(),
-            Op::Cancel => {}
+            Op::Cancel | Op::Close => {}
             _ => {
                 let key = t.key as usize;
                 let Some(c) = self.conns.get_mut(key) else {
@@ -260,7 +263,6 @@ impl Worker {
             self.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
-        let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
         let cfg = self.s.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Ok(tls) = ServerConnection::new(cfg) else {
             return;
@@ -386,7 +388,10 @@ impl Worker {
                 c.to_backend.sent(res as usize);
                 set_deadline(&mut self.timers, key, c, now + idle);
             }
-            Op::Accept | Op::Tick | Op::Cancel => {}
+            // A half-close's outcome changes nothing: EOF or errors show up on
+            // the socket's next receive or send.
+            Op::Shutdown => {}
+            Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
         }
     }
 
@@ -448,9 +453,12 @@ impl Worker {
             to_client = c.to_client.len(), to_backend = c.to_backend.len(), close_notify = c.close_notify_sent, client_shut = c.client_shut, "pump");
         // Half-closes and close_notify.
         if c.phase == Phase::Piping {
-            if c.client_eof && c.to_backend.is_empty() && !c.backend_shut {
+            if c.client_eof && c.to_backend.is_empty() && !c.to_backend.posted() && !c.backend_shut
+            {
                 if let Some(b) = &c.backend {
-                    let _ = shutdown(b.as_raw_fd(), Shutdown::Write);
+                    c.inflight += 1;
+                    let token = ConnToken::new(key, gen, Op::Shutdown);
+                    self.ring.push_shutdown(b.as_raw_fd(), libc::SHUT_WR, token);
                 }
                 c.backend_shut = true;
             }
@@ -464,7 +472,9 @@ impl Worker {
             && !c.to_client.posted()
             && !c.client_shut
         {
-            let _ = shutdown(cfd, Shutdown::Write);
+            c.inflight += 1;
+            self.ring
+                .push_shutdown(cfd, libc::SHUT_WR, ConnToken::new(key, gen, Op::Shutdown));
             c.client_shut = true;
         }
         if c.phase == Phase::Draining && c.client_shut && c.client_eof {
@@ -553,15 +563,22 @@ impl Worker {
     }
 
     /// Free a connection with nothing in flight: its buffers go back to the
-    /// pool, its sockets close.
+    /// pool, its sockets are closed by the ring (no close(2) of their own).
     fn free(&mut self, key: usize) {
         let c = self.conns.remove(key);
         debug_assert_eq!(c.inflight, 0);
         let Conn {
+            client,
+            backend,
             client_rx,
             backend_rx,
             ..
         } = c;
+        let token = ConnToken::new(u32::MAX as usize, 0, Op::Close);
+        self.ring.push_close(client, token);
+        if let Some(b) = backend {
+            self.ring.push_close(b, token);
+        }
         self.buffers.give(client_rx);
         if let Some(b) = backend_rx {
             self.buffers.give(b);
