@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    self, shutdown, AddressFamily, Shutdown, SockFlag, SockType, SockaddrStorage, UnixAddr,
-};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, UnixAddr};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 use slab::Slab;
 
@@ -467,20 +465,21 @@ impl Worker {
                 set_deadline(&mut self.timers, key, c, now + DRAIN_LINGER);
             }
         }
-        if c.phase == Phase::Draining
-            && c.to_client.is_empty()
-            && !c.to_client.posted()
-            && !c.client_shut
-        {
-            c.inflight += 1;
-            self.ring
-                .push_shutdown(cfd, libc::SHUT_WR, ConnToken::new(key, gen, Op::Shutdown));
-            c.client_shut = true;
-        }
-        if c.phase == Phase::Draining && c.client_shut && c.client_eof {
-            self.begin_close(key);
-            self.pump(key); // frees it now if nothing is in flight
-            return;
+        // Draining and our last bytes are out: if the client is done too, close
+        // (a plain close sends the FIN); else half-close and linger for its EOF,
+        // so an alert is not destroyed by a reset.
+        if c.phase == Phase::Draining && c.to_client.is_empty() && !c.to_client.posted() {
+            if c.client_eof {
+                self.begin_close(key);
+                self.pump(key); // frees it now if nothing is in flight
+                return;
+            }
+            if !c.client_shut {
+                c.inflight += 1;
+                let token = ConnToken::new(key, gen, Op::Shutdown);
+                self.ring.push_shutdown(cfd, libc::SHUT_WR, token);
+                c.client_shut = true;
+            }
         }
         // Client send.
         if let Some(buf) = c.to_client.next_send() {
@@ -551,9 +550,17 @@ impl Worker {
         }
         // Wake whatever receive or send is pending so it completes and the
         // connection can be freed.
-        let _ = shutdown(c.client.as_raw_fd(), Shutdown::Both);
-        if let Some(b) = &c.backend {
-            let _ = shutdown(b.as_raw_fd(), Shutdown::Both);
+        let gen = c.gen;
+        for fd in [
+            Some(c.client.as_raw_fd()),
+            c.backend.as_ref().map(|b| b.as_raw_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            c.inflight += 1;
+            let token = ConnToken::new(key, gen, Op::Shutdown);
+            self.ring.push_shutdown(fd, libc::SHUT_RDWR, token);
         }
         if c.connect_posted {
             let target = ConnToken::new(key, c.gen, Op::BackendConnect);
