@@ -29,6 +29,8 @@ pub struct Ring {
     ring: IoUring,
     /// The kernel's timespec for the periodic tick must outlive its SQE.
     tick: Box<types::Timespec>,
+    /// IOSQE_CQE_SKIP_SUCCESS is supported (Linux 5.17+).
+    skip_success: bool,
 }
 
 impl Ring {
@@ -52,10 +54,12 @@ impl Ring {
             set(&mut b);
             match b.setup_cqsize(entries * 4).build(entries) {
                 Ok(ring) => {
+                    let skip_success = ring.params().is_feature_skip_cqe_on_success();
                     return Ok(Ring {
                         ring,
                         tick: Box::new(types::Timespec::from(TICK)),
-                    })
+                        skip_success,
+                    });
                 }
                 Err(e)
                     if matches!(
@@ -144,20 +148,17 @@ impl Ring {
         self.push(e);
     }
 
-    /// Half-close `fd` (`how` as for shutdown(2)) without a syscall of its own.
-    pub fn push_shutdown(&mut self, fd: RawFd, how: i32, token: ConnToken) {
-        let e = opcode::Shutdown::new(types::Fd(fd), how)
-            .build()
-            .user_data(token.encode());
-        self.push(e);
-    }
-
     /// Close `fd`, which the caller gives up: nothing may use it afterwards.
+    /// Done inline at the next submit for a socket; where the kernel can, a
+    /// successful close posts no completion (so it wakes nobody).
     pub fn push_close(&mut self, fd: std::os::fd::OwnedFd, token: ConnToken) {
         use std::os::fd::IntoRawFd;
-        let e = opcode::Close::new(types::Fd(fd.into_raw_fd()))
+        let mut e = opcode::Close::new(types::Fd(fd.into_raw_fd()))
             .build()
             .user_data(token.encode());
+        if self.skip_success {
+            e = e.flags(squeue::Flags::SKIP_SUCCESS);
+        }
         self.push(e);
     }
 

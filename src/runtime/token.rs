@@ -14,8 +14,6 @@ pub enum Op {
     BackendRecv,
     BackendSend,
     Cancel,
-    /// A half-close of one of the connection's sockets.
-    Shutdown,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
 }
@@ -31,8 +29,7 @@ impl Op {
             6 => Op::BackendRecv,
             7 => Op::BackendSend,
             8 => Op::Cancel,
-            9 => Op::Shutdown,
-            10 => Op::Close,
+            9 => Op::Close,
             _ => return None,
         })
     }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, UnixAddr};
+use nix::sys::socket::{
+    self, shutdown, AddressFamily, Shutdown, SockFlag, SockType, SockaddrStorage, UnixAddr,
+};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 use slab::Slab;
 
@@ -386,9 +388,6 @@ impl Worker {
                 c.to_backend.sent(res as usize);
                 set_deadline(&mut self.timers, key, c, now + idle);
             }
-            // A half-close's outcome changes nothing: EOF or errors show up on
-            // the socket's next receive or send.
-            Op::Shutdown => {}
             Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
         }
     }
@@ -453,10 +452,10 @@ impl Worker {
         if c.phase == Phase::Piping {
             if c.client_eof && c.to_backend.is_empty() && !c.to_backend.posted() && !c.backend_shut
             {
+                // shutdown(2), not IORING_OP_SHUTDOWN: the kernel always punts the
+                // latter to an io-wq thread, dearer than the syscall.
                 if let Some(b) = &c.backend {
-                    c.inflight += 1;
-                    let token = ConnToken::new(key, gen, Op::Shutdown);
-                    self.ring.push_shutdown(b.as_raw_fd(), libc::SHUT_WR, token);
+                    let _ = shutdown(b.as_raw_fd(), Shutdown::Write);
                 }
                 c.backend_shut = true;
             }
@@ -475,9 +474,7 @@ impl Worker {
                 return;
             }
             if !c.client_shut {
-                c.inflight += 1;
-                let token = ConnToken::new(key, gen, Op::Shutdown);
-                self.ring.push_shutdown(cfd, libc::SHUT_WR, token);
+                let _ = shutdown(cfd, Shutdown::Write);
                 c.client_shut = true;
             }
         }
@@ -550,17 +547,9 @@ impl Worker {
         }
         // Wake whatever receive or send is pending so it completes and the
         // connection can be freed.
-        let gen = c.gen;
-        for fd in [
-            Some(c.client.as_raw_fd()),
-            c.backend.as_ref().map(|b| b.as_raw_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            c.inflight += 1;
-            let token = ConnToken::new(key, gen, Op::Shutdown);
-            self.ring.push_shutdown(fd, libc::SHUT_RDWR, token);
+        let _ = shutdown(c.client.as_raw_fd(), Shutdown::Both);
+        if let Some(b) = &c.backend {
+            let _ = shutdown(b.as_raw_fd(), Shutdown::Both);
         }
         if c.connect_posted {
             let target = ConnToken::new(key, c.gen, Op::BackendConnect);
