@@ -319,3 +319,123 @@ fn an_unusable_cache_file_stops_start_up_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 600"), "{err}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A backend that answers every connection with `total` bytes as fast as it can.
+fn firehose(total: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total && s.write_all(&chunk).is_ok() {
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_backend_flooding_a_slow_client_does_not_grow_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = firehose(256 << 20);
+    let server = Server::start(&dir.path().join("c.cache"), &backend, &[]);
+    let cfg = device(&server.cert_path(), &rustls::version::TLS13);
+    let sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(GET).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0usize;
+    tls.read_exact(&mut buf[..1024]).unwrap();
+    let before = rss_kib(server.pid());
+    // A slow reader: 256 KiB every 50 ms, for 2 seconds.
+    for _ in 0..40 {
+        let mut left = 256 * 1024;
+        while left > 0 {
+            let n = tls.read(&mut buf[..left.min(64 * 1024)]).unwrap();
+            left -= n;
+            got += n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = rss_kib(server.pid());
+    eprintln!(
+        "server RSS {before} KiB -> {after} KiB after {} MiB through a slow reader",
+        got >> 20
+    );
+    assert!(got >= 10 << 20);
+    assert!(
+        after < before + 8 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB while the backend had 256 MiB to send"
+    );
+}
+
+#[test]
+fn a_backend_that_resets_or_never_answers_is_bounded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts, then resets at once.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reset_addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+            drop(s);
+        }
+    });
+    let server = Server::start(&dir.path().join("r.cache"), &reset_addr, &[]);
+    let cfg = device(&server.cert_path(), &rustls::version::TLS13);
+    let t = Instant::now();
+    let r = request(&cfg, &server.addr(), GET);
+    assert!(r.map(|(_, b)| b.is_empty()).unwrap_or(true));
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // Accepts and never answers: the idle timeout closes the client.
+    let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = l2.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    std::thread::spawn(move || {
+        for s in l2.incoming().flatten() {
+            h2.lock().unwrap().push(s);
+        }
+    });
+    let server2 = Server::start(
+        &dir.path().join("s.cache"),
+        &silent_addr,
+        &["--idle-timeout", "1s"],
+    );
+    let cfg2 = device(&server2.cert_path(), &rustls::version::TLS13);
+    let t = Instant::now();
+    let _ = request(&cfg2, &server2.addr(), GET);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "closed at the idle timeout: {took:?}"
+    );
+    assert!(wait_for(Duration::from_secs(5), || server2.stats()
+        ["timeouts"]
+        == 1));
+}

@@ -367,3 +367,88 @@ fn read_only_access_reads_but_never_writes() {
     );
     assert!(r.purge(true).is_err());
 }
+
+/// Mount a small tmpfs for the test (root only); None where mounting is not allowed.
+fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempdir();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).ok()?;
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some((dir, mnt))
+}
+
+fn umount(p: &std::path::Path) {
+    let _ = std::process::Command::new("umount").arg(p).status();
+}
+
+#[test]
+fn a_full_disk_fails_at_creation_with_a_clear_error_and_leaves_nothing() {
+    let Some((_dir, mnt)) = small_tmpfs("1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let cfg = StoreConfig {
+        path: mnt.join("sessions.cache"),
+        capacity: 100_000,
+        slot_size: 128,
+    };
+    let err = SessionStore::open_or_create(&cfg).expect_err("15 MB do not fit in 1 MB");
+    let msg = err.to_string();
+    umount_after(&mnt, || {
+        assert!(
+            msg.contains("not enough free space") && msg.contains("MiB"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&mnt).unwrap().count(),
+            0,
+            "no half-written file left"
+        );
+    });
+}
+
+#[test]
+fn a_filesystem_that_fills_up_later_does_not_corrupt_existing_entries() {
+    let Some((_dir, mnt)) = small_tmpfs("4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let cfg = StoreConfig {
+        path: mnt.join("sessions.cache"),
+        capacity: 10_000,
+        slot_size: 128,
+    };
+    let s = SessionStore::open_or_create(&cfg).unwrap();
+    for i in 0..5_000 {
+        s.put(&key(i), &value(i, 0, 80), Duration::from_secs(3600));
+    }
+    // Fill the rest of the filesystem.
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 8 << 20]);
+    // The table's blocks were reserved at creation: writing on still works (no
+    // SIGBUS) and nothing already stored is damaged.
+    for i in 5_000..10_000 {
+        s.put(&key(i), &value(i, 0, 80), Duration::from_secs(3600));
+    }
+    s.flush().unwrap();
+    let m2 = mnt.clone();
+    umount_after(&m2, move || {
+        for i in 0..10_000 {
+            assert_eq!(s.get(&key(i)), Some(value(i, 0, 80)), "entry {i}");
+        }
+        assert_eq!(s.scan(|_| {}).corrupt, 0);
+    });
+}
+
+fn umount_after(mnt: &std::path::Path, f: impl FnOnce()) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    umount(mnt);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -119,6 +119,7 @@ impl Mapping {
         let seq = self.atomic_u32(off + 4);
         let mut spins = 0u32;
         let mut stolen = false;
+        let mut waiting_since: Option<std::time::Instant> = None;
         loop {
             match lock.compare_exchange_weak(0, owner, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => break,
@@ -126,13 +127,20 @@ impl Mapping {
                     spins = spins.wrapping_add(1);
                     if spins < 128 {
                         std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
+                        continue;
                     }
-                    if spins % 2048 == 0
-                        && current != 0
-                        && current != owner
-                        && !process_alive(current)
+                    std::thread::yield_now();
+                    if spins % 1024 != 0 || current == 0 {
+                        continue;
+                    }
+                    // A bucket operation takes well under a microsecond. A lock
+                    // whose owner is gone, or that has been held for a second (a
+                    // stopped process, or a lock word damaged on disk), is taken
+                    // over: liveness matters more here than a stuck writer, whose
+                    // slot at worst fails its checksum.
+                    let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+                    let dead = current != owner && !process_alive(current);
+                    if (dead || since.elapsed() > std::time::Duration::from_secs(1))
                         && lock
                             .compare_exchange(current, owner, Ordering::Acquire, Ordering::Relaxed)
                             .is_ok()
