@@ -50,3 +50,32 @@ fn sigterm_refuses_new_clients_lets_open_ones_finish_and_exits_zero() {
     assert_eq!(st["active_connections"], 0, "{st}");
     assert_eq!(st["full_handshakes"], 1, "{st}");
 }
+
+/// A connection that does not finish is cut at the drain timeout, and the
+/// process still exits 0 (after flushing the store).
+#[test]
+fn a_connection_that_never_finishes_is_cut_at_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _) = responder();
+    let mut server = Server::start(
+        &dir.path().join("c.cache"),
+        &backend,
+        &["--drain-timeout", "1s"],
+    );
+    let cfg = device(&server.cert_path(), &rustls::version::TLS12);
+    let mut open = connect(&cfg, &server.addr()).unwrap();
+    open.write_all(b"GET / HTTP/1.0\r\n").unwrap(); // and never the blank line
+    open.flush().unwrap();
+    let t = Instant::now();
+    assert!(server.stop(), "exit status 0");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "exited after {took:?} with a 1 s drain timeout"
+    );
+    let mut rest = Vec::new();
+    assert!(
+        open.read_to_end(&mut rest).is_err() || rest.is_empty(),
+        "the unfinished connection was closed"
+    );
+}
