@@ -92,3 +92,45 @@ fn a_request_and_fin_before_the_backend_connects_still_get_the_answer() {
     s.read_to_end(&mut got).unwrap(); // ends at the endpoint's close_notify
     assert_eq!(got, b"request", "after {:?}", t.elapsed());
 }
+
+/// A backend that dies mid-answer (reset) must not look like a complete answer:
+/// the device gets what was sent, then a close without close_notify, so it can
+/// tell the response was truncated.
+#[test]
+fn a_backend_reset_mid_answer_reaches_the_device_as_a_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"partial");
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+            drop(s); // RST
+        }
+    });
+    let server = Server::start(&dir.path().join("c.cache"), &backend, &[]);
+    let cfg = device(&server.cert_path(), &rustls::version::TLS13);
+    let mut s = connect(&cfg, &server.addr()).unwrap();
+    s.write_all(b"request").unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    assert_eq!(got, b"partial");
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::UnexpectedEof),
+        "closed without close_notify"
+    );
+    assert!(wait_for(Duration::from_secs(5), || server.stats()
+        ["backend_errors"]
+        == 1));
+}

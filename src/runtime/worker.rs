@@ -362,10 +362,15 @@ impl Worker {
             }
             Op::BackendRecv => {
                 c.backend_recv_posted = false;
-                if res <= 0 {
-                    if res < 0 {
-                        m.add(Metric::BackendErrors, 1);
-                    }
+                if res < 0 {
+                    // The backend reset mid-answer: close without close_notify,
+                    // so the device sees a truncation, not a complete answer.
+                    m.add(Metric::BackendErrors, 1);
+                    tracing::debug!("backend receive failed: {}", errno(res));
+                    self.begin_close(key);
+                    return;
+                }
+                if res == 0 {
                     c.backend_eof = true;
                     if c.phase == Phase::Piping {
                         c.backend_closed();
