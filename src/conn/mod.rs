@@ -37,14 +37,25 @@ pub enum Phase {
 }
 
 /// The outcome of feeding received client bytes to rustls.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Fed {
     /// Nothing new of note.
     Progress,
     /// The handshake completed with these bytes.
     HandshakeDone,
     /// The client sent a fatal error or bad TLS; an alert is queued.
-    Failed(String),
+    Failed(TlsFailure),
+}
+
+/// Why a client's TLS stream was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFailure {
+    /// rustls would not take the bytes (e.g. a record too large for its buffer).
+    #[error("unreadable TLS records: {0}")]
+    Records(std::io::Error),
+    /// The bytes broke the protocol (bad message, failed handshake, fatal alert).
+    #[error(transparent)]
+    Protocol(#[from] rustls::Error),
 }
 
 /// A client connection and everything it owns. Buffers are boxed so they stay put
@@ -132,22 +143,22 @@ impl Conn {
         }
     }
 
-    fn feed_bytes(&mut self, mut rd: &[u8]) -> Result<(), String> {
+    fn feed_bytes(&mut self, mut rd: &[u8]) -> Result<(), TlsFailure> {
         while !rd.is_empty() {
             match self.tls.read_tls(&mut rd) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => return Err(format!("read_tls: {e}")),
+                Err(e) => return Err(TlsFailure::Records(e)),
             }
             if let Err(e) = self.tls.process_new_packets() {
-                return Err(e.to_string());
+                return Err(TlsFailure::Protocol(e));
             }
             self.take_plaintext();
         }
         Ok(())
     }
 
-    fn fail(&mut self, why: String) -> Fed {
+    fn fail(&mut self, why: TlsFailure) -> Fed {
         // rustls has queued the matching alert; send it, then drain.
         self.flush_tls();
         self.phase = Phase::Draining;
