@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use rustls::ServerConnection;
 
+use crate::store::SessionCache;
+
 mod outbox;
 pub use outbox::Outbox;
 
@@ -68,6 +70,9 @@ pub struct Conn {
     pub backend_shut: bool,
     pub close_notify_sent: bool,
     pub client_shut: bool,
+    /// Start of this connection's session lineage, once the store has told us
+    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
+    pub lineage: Option<u64>,
 }
 
 impl Conn {
@@ -96,6 +101,7 @@ impl Conn {
             backend_shut: false,
             close_notify_sent: false,
             client_shut: false,
+            lineage: None,
         }
     }
 
@@ -126,7 +132,10 @@ impl Conn {
                 Ok(_) => {}
                 Err(e) => return Err(format!("read_tls: {e}")),
             }
-            if let Err(e) = self.tls.process_new_packets() {
+            let tls = &mut self.tls;
+            let processed =
+                SessionCache::lineage_scope(&mut self.lineage, || tls.process_new_packets());
+            if let Err(e) = processed {
                 return Err(e.to_string());
             }
             self.take_plaintext();
