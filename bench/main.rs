@@ -1,8 +1,10 @@
 //! `warmtls-bench`: benchmarks for warmtls. A thin shell over the library.
 //!
 //! - `store`: the session store in-process, side by side with rustls' in-memory cache.
+//! - `fleet`: simulated devices against any TLS endpoint (src/fleet).
 use clap::{Parser, Subcommand};
 
+mod fleet;
 mod store;
 
 #[derive(Parser)]
@@ -20,10 +22,13 @@ struct Cli {
 enum Cmd {
     /// Session store throughput, latency, bytes per session and reopen time.
     Store(store::StoreArgs),
+    /// Simulated devices resuming TLS sessions against any endpoint.
+    Fleet(Box<fleet::FleetArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Store(a) => store::main(a),
+        Cmd::Fleet(a) => fleet::main(*a),
     }
 }

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use rustls::ServerConnection;
 
+use crate::store::SessionCache;
+
 mod outbox;
 pub use outbox::Outbox;
 
@@ -86,6 +88,9 @@ pub struct Conn {
     pub backend_shut: bool,
     pub close_notify_sent: bool,
     pub client_shut: bool,
+    /// Start of this connection's session lineage, once the store has told us
+    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
+    pub lineage: Option<u64>,
 }
 
 impl Conn {
@@ -120,6 +125,7 @@ impl Conn {
             backend_shut: false,
             close_notify_sent: false,
             client_shut: false,
+            lineage: None,
         }
     }
 
@@ -150,7 +156,10 @@ impl Conn {
                 Ok(_) => {}
                 Err(e) => return Err(TlsFailure::Records(e)),
             }
-            if let Err(e) = self.tls.process_new_packets() {
+            let tls = &mut self.tls;
+            let processed =
+                SessionCache::lineage_scope(&mut self.lineage, || tls.process_new_packets());
+            if let Err(e) = processed {
                 return Err(TlsFailure::Protocol(e));
             }
             self.take_plaintext();

@@ -1,0 +1,188 @@
+//! The devices' rustls client configurations: one per protocol version, all
+//! sharing the fleet's [`DeviceTable`] as their session store.
+//!
+//! Devices are low-bandwidth: X25519 is the only key-exchange group (no
+//! post-quantum share inflating the ClientHello) unless asked otherwise.
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::{aws_lc_rs, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::devices::DeviceTable;
+use super::FleetError;
+
+/// How the devices check the server's certificate.
+#[derive(Debug, Clone)]
+pub enum Verify {
+    /// Trust the certificates in this PEM file (the server's own self-signed
+    /// certificate, or its CA).
+    Ca(std::path::PathBuf),
+    /// Accept any certificate, but still check the handshake signatures, so the
+    /// client does the same work as a verifying one minus the chain walk.
+    Insecure,
+}
+
+/// Which TLS versions the fleet speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMix {
+    /// Every device speaks TLS 1.2 only.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// Every device speaks TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+    /// Even devices TLS 1.3, odd devices TLS 1.2.
+    Mix,
+}
+
+impl std::str::FromStr for TlsMix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "1.2" => Ok(TlsMix::Tls12),
+            "1.3" => Ok(TlsMix::Tls13),
+            "mix" => Ok(TlsMix::Mix),
+            other => Err(format!(
+                "unknown TLS profile {other:?}: use 1.2, 1.3 or mix"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for TlsMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsMix::Tls12 => "1.2",
+            TlsMix::Tls13 => "1.3",
+            TlsMix::Mix => "mix",
+        })
+    }
+}
+
+/// The two configurations a fleet may use, indexed by protocol version.
+#[derive(Debug, Clone)]
+pub struct DeviceConfigs {
+    tls12: Arc<ClientConfig>,
+    tls13: Arc<ClientConfig>,
+    mix: TlsMix,
+}
+
+impl DeviceConfigs {
+    /// Build the configs; `early_data` enables TLS 1.3 0-RTT.
+    pub fn new(
+        mix: TlsMix,
+        verify: &Verify,
+        table: Arc<DeviceTable>,
+        early_data: bool,
+    ) -> Result<DeviceConfigs, FleetError> {
+        let mut provider = aws_lc_rs::default_provider();
+        provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
+        let provider = Arc::new(provider);
+        // One verifier for both configs: rustls only resumes a session under the
+        // verifier that accepted it.
+        let verifier: Arc<dyn ServerCertVerifier> = match verify {
+            Verify::Ca(path) => {
+                let roots = Arc::new(load_roots(path)?);
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| FleetError::Ca {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?
+            }
+            Verify::Insecure => Arc::new(AnyCertificate {
+                algorithms: provider.signature_verification_algorithms,
+            }),
+        };
+        let build = |version: &'static rustls::SupportedProtocolVersion| {
+            let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[version])
+                .map_err(FleetError::Tls)?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            cfg.resumption = Resumption::store(table.clone());
+            cfg.enable_early_data = early_data;
+            Ok::<_, FleetError>(Arc::new(cfg))
+        };
+        Ok(DeviceConfigs {
+            tls12: build(&rustls::version::TLS12)?,
+            tls13: build(&rustls::version::TLS13)?,
+            mix,
+        })
+    }
+
+    /// The config device `device` always uses.
+    pub fn for_device(&self, device: u32) -> &Arc<ClientConfig> {
+        match self.mix {
+            TlsMix::Tls12 => &self.tls12,
+            TlsMix::Tls13 => &self.tls13,
+            TlsMix::Mix if device % 2 == 0 => &self.tls13,
+            TlsMix::Mix => &self.tls12,
+        }
+    }
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, FleetError> {
+    let err = |reason: String| FleetError::Ca {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| err(e.to_string()))?)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(roots)
+}
+
+/// `--insecure`: any certificate chain, but real signature checks.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

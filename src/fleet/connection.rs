@@ -1,0 +1,351 @@
+//! One device connection, start to finish, on the calling thread: TCP connect,
+//! handshake (resuming if the device holds a session), the request (0-RTT when
+//! asked and allowed), the response until the server's close_notify and EOF,
+//! close.
+//!
+//! Bytes are counted at the socket, so they are what the server reads and
+//! writes. The device does not answer the server's close_notify: it closes TCP
+//! after reading EOF, like most small clients, and so every byte it sends is a
+//! byte the server reads.
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+
+use super::devices::{CurrentDevice, DeviceId};
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// TCP connect timeout.
+    pub connect: Duration,
+    /// The whole connection, connect to close.
+    pub total: Duration,
+    /// After the server's close_notify, how long to wait for its EOF.
+    pub linger: Duration,
+}
+
+/// Why a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Failure {
+    /// The target refused the TCP connection.
+    ConnectRefused,
+    /// TCP connect did not finish in time.
+    ConnectTimeout,
+    /// TCP connect failed otherwise.
+    Connect,
+    /// The connection ran past its time limit.
+    Timeout,
+    /// The server reset the connection.
+    Reset,
+    /// The server closed before the handshake finished or before any response.
+    Eof,
+    /// The server sent a TLS alert.
+    TlsAlert,
+    /// The server's certificate was refused.
+    TlsCertificate,
+    /// Any other TLS error.
+    Tls,
+    /// Any other socket error.
+    Io,
+}
+
+impl Failure {
+    /// The reason as a JSON key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::ConnectRefused => "connect_refused",
+            Failure::ConnectTimeout => "connect_timeout",
+            Failure::Connect => "connect_error",
+            Failure::Timeout => "timeout",
+            Failure::Reset => "reset",
+            Failure::Eof => "eof_before_response",
+            Failure::TlsAlert => "tls_alert",
+            Failure::TlsCertificate => "tls_certificate",
+            Failure::Tls => "tls_error",
+            Failure::Io => "io_error",
+        }
+    }
+
+    fn from_io(e: &io::Error) -> Failure {
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return Failure::from_tls(tls);
+        }
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Failure::Reset,
+            io::ErrorKind::UnexpectedEof => Failure::Eof,
+            _ => Failure::Io,
+        }
+    }
+
+    fn from_tls(e: &rustls::Error) -> Failure {
+        match e {
+            rustls::Error::AlertReceived(_) => Failure::TlsAlert,
+            rustls::Error::InvalidCertificate(_) => Failure::TlsCertificate,
+            _ => Failure::Tls,
+        }
+    }
+}
+
+/// What one connection did.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// `Ok(resumed)` or why it failed.
+    pub result: Result<Handshake, Failure>,
+    /// Bytes the device wrote to the socket.
+    pub bytes_c2s: u64,
+    /// Bytes the device read from the socket.
+    pub bytes_s2c: u64,
+    /// Connect to close.
+    pub elapsed: Duration,
+}
+
+/// A completed connection's handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    /// The device resumed its session.
+    pub resumed: bool,
+    /// The request went as 0-RTT and the server accepted it.
+    pub early_data_accepted: bool,
+    /// The server closed without close_notify (after a response).
+    pub unclean_close: bool,
+}
+
+/// A `TcpStream` that counts the bytes through it.
+struct Counting {
+    sock: TcpStream,
+    read: u64,
+    written: u64,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.sock.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+/// One device connection to `addr`.
+pub fn connect(
+    device: DeviceId,
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &ServerName<'static>,
+    request: &[u8],
+    early_data: usize,
+    limits: Limits,
+) -> Outcome {
+    let start = Instant::now();
+    let sock = match TcpStream::connect_timeout(&addr, limits.connect) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = match e.kind() {
+                io::ErrorKind::ConnectionRefused => Failure::ConnectRefused,
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::ConnectTimeout,
+                _ => Failure::Connect,
+            };
+            return Outcome {
+                result: Err(why),
+                bytes_c2s: 0,
+                bytes_s2c: 0,
+                elapsed: start.elapsed(),
+            };
+        }
+    };
+    let mut io = Counting {
+        sock,
+        read: 0,
+        written: 0,
+    };
+    let _device = CurrentDevice::enter(device);
+    let result = drive(
+        &mut io,
+        config,
+        server_name,
+        request,
+        early_data,
+        start,
+        limits,
+    );
+    Outcome {
+        result,
+        bytes_c2s: io.written,
+        bytes_s2c: io.read,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn drive(
+    io: &mut Counting,
+    config: &Arc<ClientConfig>,
+    server_name: &ServerName<'static>,
+    request: &[u8],
+    early_data: usize,
+    start: Instant,
+    limits: Limits,
+) -> Result<Handshake, Failure> {
+    let deadline = start + limits.total;
+    // One socket timeout for every read and write (each bounded by the whole
+    // connection's limit), and the deadline checked between them: a stalled
+    // server costs at most twice the limit, with two syscalls per connection.
+    let in_time = || -> Result<(), Failure> {
+        if Instant::now() >= deadline {
+            return Err(Failure::Timeout);
+        }
+        Ok(())
+    };
+    io.sock
+        .set_read_timeout(Some(limits.total))
+        .and_then(|_| io.sock.set_write_timeout(Some(limits.total)))
+        .map_err(|e| Failure::from_io(&e))?;
+    in_time()?;
+    let _ = io.sock.set_nodelay(true);
+    let mut conn = ClientConnection::new(config.clone(), server_name.clone())
+        .map_err(|e| Failure::from_tls(&e))?;
+
+    let mut sent_early = 0;
+    if early_data > 0 {
+        if let Some(mut ed) = conn.early_data() {
+            let n = early_data.min(request.len()).min(ed.bytes_left());
+            sent_early = ed.write(&request[..n]).map_err(|e| Failure::from_io(&e))?;
+        }
+    }
+    while conn.is_handshaking() {
+        in_time()?;
+        match conn.complete_io(io) {
+            Ok((0, 0)) if conn.is_handshaking() => return Err(Failure::Eof),
+            Ok(_) => {}
+            Err(e) => return Err(fail(&mut conn, io, &e)),
+        }
+    }
+    let early_data_accepted = sent_early > 0 && conn.is_early_data_accepted();
+    if !early_data_accepted {
+        // Rejected 0-RTT is not retransmitted by rustls: send it all again.
+        sent_early = 0;
+    }
+    conn.writer()
+        .write_all(&request[sent_early..])
+        .map_err(|e| Failure::from_io(&e))?;
+    while conn.wants_write() {
+        in_time()?;
+        conn.write_tls(io).map_err(|e| Failure::from_io(&e))?;
+    }
+
+    let mut response = 0usize;
+    let mut plain = [0u8; 4096];
+    let mut closed_cleanly = false;
+    loop {
+        in_time()?;
+        let n = conn.read_tls(io).map_err(|e| Failure::from_io(&e))?;
+        if n == 0 {
+            break;
+        }
+        let state = match conn.process_new_packets() {
+            Ok(s) => s,
+            Err(e) => {
+                let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                return Err(fail(&mut conn, io, &e));
+            }
+        };
+        let mut left = state.plaintext_bytes_to_read();
+        while left > 0 {
+            match conn.reader().read(&mut plain) {
+                Ok(0) => break,
+                Ok(k) => {
+                    response += k;
+                    left = left.saturating_sub(k);
+                }
+                Err(_) => break,
+            }
+        }
+        while conn.wants_write() {
+            conn.write_tls(io).map_err(|e| Failure::from_io(&e))?;
+        }
+        if state.peer_has_closed() {
+            closed_cleanly = true;
+            // Wait briefly for the TCP FIN, so the server closes first and keeps
+            // the TIME_WAIT, not the device.
+            let linger = limits
+                .linger
+                .min(deadline.saturating_duration_since(Instant::now()));
+            if linger.is_zero() {
+                break;
+            }
+            io.sock
+                .set_read_timeout(Some(linger))
+                .map_err(|e| Failure::from_io(&e))?;
+            // rustls reads nothing after close_notify; read the socket itself.
+            let mut rest = [0u8; 512];
+            let _ = io.read(&mut rest);
+            break;
+        }
+    }
+    if response == 0 {
+        return Err(Failure::Eof);
+    }
+    Ok(Handshake {
+        resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+        early_data_accepted,
+        unclean_close: !closed_cleanly,
+    })
+}
+
+/// Classify an error, and send the alert rustls queued for it.
+fn fail(conn: &mut ClientConnection, io: &mut Counting, e: &io::Error) -> Failure {
+    let why = Failure::from_io(e);
+    if matches!(
+        why,
+        Failure::Tls | Failure::TlsAlert | Failure::TlsCertificate
+    ) {
+        let _ = conn.write_tls(io);
+    }
+    why
+}
+
+/// The request every device sends: an HTTP/1.0 GET, padded with a header to
+/// exactly `size` bytes (or the shortest such request, if `size` is smaller).
+pub fn http_request(size: usize, host: &str) -> Vec<u8> {
+    let head = format!("GET / HTTP/1.0\r\nHost: {host}\r\n");
+    let pad_header = "X-Pad: \r\n";
+    let end = "\r\n";
+    let bare = head.len() + end.len();
+    if size < bare + pad_header.len() {
+        return format!("{head}{end}").into_bytes();
+    }
+    let pad = size - bare - pad_header.len();
+    format!("{head}X-Pad: {}\r\n{end}", "p".repeat(pad)).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_padded_to_the_asked_size() {
+        for size in [64, 100, 1000] {
+            let r = http_request(size, "localhost");
+            assert_eq!(r.len(), size);
+            assert!(r.ends_with(b"\r\n\r\n"));
+        }
+        let short = http_request(10, "localhost");
+        assert_eq!(short, b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    }
+}
