@@ -34,8 +34,10 @@ fn connect(client: &Arc<ClientConfig>, server: &Arc<rustls::ServerConfig>) -> Ha
         1,
         devnull,
         ServerConnection::new(server.clone()).unwrap(),
+        vec![0u8; RECV_BUF].into_boxed_slice(),
         Instant::now(),
     );
+    s.backend_rx = Some(vec![0u8; RECV_BUF].into_boxed_slice());
     c.writer().write_all(b"ping").unwrap();
     let mut got = Vec::new();
     let mut answered = false;
@@ -49,7 +51,9 @@ fn connect(client: &Arc<ClientConfig>, server: &Arc<rustls::ServerConfig>) -> Ha
             assert!(!matches!(s.feed_client(chunk.len()), Fed::Failed(_)));
         }
         if !answered && !s.to_backend.is_empty() {
-            s.backend_rx[..4].copy_from_slice(b"pong");
+            if let Some(rx) = s.backend_rx.as_deref_mut() {
+                rx[..4].copy_from_slice(b"pong");
+            }
             s.feed_backend(4);
             answered = true;
         }
