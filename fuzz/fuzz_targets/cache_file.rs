@@ -6,6 +6,17 @@ use std::os::unix::fs::PermissionsExt;
 use libfuzzer_sys::fuzz_target;
 use warmtls::store::{format, Access, SessionStore, StoreConfig};
 
+/// A valid, empty file of one bucket (made once: creating a store syncs to disk).
+fn template() -> &'static [u8] {
+    static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig { path: dir.path().join("t"), capacity: 14, slot_size: 128 };
+        drop(SessionStore::open_or_create(&cfg).unwrap());
+        std::fs::read(&cfg.path).unwrap()
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
@@ -14,14 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let bytes = if data.first().is_some_and(|b| b & 1 == 0) {
         data[1..].to_vec()
     } else {
-        let cfg = StoreConfig { path: path.clone(), capacity: 14, slot_size: 128 };
-        drop(SessionStore::open_or_create(&cfg).unwrap());
-        let mut file = std::fs::read(&path).unwrap();
+        let mut file = template().to_vec();
         let body = &data[data.len().min(1)..];
         let start = format::HEADER_SIZE;
         let n = body.len().min(file.len() - start);
         file[start..start + n].copy_from_slice(&body[..n]);
-        std::fs::remove_file(&path).unwrap();
         file
     };
     std::fs::write(&path, &bytes).unwrap();
