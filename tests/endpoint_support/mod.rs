@@ -22,8 +22,27 @@ pub struct Server {
 impl Server {
     /// Start on a free port with a cache file at `cache`, backend `backend`.
     pub fn start(cache: &Path, backend: &str, extra: &[&str]) -> Server {
+        Server::start_with_fd_limit(cache, backend, extra, None)
+    }
+
+    /// As [`Server::start`], with the open-file limit (soft and hard) set to
+    /// `nofile` through `prlimit`, which execs the server (same pid).
+    pub fn start_with_fd_limit(
+        cache: &Path,
+        backend: &str,
+        extra: &[&str],
+        nofile: Option<u32>,
+    ) -> Server {
         let stats = cache.with_extension("stats.json");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmtls"));
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg(env!("CARGO_BIN_EXE_warmtls"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_warmtls")),
+        };
         cmd.args([
             "serve",
             "--listen",
