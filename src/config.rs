@@ -81,8 +81,12 @@ pub struct Config {
     /// self-signed ECDSA P-256 certificate is made and kept beside the cache file.
     pub certs: Vec<CertConfig>,
     pub cache: CacheConfig,
+    /// How long an unused session stays resumable.
     #[serde(with = "humantime_serde")]
     pub session_lifetime: Duration,
+    /// Cap on a chain of resumptions since its full handshake (RFC 8446 §4.6.1).
+    #[serde(with = "humantime_serde")]
+    pub max_session_age: Duration,
     /// Worker threads (one ring and listener each); 0 = one per core.
     pub workers: usize,
     /// Open client connections, all workers together.
@@ -114,6 +118,7 @@ impl Default for Config {
             certs: Vec::new(),
             cache: CacheConfig::default(),
             session_lifetime: Duration::from_secs(7 * 86_400),
+            max_session_age: crate::store::DEFAULT_MAX_SESSION_AGE,
             workers: 0,
             max_connections: 8_192,
             handshake_timeout: Duration::from_secs(10),

@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Idle timeout between bytes once piping, e.g. 60s.
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
+    /// How long SIGTERM/SIGINT waits for open connections, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_timeout: Option<std::time::Duration>,
     /// Write counters as JSON to this file every stats interval and at exit.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -117,6 +120,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.idle_timeout {
             c.idle_timeout = v;
+        }
+        if let Some(v) = self.drain_timeout {
+            c.drain_timeout = v;
         }
         if let Some(v) = &self.stats_file {
             c.stats_file = Some(v.clone());

@@ -26,6 +26,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ring(#[from] crate::runtime::ring::RingError),
     #[error("worker {0} could not start: {1}")]
     Worker(usize, String),
     #[error("cannot install signal handlers: {0}")]
@@ -55,6 +57,9 @@ fn raise_fd_limit(max_connections: usize) {
 /// stdout once every worker listens.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
     cfg.validate()?;
+    // Before touching the cache file: a host that forbids io_uring gets a clear
+    // error and no side effects.
+    crate::runtime::ring::Ring::new(8)?;
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
 

@@ -189,6 +189,24 @@ pub fn server_config(
     store: Arc<SessionStore>,
     session_lifetime: Duration,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with_time(
+        cfg,
+        resolver,
+        store,
+        session_lifetime,
+        Arc::new(rustls::time_provider::DefaultTimeProvider),
+    )
+}
+
+/// As [`server_config`], with rustls' notion of time from `time` (simulations
+/// that move the store's clock by months move rustls' with it).
+pub fn server_config_with_time(
+    cfg: &Config,
+    resolver: Arc<CertResolver>,
+    store: Arc<SessionStore>,
+    session_lifetime: Duration,
+    time: Arc<dyn rustls::time_provider::TimeProvider>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut groups = Vec::new();
     for g in &cfg.groups {
         groups.push(group_by_name(g).ok_or_else(|| TlsError::Group(g.clone()))?);
@@ -208,11 +226,13 @@ pub fn server_config(
         cipher_suites: suites,
         ..provider::default_provider()
     };
-    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+    let mut sc = rustls::ServerConfig::builder_with_details(Arc::new(provider), time)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    sc.session_storage = Arc::new(SessionCache::new(store, session_lifetime));
+    sc.session_storage = Arc::new(
+        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age),
+    );
     sc.send_tls13_tickets = cfg.tickets_per_handshake;
     sc.ignore_client_order = true;
     Ok(Arc::new(sc))

@@ -52,7 +52,20 @@ fn sessions_survive_repeated_sigkill_under_load() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(300 + rng % 700));
+        // Kill at a random moment once the load has completed some connections
+        // (waiting on progress, not on a fixed time, keeps this meaningful on a
+        // loaded machine).
+        assert!(
+            wait_for(Duration::from_secs(30), || completed
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&c| c)
+                .count()
+                > 60),
+            "cycle {cycle}: the load completes connections"
+        );
+        std::thread::sleep(Duration::from_millis(rng % 500));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(server.pid() as i32),
             nix::sys::signal::SIGKILL,

@@ -63,6 +63,12 @@ fn resumes(version: &str) {
         out.contains("Reused,") && out.contains("hello"),
         "second connection resumes:\n{out}"
     );
+    if version == "-tls1_3" {
+        assert!(
+            out.contains("TLS_AES_128_GCM_SHA256"),
+            "the cheapest suite is preferred:\n{out}"
+        );
+    }
     assert!(server.stop(), "clean exit on SIGTERM");
 
     let server = Server::start(&cache, &backend, &[]);

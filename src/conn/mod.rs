@@ -10,12 +10,15 @@ use std::time::Instant;
 
 use rustls::ServerConnection;
 
+use crate::store::SessionCache;
+
 mod outbox;
 pub use outbox::Outbox;
 
 /// Bytes buffered toward one side before we stop reading the other side.
 pub const PIPE_LIMIT: usize = 64 * 1024;
-/// Size of each receive buffer.
+/// Size of each receive buffer: one maximum-size TLS plaintext fragment, so a
+/// backend read goes out as one record.
 pub const RECV_BUF: usize = 16 * 1024;
 
 /// Where a connection is in its life.
@@ -30,21 +33,36 @@ pub enum Phase {
     /// Our last bytes (an alert or close_notify) are going out; then half-close
     /// and wait briefly for the client's EOF so the alert is not lost to a reset.
     Draining,
+    /// Done: sockets shut down, waiting for the operations still in flight to
+    /// complete; the slab slot is freed when none is left.
+    Closing,
 }
 
 /// The outcome of feeding received client bytes to rustls.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Fed {
     /// Nothing new of note.
     Progress,
     /// The handshake completed with these bytes.
     HandshakeDone,
     /// The client sent a fatal error or bad TLS; an alert is queued.
-    Failed(String),
+    Failed(TlsFailure),
+}
+
+/// Why a client's TLS stream was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFailure {
+    /// rustls would not take the bytes (e.g. a record too large for its buffer).
+    #[error("unreadable TLS records: {0}")]
+    Records(std::io::Error),
+    /// The bytes broke the protocol (bad message, failed handshake, fatal alert).
+    #[error(transparent)]
+    Protocol(#[from] rustls::Error),
 }
 
 /// A client connection and everything it owns. Buffers are boxed so they stay put
-/// while the kernel uses them, even when the slab holding this struct grows.
+/// while the kernel uses them, even when the slab holding this struct grows; the
+/// receive buffers come from (and go back to) the worker's pool.
 pub struct Conn {
     pub gen: u32,
     pub client: OwnedFd,
@@ -53,11 +71,13 @@ pub struct Conn {
     pub tls: ServerConnection,
     pub phase: Phase,
     pub deadline: Instant,
+    /// The timer-wheel tick of this connection's live timer entry.
+    pub timer_tick: u64,
     /// Operations handed to the kernel and not yet completed.
     pub inflight: u32,
-    pub closing: bool,
     pub client_rx: Box<[u8]>,
-    pub backend_rx: Box<[u8]>,
+    /// Only from the backend connect on.
+    pub backend_rx: Option<Box<[u8]>>,
     pub to_client: Outbox,
     pub to_backend: Outbox,
     pub client_recv_posted: bool,
@@ -68,10 +88,19 @@ pub struct Conn {
     pub backend_shut: bool,
     pub close_notify_sent: bool,
     pub client_shut: bool,
+    /// Start of this connection's session lineage, once the store has told us
+    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
+    pub lineage: Option<u64>,
 }
 
 impl Conn {
-    pub fn new(gen: u32, client: OwnedFd, tls: ServerConnection, deadline: Instant) -> Conn {
+    pub fn new(
+        gen: u32,
+        client: OwnedFd,
+        tls: ServerConnection,
+        client_rx: Box<[u8]>,
+        deadline: Instant,
+    ) -> Conn {
         Conn {
             gen,
             client,
@@ -82,10 +111,10 @@ impl Conn {
             tls,
             phase: Phase::Handshaking,
             deadline,
+            timer_tick: u64::MAX,
             inflight: 0,
-            closing: false,
-            client_rx: vec![0; RECV_BUF].into_boxed_slice(),
-            backend_rx: vec![0; RECV_BUF].into_boxed_slice(),
+            client_rx,
+            backend_rx: None,
             to_client: Outbox::with_capacity(RECV_BUF + 1024),
             to_backend: Outbox::with_capacity(RECV_BUF),
             client_recv_posted: false,
@@ -96,6 +125,7 @@ impl Conn {
             backend_shut: false,
             close_notify_sent: false,
             client_shut: false,
+            lineage: None,
         }
     }
 
@@ -119,22 +149,25 @@ impl Conn {
         }
     }
 
-    fn feed_bytes(&mut self, mut rd: &[u8]) -> Result<(), String> {
+    fn feed_bytes(&mut self, mut rd: &[u8]) -> Result<(), TlsFailure> {
         while !rd.is_empty() {
             match self.tls.read_tls(&mut rd) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => return Err(format!("read_tls: {e}")),
+                Err(e) => return Err(TlsFailure::Records(e)),
             }
-            if let Err(e) = self.tls.process_new_packets() {
-                return Err(e.to_string());
+            let tls = &mut self.tls;
+            let processed =
+                SessionCache::lineage_scope(&mut self.lineage, || tls.process_new_packets());
+            if let Err(e) = processed {
+                return Err(TlsFailure::Protocol(e));
             }
             self.take_plaintext();
         }
         Ok(())
     }
 
-    fn fail(&mut self, why: String) -> Fed {
+    fn fail(&mut self, why: TlsFailure) -> Fed {
         // rustls has queued the matching alert; send it, then drain.
         self.flush_tls();
         self.phase = Phase::Draining;
@@ -157,11 +190,14 @@ impl Conn {
         }
     }
 
-    /// Encrypt bytes the backend sent, as one record when they fit.
+    /// Encrypt bytes the backend sent, as one record when they fit (a receive
+    /// is at most [`RECV_BUF`], rustls' maximum fragment).
     pub fn feed_backend(&mut self, n: usize) {
-        let data = &self.backend_rx[..n];
+        let Some(rx) = self.backend_rx.as_deref() else {
+            return;
+        };
         // The writer accepts everything (buffered in rustls when needed).
-        let _ = self.tls.writer().write_all(data);
+        let _ = self.tls.writer().write_all(&rx[..n]);
         self.flush_tls();
     }
 

@@ -6,7 +6,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
 /// Bind a listener on `addr` with SO_REUSEPORT (and SO_REUSEADDR, so a restart
-/// does not wait out TIME_WAIT).
+/// does not wait out TIME_WAIT) and TCP_NODELAY (a device's records go out at
+/// once).
 pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
@@ -21,6 +22,8 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     )?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    // Accepted sockets inherit TCP_NODELAY on Linux: no setsockopt per connection.
+    socket::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     socket::listen(
         &fd,

@@ -3,7 +3,9 @@
 //! only: handing buffers and descriptors to the kernel.
 #![allow(unsafe_code)]
 
+pub mod buffers;
 pub mod listener;
 pub mod ring;
+pub mod timer;
 pub mod token;
 pub mod worker;

@@ -21,11 +21,16 @@ pub enum RingError {
     Setup(std::io::Error),
 }
 
+/// The period of the worker's tick (timeouts, drain, accept re-arm).
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A worker's ring.
 pub struct Ring {
     ring: IoUring,
     /// The kernel's timespec for the periodic tick must outlive its SQE.
     tick: Box<types::Timespec>,
+    /// IOSQE_CQE_SKIP_SUCCESS is supported (Linux 5.17+).
+    skip_success: bool,
 }
 
 impl Ring {
@@ -49,10 +54,12 @@ impl Ring {
             set(&mut b);
             match b.setup_cqsize(entries * 4).build(entries) {
                 Ok(ring) => {
+                    let skip_success = ring.params().is_feature_skip_cqe_on_success();
                     return Ok(Ring {
                         ring,
-                        tick: Box::new(types::Timespec::new().nsec(100_000_000)),
-                    })
+                        tick: Box::new(types::Timespec::from(TICK)),
+                        skip_success,
+                    });
                 }
                 Err(e)
                     if matches!(
@@ -85,11 +92,11 @@ impl Ring {
     }
 
     /// Multishot accept on `fd`.
-    pub fn push_accept(&mut self, fd: RawFd) {
+    pub fn push_accept(&mut self, fd: RawFd, token: ConnToken) {
         let e = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(ConnToken::new(u32::MAX as usize, 0, Op::Accept).encode());
+            .user_data(token.encode());
         self.push(e);
     }
 
@@ -139,6 +146,25 @@ impl Ring {
             .build()
             .user_data(token.encode());
         self.push(e);
+    }
+
+    /// Close `fd`, which the caller gives up: nothing may use it afterwards.
+    /// Done inline at the next submit for a socket; where the kernel can, a
+    /// successful close posts no completion (so it wakes nobody).
+    pub fn push_close(&mut self, fd: std::os::fd::OwnedFd, token: ConnToken) {
+        use std::os::fd::IntoRawFd;
+        let mut e = opcode::Close::new(types::Fd(fd.into_raw_fd()))
+            .build()
+            .user_data(token.encode());
+        if self.skip_success {
+            e = e.flags(squeue::Flags::SKIP_SUCCESS);
+        }
+        self.push(e);
+    }
+
+    /// Hand queued submissions to the kernel without waiting.
+    pub fn submit(&mut self) -> std::io::Result<usize> {
+        self.ring.submit()
     }
 
     /// Cancel the operation whose user_data is `target`.

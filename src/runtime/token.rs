@@ -14,6 +14,8 @@ pub enum Op {
     BackendRecv,
     BackendSend,
     Cancel,
+    /// Closing a freed connection's socket (not tied to a live connection).
+    Close,
 }
 
 impl Op {
@@ -27,6 +29,7 @@ impl Op {
             6 => Op::BackendRecv,
             7 => Op::BackendSend,
             8 => Op::Cancel,
+            9 => Op::Close,
             _ => return None,
         })
     }
@@ -70,7 +73,13 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_generations_wrap() {
-        for op in [Op::Accept, Op::ClientRecv, Op::BackendSend, Op::Cancel] {
+        for op in [
+            Op::Accept,
+            Op::ClientRecv,
+            Op::BackendSend,
+            Op::Cancel,
+            Op::Close,
+        ] {
             let t = ConnToken::new(123_456, 0x1FF_FFFF, op);
             assert_eq!(t.gen, 0xFF_FFFF);
             assert_eq!(ConnToken::decode(t.encode()), Some(t));

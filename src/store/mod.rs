@@ -20,7 +20,7 @@ pub mod inspect;
 mod map;
 mod table;
 
-pub use adapter::SessionCache;
+pub use adapter::{SessionCache, DEFAULT_MAX_SESSION_AGE};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
 pub use flusher::Flusher;

@@ -447,6 +447,49 @@ impl SessionStore {
         self.lookup(key, false)
     }
 
+    /// As [`SessionStore::get_with_born`], and extend the entry's expiry to at least
+    /// `ttl` from now (a resumed TLS 1.2 session stays resumable while in use). An
+    /// entry whose lineage began more than `max_age` ago is erased and missed.
+    pub fn get_refreshed(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        max_age: Duration,
+    ) -> Option<(Vec<u8>, u64)> {
+        let kh = self.key_hash(key);
+        let now = self.clock.now_secs();
+        let mut found = None;
+        for b in [kh.bucket, kh.alt] {
+            let mut g = self.lock(b)?;
+            if let Some(i) = self.find(&mut g, &kh, now) {
+                let born = u64::from(born_of(g.slot(i)));
+                if now.saturating_sub(born) > max_age.as_secs() {
+                    erase(&mut g, i);
+                    self.bump(b, Counter::Expired);
+                    break;
+                }
+                let s = g.slot(i);
+                let v = s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec();
+                let expires = clamp_secs(now.saturating_add(ttl.as_secs())).max(expires_of(s));
+                rewrite_expiry(&mut g, i, expires);
+                found = Some((v, born));
+                break;
+            }
+            if kh.alt == kh.bucket {
+                break;
+            }
+        }
+        self.bump(
+            kh.bucket,
+            if found.is_some() {
+                Counter::Hits
+            } else {
+                Counter::Misses
+            },
+        );
+        found
+    }
+
     /// Remove the value stored under `key` and return it. Exactly one caller, in
     /// any thread of any process, gets a given stored value.
     pub fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -879,6 +922,16 @@ fn write_slot(
     let crc = slot_crc(s, bucket, idx, max);
     s[8..12].copy_from_slice(&crc.to_le_bytes());
     g.set_tag(idx, kh.tag);
+}
+
+/// Change a live slot's expiry in place (and its checksum with it).
+fn rewrite_expiry(g: &mut BucketGuard<'_>, idx: usize, expires: u32) {
+    let bucket = g.bucket();
+    let max = g.slot(idx).len() - VALUE_OFFSET;
+    let s = g.slot_mut(idx);
+    s[0..4].copy_from_slice(&expires.to_le_bytes());
+    let crc = slot_crc(s, bucket, idx, max);
+    s[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Zero a slot (secrets included) and mark it empty.

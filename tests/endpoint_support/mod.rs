@@ -22,8 +22,27 @@ pub struct Server {
 impl Server {
     /// Start on a free port with a cache file at `cache`, backend `backend`.
     pub fn start(cache: &Path, backend: &str, extra: &[&str]) -> Server {
+        Server::start_with_fd_limit(cache, backend, extra, None)
+    }
+
+    /// As [`Server::start`], with the open-file limit (soft and hard) set to
+    /// `nofile` through `prlimit`, which execs the server (same pid).
+    pub fn start_with_fd_limit(
+        cache: &Path,
+        backend: &str,
+        extra: &[&str],
+        nofile: Option<u32>,
+    ) -> Server {
         let stats = cache.with_extension("stats.json");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmtls"));
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg(env!("CARGO_BIN_EXE_warmtls"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_warmtls")),
+        };
         cmd.args([
             "serve",
             "--listen",
@@ -158,16 +177,7 @@ pub fn responder() -> (String, Arc<std::sync::atomic::AtomicU64>) {
 pub fn echo() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
+    echo_on(l);
     addr
 }
 
@@ -196,11 +206,7 @@ pub fn request(
     addr: &str,
     req: &[u8],
 ) -> std::io::Result<(HandshakeKind, Vec<u8>)> {
-    let sock = TcpStream::connect(addr)?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let conn =
-        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = connect(cfg, addr)?;
     tls.write_all(req)?;
     let mut resp = Vec::new();
     match tls.read_to_end(&mut resp) {
@@ -231,4 +237,178 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// Per backend connection: bytes received and their CRC-32.
+pub type Received = Arc<std::sync::Mutex<Vec<(u64, u32)>>>;
+
+/// A backend that echoes everything back, half-closes on EOF, and records per
+/// connection how many bytes it received and their CRC-32 (recorded at EOF), so
+/// a test can check the endpoint forwarded the client's plaintext exactly.
+pub fn recording_echo() -> (String, Received) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let (mut len, mut crc) = (0u64, crc32fast::Hasher::new());
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            len += n as u64;
+                            crc.update(&buf[..n]);
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+                seen.lock().unwrap().push((len, crc.finalize()));
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A TLS connection to the server, TCP_NODELAY like a device (no Nagle wait
+/// between its records).
+pub fn connect(
+    cfg: &Arc<ClientConfig>,
+    addr: &str,
+) -> std::io::Result<rustls::StreamOwned<ClientConnection, TcpStream>> {
+    let sock = TcpStream::connect(addr)?;
+    sock.set_nodelay(true)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+        .map_err(std::io::Error::other)?;
+    Ok(rustls::StreamOwned::new(conn, sock))
+}
+
+/// Send `data` while reading what comes back (both ways at once, so back-pressure
+/// cannot deadlock the test), then close_notify, and read until the server's
+/// close_notify (an EOF without one is an error). Returns the bytes received.
+pub fn exchange(
+    cfg: &Arc<ClientConfig>,
+    addr: &str,
+    data: &[u8],
+    within: Duration,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::ErrorKind::WouldBlock;
+    use std::os::fd::AsFd;
+    let mut sock = TcpStream::connect(addr)?;
+    sock.set_nonblocking(true)?;
+    let mut conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+        .map_err(std::io::Error::other)?;
+    let deadline = Instant::now() + within;
+    let (mut sent, mut closed_write, mut eof) = (0, false, false);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !eof {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("sent {sent}, received {}", got.len()),
+            ));
+        }
+        let mut progress = false;
+        if !conn.is_handshaking() && sent < data.len() {
+            let n = conn
+                .writer()
+                .write(&data[sent..(sent + 16_384).min(data.len())])?;
+            sent += n;
+            progress |= n > 0;
+        }
+        if sent == data.len() && !closed_write && !conn.is_handshaking() {
+            conn.send_close_notify();
+            closed_write = true;
+        }
+        while conn.wants_write() {
+            match conn.write_tls(&mut sock) {
+                Ok(n) => progress |= n > 0,
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        match conn.read_tls(&mut sock) {
+            Ok(0) => eof = true,
+            Ok(_) => {
+                progress = true;
+                conn.process_new_packets().map_err(std::io::Error::other)?;
+            }
+            Err(e) if e.kind() == WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        loop {
+            match conn.reader().read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !progress && !eof {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let mut flags = PollFlags::POLLIN;
+            if conn.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            let mut fds = [PollFd::new(sock.as_fd(), flags)];
+            let _ = poll(&mut fds, PollTimeout::from(10u8));
+        }
+    }
+    Ok(got)
+}
+
+/// `n` reproducible pseudo-random bytes.
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A listener whose accept queue is already full of connections nobody accepts:
+/// the kernel drops further SYNs, so a connect to it hangs (a backend that does
+/// not accept, on loopback). Keep the returned streams to keep the queue full.
+pub fn listener_with_full_backlog() -> (TcpListener, Vec<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // std listens with a large backlog; re-listen with 0 (the kernel allows 1).
+    nix::sys::socket::listen(&l, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            held.push(s);
+        }
+    }
+    (l, held)
+}
+
+/// Echo on an existing listener (e.g. once a stuck backend starts accepting).
+pub fn echo_on(l: TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
 }
