@@ -123,8 +123,14 @@ fn child_writes_until_killed() {
     let s = open(&cfg);
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    for i in 0..10_000_000u64 {
-        let k = i % 50_000;
+    // Fresh keys, as rustls writes them (it never overwrites a key); the round
+    // number keeps keys of successive children apart.
+    let round: u64 = std::env::var("WARMTLS_TEST_ROUND")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    for i in 0..30_000u64 {
+        let k = round * 1_000_000 + i;
         assert!(s.put(&key(k), &value(k, i, 40 + (i % 57) as usize), TTL));
         writeln!(out, "W {k} {i}").unwrap();
         out.flush().unwrap();
@@ -142,7 +148,10 @@ fn entries_written_before_sigkill_survive_byte_exact() {
     let mut rng = Rng(99);
     let mut last: std::collections::HashMap<u64, u64> = Default::default();
     for round in 0..3 {
-        let env = [("WARMTLS_TEST_WRITE_TO", cfg.path.display().to_string())];
+        let env = [
+            ("WARMTLS_TEST_WRITE_TO", cfg.path.display().to_string()),
+            ("WARMTLS_TEST_ROUND", round.to_string()),
+        ];
         let mut child = spawn_self("child_writes_until_killed", &env);
         let out = BufReader::new(child.stdout.take().unwrap());
         let stop_after = 5_000 + rng.below(20_000);

@@ -17,7 +17,8 @@
 //! ```text
 //!  0  expires   u32  unix seconds; the slot is dead at or after this time
 //!  4  born      u32  unix seconds of the full handshake that started this session's lineage
-//!  8  crc       u32  CRC-32 over (bucket, slot index, bytes 0..8, 12..16, fingerprint, value)
+//!  8  crc       u32  CRC-32 over (bucket, slot index, bytes 4..8, 12..16, fingerprint, value);
+//!                     not the expiry, which is rewritten in place (see table.rs `slot_crc`)
 //! 12  val_len   u16
 //! 14  state     u8   SLOT_LIVE when in use
 //! 15  reserved  u8
@@ -36,7 +37,7 @@ compile_error!("the warmtls cache file format assumes a little-endian host");
 /// First eight bytes of every cache file.
 pub const MAGIC: [u8; 8] = *b"WARMTLS\x01";
 /// Format version; bump on any layout change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Size of the header page.
 pub const HEADER_SIZE: usize = 4096;
 /// Slots in one bucket. With two candidate buckets per key, 16-slot buckets

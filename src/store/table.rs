@@ -399,6 +399,10 @@ impl SessionStore {
 
     /// Store `value` under `key` for `ttl`. Returns false if the value does not fit a
     /// slot (counted) or the file is open read-only.
+    ///
+    /// A new key is crash-safe: a kill mid-put leaves a slot that reads as a miss.
+    /// Overwriting an existing key happens in place, so a kill during that put
+    /// loses the key (a miss, never a torn value); rustls never overwrites keys.
     pub fn put(&self, key: &[u8], value: &[u8], ttl: Duration) -> bool {
         let now = self.clock.now_secs();
         self.put_at(key, value, now, ttl, now)
@@ -883,7 +887,10 @@ pub(crate) fn slot_crc(s: &[u8], bucket: u64, idx: usize, max_value_len: usize) 
     let mut h = crc32fast::Hasher::new();
     h.update(&bucket.to_le_bytes());
     h.update(&[idx as u8]);
-    h.update(&s[0..8]);
+    // The expiry (bytes 0..4) is not covered: it is the one field rewritten in
+    // place (a resumed TLS 1.2 session's lifetime is extended), and one aligned
+    // 4-byte store cannot be torn by a crash, whereas expiry + checksum could.
+    h.update(&s[4..8]);
     h.update(&s[12..VALUE_OFFSET]);
     h.update(&s[VALUE_OFFSET..VALUE_OFFSET + val_len(s).min(max_value_len)]);
     h.finalize()
@@ -924,14 +931,10 @@ fn write_slot(
     g.set_tag(idx, kh.tag);
 }
 
-/// Change a live slot's expiry in place (and its checksum with it).
+/// Change a live slot's expiry in place.
 fn rewrite_expiry(g: &mut BucketGuard<'_>, idx: usize, expires: u32) {
-    let bucket = g.bucket();
-    let max = g.slot(idx).len() - VALUE_OFFSET;
-    let s = g.slot_mut(idx);
-    s[0..4].copy_from_slice(&expires.to_le_bytes());
-    let crc = slot_crc(s, bucket, idx, max);
-    s[8..12].copy_from_slice(&crc.to_le_bytes());
+    // Outside the checksum (see `slot_crc`), so a crash cannot make this slot torn.
+    g.slot_mut(idx)[0..4].copy_from_slice(&expires.to_le_bytes());
 }
 
 /// Zero a slot (secrets included) and mark it empty.
