@@ -16,18 +16,7 @@ fn sessions_survive_repeated_sigkill_under_load() {
     let cache = dir.path().join("c.cache");
     let mut server = Server::start(&cache, &backend, &[]);
     let cert = server.cert_path();
-    let devices: Vec<_> = (0..300)
-        .map(|i| {
-            device(
-                &cert,
-                if i % 2 == 0 {
-                    &rustls::version::TLS13
-                } else {
-                    &rustls::version::TLS12
-                },
-            )
-        })
-        .collect();
+    let devices = mixed_devices(&cert, 300);
     // Whether each device's last connection completed (so it holds a session the
     // server has stored).
     let completed = Arc::new(Mutex::new(vec![false; devices.len()]));

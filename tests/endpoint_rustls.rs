@@ -41,18 +41,7 @@ fn two_thousand_devices_resume_before_and_after_a_restart() {
     let cache = dir.path().join("c.cache");
     let mut server = Server::start(&cache, &backend, &[]);
     let cert = server.cert_path();
-    let devices: Vec<_> = (0..2_000)
-        .map(|i| {
-            device(
-                &cert,
-                if i % 2 == 0 {
-                    &rustls::version::TLS13
-                } else {
-                    &rustls::version::TLS12
-                },
-            )
-        })
-        .collect();
+    let devices = mixed_devices(&cert, 2_000);
     assert_eq!(
         round(&devices, &server.addr()),
         (2_000, 0),

@@ -97,6 +97,14 @@ pub(crate) struct KeyHash {
     pub(crate) fingerprint: [u8; FINGERPRINT_LEN],
 }
 
+impl KeyHash {
+    /// The distinct buckets the entry may be in, primary first.
+    fn candidates(&self) -> impl Iterator<Item = u64> {
+        let alt = (self.alt != self.bucket).then_some(self.alt);
+        std::iter::once(self.bucket).chain(alt)
+    }
+}
+
 impl SessionStore {
     /// Open the cache file of `cfg`, creating it if it does not exist.
     pub fn open_or_create(cfg: &StoreConfig) -> Result<SessionStore, StoreError> {
@@ -462,35 +470,22 @@ impl SessionStore {
     ) -> Option<(Vec<u8>, u64)> {
         let kh = self.key_hash(key);
         let now = self.clock.now_secs();
-        let mut found = None;
-        for b in [kh.bucket, kh.alt] {
-            let mut g = self.lock(b)?;
-            if let Some(i) = self.find(&mut g, &kh, now) {
+        let found = self
+            .with_locked_entry(&kh, now, |g, i| {
                 let born = u64::from(born_of(g.slot(i)));
                 if now.saturating_sub(born) > max_age.as_secs() {
-                    erase(&mut g, i);
-                    self.bump(b, Counter::Expired);
-                    break;
+                    erase(g, i);
+                    self.bump(g.bucket(), Counter::Expired);
+                    return None;
                 }
                 let s = g.slot(i);
                 let v = s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec();
                 let expires = clamp_secs(now.saturating_add(ttl.as_secs())).max(expires_of(s));
-                rewrite_expiry(&mut g, i, expires);
-                found = Some((v, born));
-                break;
-            }
-            if kh.alt == kh.bucket {
-                break;
-            }
-        }
-        self.bump(
-            kh.bucket,
-            if found.is_some() {
-                Counter::Hits
-            } else {
-                Counter::Misses
-            },
-        );
+                rewrite_expiry(g, i, expires);
+                Some((v, born))
+            })
+            .flatten();
+        self.count_lookup(kh.bucket, found.is_some());
         found
     }
 
@@ -516,7 +511,7 @@ impl SessionStore {
         let buf = &mut buf[..slot_size];
         // Start the second bucket's cache miss now, in parallel with the first's.
         let _ = self.map.read_begin(geo, kh.alt);
-        for b in [kh.bucket, kh.alt] {
+        for b in kh.candidates() {
             let mut settled = false;
             for _ in 0..64 {
                 let Some(seq) = self.map.read_begin(geo, b) else {
@@ -556,9 +551,6 @@ impl SessionStore {
             if !settled {
                 return None;
             }
-            if kh.alt == kh.bucket {
-                break;
-            }
         }
         Some(None)
     }
@@ -568,46 +560,46 @@ impl SessionStore {
         let now = self.clock.now_secs();
         if !remove {
             if let Some(found) = self.get_optimistic(&kh, now) {
-                self.bump(
-                    kh.bucket,
-                    if found.is_some() {
-                        Counter::Hits
-                    } else {
-                        Counter::Misses
-                    },
-                );
+                self.count_lookup(kh.bucket, found.is_some());
                 return found;
             }
         }
-        let mut found = None;
-        // Entries never move between buckets, so checking one bucket at a time
-        // under its own lock is enough: a stored entry is in exactly one of them.
-        for b in [kh.bucket, kh.alt] {
-            let mut g = self.lock(b)?;
-            if let Some(i) = self.find(&mut g, &kh, now) {
-                let s = g.slot(i);
-                let v = s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec();
-                let born = u64::from(born_of(s));
-                if remove {
-                    erase(&mut g, i);
-                }
-                found = Some((v, born));
-                break;
+        let found = self.with_locked_entry(&kh, now, |g, i| {
+            let s = g.slot(i);
+            let v = s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec();
+            let born = u64::from(born_of(s));
+            if remove {
+                erase(g, i);
             }
-            if kh.alt == kh.bucket {
-                break;
-            }
-        }
-        match &found {
-            Some(_) => {
-                self.bump(kh.bucket, Counter::Hits);
-                if remove {
-                    self.bump(kh.bucket, Counter::Takes);
-                }
-            }
-            None => self.bump(kh.bucket, Counter::Misses),
+            (v, born)
+        });
+        self.count_lookup(kh.bucket, found.is_some());
+        if found.is_some() && remove {
+            self.bump(kh.bucket, Counter::Takes);
         }
         found
+    }
+
+    /// Find `kh` under its bucket's lock and apply `f` to its slot. Entries never
+    /// move between buckets, so locking one candidate bucket at a time is enough:
+    /// a stored entry is in exactly one of them. `None` if absent (or read-only).
+    fn with_locked_entry<R>(
+        &self,
+        kh: &KeyHash,
+        now: u64,
+        f: impl FnOnce(&mut BucketGuard<'_>, usize) -> R,
+    ) -> Option<R> {
+        for b in kh.candidates() {
+            let mut g = self.lock(b)?;
+            if let Some(i) = self.find(&mut g, kh, now) {
+                return Some(f(&mut g, i));
+            }
+        }
+        None
+    }
+
+    fn count_lookup(&self, bucket: u64, hit: bool) {
+        self.bump(bucket, if hit { Counter::Hits } else { Counter::Misses });
     }
 
     fn find_in(

@@ -199,6 +199,22 @@ pub fn device(
 
 use rustls::pki_types::pem::PemObject;
 
+/// `n` devices, alternately TLS 1.3 and TLS 1.2.
+pub fn mixed_devices(cert: &Path, n: usize) -> Vec<Arc<ClientConfig>> {
+    (0..n)
+        .map(|i| {
+            device(
+                cert,
+                if i % 2 == 0 {
+                    &rustls::version::TLS13
+                } else {
+                    &rustls::version::TLS12
+                },
+            )
+        })
+        .collect()
+}
+
 /// One device connection: handshake, a request, the whole response until the
 /// server closes. Returns the handshake kind and the response.
 pub fn request(
