@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::store::{DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
 
+/// The most 0-RTT bytes `early_data` may allow: what the backend outbox holds
+/// while the backend connects, so early data never needs a second buffer.
+pub const MAX_EARLY_DATA: u32 = crate::conn::PIPE_LIMIT as u32;
+
 /// Where plaintext goes after TLS is terminated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -104,6 +108,13 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
     pub tickets_per_handshake: usize,
+    /// TLS 1.3 0-RTT: the most early-data bytes accepted from a resuming client
+    /// (0 = off). Accepted early data goes to the backend before the handshake
+    /// completes, and the backend's answer goes out as 0.5-RTT data. Replays are
+    /// refused by the store's single-use tickets, but the request itself is not
+    /// protected by the client's Finished: only turn this on for requests the
+    /// backend may safely see from a client whose handshake then fails.
+    pub early_data: u32,
     /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
     pub groups: Vec<String>,
     /// Write counters as JSON here every stats interval and at exit.
@@ -128,6 +139,7 @@ impl Default for Config {
             flush_interval: Duration::from_secs(10),
             stats_interval: Duration::from_secs(10),
             tickets_per_handshake: 1,
+            early_data: 0,
             groups: vec!["x25519".into(), "secp256r1".into()],
             stats_file: None,
         }
@@ -186,6 +198,15 @@ impl Config {
         }
         if self.tickets_per_handshake > 8 {
             return invalid("tickets_per_handshake", "at most 8".into());
+        }
+        if self.early_data > MAX_EARLY_DATA {
+            return invalid(
+                "early_data",
+                format!(
+                    "{} bytes is more than the {MAX_EARLY_DATA} one receive buffer holds",
+                    self.early_data
+                ),
+            );
         }
         if !crate::store::Geometry::slot_size_is_valid(self.cache.slot_size) {
             return invalid(

@@ -71,6 +71,9 @@ struct ServeArgs {
     /// How long SIGTERM/SIGINT waits for open connections, e.g. 5s.
     #[arg(long, value_parser = humantime::parse_duration)]
     drain_timeout: Option<std::time::Duration>,
+    /// Accept up to this many bytes of TLS 1.3 0-RTT early data (0: off).
+    #[arg(long)]
+    early_data: Option<u32>,
     /// Write counters as JSON to this file every stats interval and at exit.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -123,6 +126,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.drain_timeout {
             c.drain_timeout = v;
+        }
+        if let Some(v) = self.early_data {
+            c.early_data = v;
         }
         if let Some(v) = &self.stats_file {
             c.stats_file = Some(v.clone());

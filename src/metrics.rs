@@ -17,9 +17,11 @@ pub enum Metric {
     AcceptErrors,
     BytesFromClients,
     BytesToClients,
+    EarlyDataAccepted,
+    EarlyDataBytes,
 }
 
-const N: usize = 11;
+const N: usize = 13;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -54,6 +56,10 @@ pub struct Snapshot {
     pub accept_errors: u64,
     pub bytes_from_clients: u64,
     pub bytes_to_clients: u64,
+    /// Resumptions whose 0-RTT data was accepted and forwarded.
+    pub early_data_accepted: u64,
+    /// 0-RTT bytes forwarded, counted when the handshake completes.
+    pub early_data_bytes: u64,
 }
 
 /// Sum the workers' counters.
@@ -71,5 +77,7 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
         accept_errors: s(Metric::AcceptErrors),
         bytes_from_clients: s(Metric::BytesFromClients),
         bytes_to_clients: s(Metric::BytesToClients),
+        early_data_accepted: s(Metric::EarlyDataAccepted),
+        early_data_bytes: s(Metric::EarlyDataBytes),
     }
 }

@@ -234,6 +234,13 @@ pub fn server_config_with_time(
         SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age),
     );
     sc.send_tls13_tickets = cfg.tickets_per_handshake;
+    // 0-RTT needs the stateful store (rustls refuses it with a ticketer): its
+    // single-use `take` is the replay protection. The answer to an early request
+    // goes out as 0.5-RTT data, right behind our Finished: there is no client
+    // authentication to wait for, and that is what brings a resumed device with
+    // TFO to its response in one round trip.
+    sc.max_early_data_size = cfg.early_data;
+    sc.send_half_rtt_data = cfg.early_data > 0;
     sc.ignore_client_order = true;
     Ok(Arc::new(sc))
 }

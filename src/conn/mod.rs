@@ -45,6 +45,10 @@ pub enum Fed {
     Progress,
     /// The handshake completed with these bytes.
     HandshakeDone,
+    /// A resuming client's 0-RTT data was accepted and is queued for the
+    /// backend, whose connection has not been started yet: start it now, before
+    /// the handshake completes.
+    EarlyData,
     /// The client sent a fatal error or bad TLS; an alert is queued.
     Failed(TlsFailure),
 }
@@ -91,6 +95,11 @@ pub struct Conn {
     /// Start of this connection's session lineage, once the store has told us
     /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
     pub lineage: Option<u64>,
+    /// When the handshake must be done: a 0-RTT connection pipes before its
+    /// handshake completes, and this still bounds it.
+    pub handshake_deadline: Instant,
+    /// 0-RTT bytes accepted from the client and queued for the backend.
+    pub early_data: usize,
 }
 
 impl Conn {
@@ -126,6 +135,8 @@ impl Conn {
             close_notify_sent: false,
             client_shut: false,
             lineage: None,
+            handshake_deadline: deadline,
+            early_data: 0,
         }
     }
 
@@ -144,6 +155,8 @@ impl Conn {
         self.flush_tls();
         if was_handshaking && !self.tls.is_handshaking() {
             Fed::HandshakeDone
+        } else if self.early_data > 0 && self.backend.is_none() {
+            Fed::EarlyData
         } else {
             Fed::Progress
         }
@@ -162,6 +175,7 @@ impl Conn {
             if let Err(e) = processed {
                 return Err(TlsFailure::Protocol(e));
             }
+            self.take_early_data();
             self.take_plaintext();
         }
         Ok(())
@@ -173,6 +187,21 @@ impl Conn {
         self.phase = Phase::Draining;
         self.close_notify_sent = true;
         Fed::Failed(why)
+    }
+
+    /// Move accepted 0-RTT bytes to the backend's outbox. rustls only yields them
+    /// for a resumption whose ticket it just took from the store, so a replayed
+    /// ClientHello (its ticket already taken) never gets here, and it bounds them
+    /// by `max_early_data_size` (≤ [`PIPE_LIMIT`]).
+    fn take_early_data(&mut self) {
+        let Some(mut early) = self.tls.early_data() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = early.read(&mut buf) {
+            self.to_backend.queue(&buf[..n]);
+            self.early_data += n;
+        }
     }
 
     /// Move decrypted client bytes to the backend's outbox.

@@ -197,6 +197,18 @@ fn set_deadline(timers: &mut TimerWheel, key: usize, c: &mut Conn, at: Instant) 
     }
 }
 
+/// Push a piping connection's deadline out to `at`, except that a 0-RTT
+/// connection, which pipes before its handshake is done, stays bound by its
+/// handshake deadline until then.
+fn set_idle_deadline(timers: &mut TimerWheel, key: usize, c: &mut Conn, at: Instant) {
+    let at = if c.tls.is_handshaking() {
+        at.min(c.handshake_deadline)
+    } else {
+        at
+    };
+    set_deadline(timers, key, c, at);
+}
+
 impl Worker {
     fn m(&self) -> &WorkerMetrics {
         &self.s.metrics[self.s.index]
@@ -300,7 +312,9 @@ impl Worker {
                     c.client_eof = true;
                     // A FIN after the handshake is a half-close: the request already
                     // read still goes to the backend and its answer comes back.
-                    if matches!(c.phase, Phase::Handshaking | Phase::Draining) {
+                    if matches!(c.phase, Phase::Handshaking | Phase::Draining)
+                        || c.tls.is_handshaking()
+                    {
                         self.begin_close(key);
                     }
                     return;
@@ -317,6 +331,22 @@ impl Worker {
                         set_deadline(&mut self.timers, key, c, now + DRAIN_LINGER);
                         return;
                     }
+                    Fed::EarlyData => {
+                        // Only a resumption carries early data; count it now, as
+                        // the backend may answer and close before the client's
+                        // Finished arrives.
+                        m.add(Metric::ResumedHandshakes, 1);
+                        m.add(Metric::EarlyDataAccepted, 1);
+                        self.connect_backend(key);
+                        return;
+                    }
+                    Fed::HandshakeDone if c.backend.is_some() => {
+                        // A 0-RTT connection, already counted and piping.
+                        m.add(Metric::EarlyDataBytes, c.early_data as u64);
+                        if c.backend_eof && c.phase == Phase::Piping {
+                            c.backend_closed();
+                        }
+                    }
                     Fed::HandshakeDone => {
                         let kind = c.tls.handshake_kind();
                         m.add(
@@ -332,7 +362,7 @@ impl Worker {
                     }
                 }
                 if c.phase == Phase::Piping {
-                    set_deadline(&mut self.timers, key, c, now + idle);
+                    set_idle_deadline(&mut self.timers, key, c, now + idle);
                 }
             }
             Op::ClientSend => {
@@ -344,7 +374,7 @@ impl Worker {
                 m.add(Metric::BytesToClients, res as u64);
                 c.to_client.sent(res as usize);
                 if c.phase == Phase::Piping {
-                    set_deadline(&mut self.timers, key, c, now + idle);
+                    set_idle_deadline(&mut self.timers, key, c, now + idle);
                 }
             }
             Op::BackendConnect => {
@@ -357,7 +387,7 @@ impl Worker {
                 }
                 if c.phase == Phase::ConnectingBackend {
                     c.phase = Phase::Piping;
-                    set_deadline(&mut self.timers, key, c, now + idle);
+                    set_idle_deadline(&mut self.timers, key, c, now + idle);
                 }
             }
             Op::BackendRecv => {
@@ -372,7 +402,10 @@ impl Worker {
                 }
                 if res == 0 {
                     c.backend_eof = true;
-                    if c.phase == Phase::Piping {
+                    // A 0-RTT connection's backend may be done before the client's
+                    // Finished arrives: hold the close_notify until the handshake
+                    // is complete and the device's next ticket has gone out.
+                    if c.phase == Phase::Piping && !c.tls.is_handshaking() {
                         c.backend_closed();
                     }
                     return;
@@ -381,7 +414,7 @@ impl Worker {
                     return; // our last bytes to the client are already queued
                 }
                 c.feed_backend(res as usize);
-                set_deadline(&mut self.timers, key, c, now + idle);
+                set_idle_deadline(&mut self.timers, key, c, now + idle);
             }
             Op::BackendSend => {
                 if res < 0 {
@@ -391,7 +424,7 @@ impl Worker {
                     return;
                 }
                 c.to_backend.sent(res as usize);
-                set_deadline(&mut self.timers, key, c, now + idle);
+                set_idle_deadline(&mut self.timers, key, c, now + idle);
             }
             Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
         }

@@ -147,14 +147,25 @@ impl Drop for Server {
 /// A backend that reads one request (up to a blank line) and answers `hello`,
 /// then closes, like a tiny HTTP/1.0 server.
 pub fn responder() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    let (addr, _, served) = logging_responder();
+    (addr, served)
+}
+
+/// Every request a [`logging_responder`] answered, in full.
+pub type Requests = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// [`responder`], also keeping each request it answered, so a test can tell
+/// exactly what reached the backend and how often.
+pub fn logging_responder() -> (String, Requests, Arc<std::sync::atomic::AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let s2 = served.clone();
+    let requests: Requests = Default::default();
+    let (s2, r2) = (served.clone(), requests.clone());
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            let served = s2.clone();
+            let (served, requests) = (s2.clone(), r2.clone());
             std::thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let mut req = Vec::new();
@@ -165,12 +176,13 @@ pub fn responder() -> (String, Arc<std::sync::atomic::AtomicU64>) {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
+                requests.lock().unwrap().push(req);
                 let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
                 served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
     });
-    (addr, served)
+    (addr, requests, served)
 }
 
 /// A backend that echoes everything back and half-closes on EOF.
