@@ -45,6 +45,11 @@ pub struct FleetArgs {
     /// Send up to BYTES of the request as TLS 1.3 0-RTT when resuming.
     #[arg(long, default_value_t = 0)]
     early_data: usize,
+    /// ClientHello profile: standard (a stock rustls client), uncompressed
+    /// (standard minus certificate compression), lean (fewest bytes: one suite,
+    /// X25519, ECDSA P-256 only, no SNI; see README "Device profiles").
+    #[arg(long, default_value = "standard")]
+    hello: warmtls::fleet::HelloProfile,
     /// Request size, bytes (an HTTP/1.0 GET padded with a header).
     #[arg(long, default_value_t = 64)]
     request: usize,
@@ -105,6 +110,7 @@ pub fn main(a: FleetArgs) -> anyhow::Result<()> {
         .transpose()?;
     cfg.request_bytes = a.request;
     cfg.early_data = a.early_data;
+    cfg.hello = a.hello;
     cfg.concurrency = a.concurrency;
     cfg.limits.total = Duration::from_secs_f64(positive(a.conn_timeout, "--conn-timeout")?);
     cfg.limits.connect = cfg.limits.total.min(cfg.limits.connect);

@@ -115,6 +115,10 @@ pub struct Config {
     /// protected by the client's Finished: only turn this on for requests the
     /// backend may safely see from a client whose handshake then fails.
     pub early_data: u32,
+    /// Cipher suites in the server's order of preference, by IANA name (e.g.
+    /// "TLS13_AES_128_GCM_SHA256"). Empty: every suite rustls has, cheapest
+    /// first (AES-128-GCM/SHA-256 before AES-256-GCM/SHA-384 and ChaCha20).
+    pub cipher_suites: Vec<String>,
     /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
     pub groups: Vec<String>,
     /// Write counters as JSON here every stats interval and at exit.
@@ -140,6 +144,7 @@ impl Default for Config {
             stats_interval: Duration::from_secs(10),
             tickets_per_handshake: 1,
             early_data: 0,
+            cipher_suites: Vec::new(),
             groups: vec!["x25519".into(), "secp256r1".into()],
             stats_file: None,
         }
@@ -230,6 +235,17 @@ impl Config {
                 );
             }
         }
+        for c in &self.cipher_suites {
+            if crate::tls::suite_by_name(c).is_none() {
+                return invalid(
+                    "cipher_suites",
+                    format!(
+                        "unknown cipher suite {c:?} (known: {})",
+                        crate::tls::suite_names()
+                    ),
+                );
+            }
+        }
         if self.groups.is_empty() {
             return invalid("groups", "at least one key exchange group is needed".into());
         }
@@ -308,5 +324,19 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        let c = Config {
+            cipher_suites: vec!["TLS13_AES_128_CCM_SHA256".into()],
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("TLS13_AES_128_CCM_SHA256") && e.contains("TLS13_AES_128_GCM_SHA256"),
+            "{e}"
+        );
+        let c = Config {
+            early_data: MAX_EARLY_DATA + 1,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("early_data"));
     }
 }

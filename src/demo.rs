@@ -137,13 +137,23 @@ fn answer(mut s: TcpStream) -> std::io::Result<()> {
             n => req.extend_from_slice(&buf[..n]),
         }
     }
+    s.write_all(&response())
+}
+
+/// The demo backend's whole answer to every request.
+fn response() -> Vec<u8> {
     let head = format!(
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         BODY.len()
     );
     let mut resp = head.into_bytes();
     resp.extend_from_slice(BODY);
-    s.write_all(&resp)
+    resp
+}
+
+/// How many bytes the demo backend answers with.
+pub fn response_len() -> usize {
+    response().len()
 }
 
 impl Drop for Backend {

@@ -254,3 +254,75 @@ fn fleet_binary_restarts_the_server_and_writes_json_and_plot() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("round2 (after restart)"));
 }
+
+/// Per-kind economy figures against the server's own byte counters: TLS overhead
+/// is the wire bytes minus exactly the request and response, 0-RTT resumptions
+/// are told apart, and the lean ClientHello really is smaller than the standard one.
+#[test]
+fn overhead_per_kind_is_wire_minus_payload_and_lean_hellos_are_smaller() {
+    use warmtls::fleet::HelloProfile;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start(2).expect("backend");
+    let n = 100u32;
+    let mut resumed_c2s = Vec::new();
+    for (i, hello) in [HelloProfile::Standard, HelloProfile::Lean]
+        .into_iter()
+        .enumerate()
+    {
+        let cache = dir.path().join(format!("e{i}.cache"));
+        let spec = EndpointSpec {
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_warmtls")),
+            backend: backend.addr(),
+            cache: cache.clone(),
+            capacity: 1_000,
+            stats: dir.path().join(format!("e{i}.json")),
+            log: dir.path().join(format!("e{i}.log")),
+            extra: vec![
+                "--workers".into(),
+                "2".into(),
+                "--early-data".into(),
+                "1024".into(),
+            ],
+        };
+        let mut endpoint = Endpoint::start(&spec, "127.0.0.1:0").expect("endpoint starts");
+        let mut cfg = FleetConfig::new(
+            endpoint.addr().to_string(),
+            n,
+            Verify::Ca(self_signed_cert_path(&cache)),
+        );
+        cfg.server_name = Some("localhost".into());
+        cfg.hello = hello;
+        cfg.early_data = 1024;
+        cfg.concurrency = 4;
+        let mut fleet = Fleet::new(cfg).expect("fleet");
+        let prime = fleet.run_phase("prime", false, endpoint.pid());
+        let round = fleet.run_phase("round1", false, endpoint.pid());
+        endpoint.stop().expect("clean stop");
+        let server = stats(&spec.stats);
+        assert_bytes_match(&[&prime, &round], &server);
+        assert_eq!(
+            (round.resumed, round.early_data_accepted),
+            (u64::from(n), u64::from(n))
+        );
+        assert_eq!(count(&server, "early_data_accepted"), u64::from(n));
+        // Every request reached the backend once: 0-RTT data is not sent twice.
+        assert_eq!(backend.served(), u64::from(2 * n) * (i as u64 + 1));
+        let wire = (round.bytes_c2s_total + round.bytes_s2c_total) as f64 / f64::from(n);
+        let overhead = round
+            .tls_overhead_per_conn
+            .resumed_0rtt
+            .expect("0-RTT kind");
+        let payload = 64.0 + warmtls::demo::response_len() as f64;
+        assert!(
+            (wire - overhead - payload).abs() < 1e-6,
+            "{wire} - {overhead} != {payload}"
+        );
+        assert_eq!(round.tls_overhead_per_conn.resumed, Some(overhead));
+        assert!(prime.client_cpu_us_per_conn.full.is_some_and(|us| us > 0.0));
+        resumed_c2s.push(round.bytes_c2s_per_conn.resumed.expect("resumed"));
+    }
+    assert!(
+        resumed_c2s[1] + 40.0 < resumed_c2s[0],
+        "lean ClientHello saves bytes: {resumed_c2s:?}"
+    );
+}

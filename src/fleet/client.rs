@@ -68,6 +68,41 @@ impl std::fmt::Display for TlsMix {
     }
 }
 
+/// What the devices put in their ClientHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HelloProfile {
+    /// What a stock rustls client offers (with the groups above): every
+    /// cipher suite and signature scheme it has, SNI, RFC 8879 certificate
+    /// compression (brotli, zlib), a TLS 1.2 session ticket request.
+    #[default]
+    Standard,
+    /// Standard without offering certificate compression.
+    Uncompressed,
+    /// The fewest bytes a device can send and still verify the server: one
+    /// cipher suite per version (AES-128-GCM/SHA-256), X25519 only, one
+    /// signature scheme (ECDSA P-256/SHA-256), no SNI, no certificate
+    /// compression offer (it costs every resumed ClientHello bytes and only
+    /// pays off on the rare full handshake), TLS 1.2 session IDs only (no
+    /// ticket extension). Needs a server with an ECDSA P-256 certificate that
+    /// serves it without SNI, such as warmtls.
+    Lean,
+}
+
+impl std::str::FromStr for HelloProfile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "standard" => Ok(HelloProfile::Standard),
+            "uncompressed" => Ok(HelloProfile::Uncompressed),
+            "lean" => Ok(HelloProfile::Lean),
+            other => Err(format!(
+                "unknown ClientHello profile {other:?}: use standard, uncompressed or lean"
+            )),
+        }
+    }
+}
+
 /// The two configurations a fleet may use, indexed by protocol version.
 #[derive(Debug, Clone)]
 pub struct DeviceConfigs {
@@ -83,12 +118,26 @@ impl DeviceConfigs {
         verify: &Verify,
         table: Arc<DeviceTable>,
         early_data: bool,
+        hello: HelloProfile,
     ) -> Result<DeviceConfigs, FleetError> {
+        let lean = hello == HelloProfile::Lean;
         let mut provider = aws_lc_rs::default_provider();
         provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
+        if lean {
+            use aws_lc_rs::cipher_suite::*;
+            provider.cipher_suites = vec![
+                TLS13_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ];
+            provider.signature_verification_algorithms =
+                lean_signatures(provider.signature_verification_algorithms);
+        }
         let provider = Arc::new(provider);
         let mut provider12 = (*provider).clone();
-        provider12.kx_groups = vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
+        if !lean {
+            provider12.kx_groups =
+                vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
+        }
         let provider12 = Arc::new(provider12);
         // One verifier for both configs: rustls only resumes a session under the
         // verifier that accepted it.
@@ -116,6 +165,15 @@ impl DeviceConfigs {
                 .with_no_client_auth();
             cfg.resumption = Resumption::store(table.clone());
             cfg.enable_early_data = early_data;
+            if hello != HelloProfile::Standard {
+                cfg.cert_decompressors = Vec::new();
+            }
+            if lean {
+                cfg.enable_sni = false;
+                cfg.resumption = cfg
+                    .resumption
+                    .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+            }
             Ok::<_, FleetError>(Arc::new(cfg))
         };
         Ok(DeviceConfigs {
@@ -133,6 +191,21 @@ impl DeviceConfigs {
             TlsMix::Mix if device % 2 == 0 => &self.tls13,
             TlsMix::Mix => &self.tls12,
         }
+    }
+}
+
+/// The lean profile's signature algorithms: certificate chains may still be
+/// signed with anything webpki checks (`all`), but the handshake signature is
+/// only offered, so only accepted, as ECDSA P-256/SHA-256 (`mapping`), which
+/// makes the ClientHello's signature_algorithms list one entry long.
+fn lean_signatures(algs: WebPkiSupportedAlgorithms) -> WebPkiSupportedAlgorithms {
+    let p256 = algs
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == SignatureScheme::ECDSA_NISTP256_SHA256);
+    WebPkiSupportedAlgorithms {
+        all: algs.all,
+        mapping: p256.map_or(algs.mapping, std::slice::from_ref),
     }
 }
 

@@ -104,8 +104,30 @@ pub struct Outcome {
     pub bytes_c2s: u64,
     /// Bytes the device read from the socket.
     pub bytes_s2c: u64,
+    /// Application bytes in those: the request sent, the response received.
+    pub payload_c2s: u64,
+    pub payload_s2c: u64,
     /// Connect to close.
     pub elapsed: Duration,
+    /// CPU time (user + system) the device's thread spent on the connection:
+    /// what a device's processor would pay, on this machine's cores.
+    pub client_cpu: Duration,
+}
+
+impl Outcome {
+    /// Wire bytes (TCP payload, both ways) that were not application data:
+    /// records' headers and tags, the handshake, alerts and close_notify.
+    pub fn tls_overhead(&self) -> u64 {
+        (self.bytes_c2s + self.bytes_s2c).saturating_sub(self.payload_c2s + self.payload_s2c)
+    }
+}
+
+/// This thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// A completed connection's handshake.
@@ -124,6 +146,8 @@ struct Counting {
     sock: TcpStream,
     read: u64,
     written: u64,
+    /// Response plaintext received (counted by the caller, after decryption).
+    response: u64,
 }
 
 impl Read for Counting {
@@ -156,6 +180,7 @@ pub fn connect(
     limits: Limits,
 ) -> Outcome {
     let start = Instant::now();
+    let cpu_start = thread_cpu();
     let sock = match TcpStream::connect_timeout(&addr, limits.connect) {
         Ok(s) => s,
         Err(e) => {
@@ -168,7 +193,10 @@ pub fn connect(
                 result: Err(why),
                 bytes_c2s: 0,
                 bytes_s2c: 0,
+                payload_c2s: 0,
+                payload_s2c: 0,
                 elapsed: start.elapsed(),
+                client_cpu: thread_cpu().saturating_sub(cpu_start),
             };
         }
     };
@@ -176,6 +204,7 @@ pub fn connect(
         sock,
         read: 0,
         written: 0,
+        response: 0,
     };
     let _device = CurrentDevice::enter(device);
     let result = drive(
@@ -187,11 +216,19 @@ pub fn connect(
         start,
         limits,
     );
+    let elapsed = start.elapsed();
     Outcome {
+        payload_c2s: if result.is_ok() {
+            request.len() as u64
+        } else {
+            0
+        },
+        payload_s2c: io.response,
         result,
         bytes_c2s: io.written,
         bytes_s2c: io.read,
-        elapsed: start.elapsed(),
+        elapsed,
+        client_cpu: thread_cpu().saturating_sub(cpu_start),
     }
 }
 
@@ -251,7 +288,6 @@ fn drive(
         conn.write_tls(io).map_err(|e| Failure::from_io(&e))?;
     }
 
-    let mut response = 0usize;
     let mut plain = [0u8; 4096];
     let mut closed_cleanly = false;
     loop {
@@ -272,7 +308,7 @@ fn drive(
             match conn.reader().read(&mut plain) {
                 Ok(0) => break,
                 Ok(k) => {
-                    response += k;
+                    io.response += k as u64;
                     left = left.saturating_sub(k);
                 }
                 Err(_) => break,
@@ -308,7 +344,7 @@ fn drive(
             break;
         }
     }
-    if response == 0 {
+    if io.response == 0 {
         return Err(Failure::Eof);
     }
     Ok(Handshake {

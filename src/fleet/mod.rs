@@ -31,7 +31,7 @@ pub mod probe;
 pub mod report;
 pub mod schedule;
 
-pub use client::{TlsMix, Verify};
+pub use client::{HelloProfile, TlsMix, Verify};
 pub use connection::Limits;
 pub use devices::{DeviceId, DeviceTable};
 pub use report::{PhaseReport, Report, ServerUsage};
@@ -92,6 +92,8 @@ pub struct FleetConfig {
     pub request_bytes: usize,
     /// Up to this many request bytes go as TLS 1.3 0-RTT when resuming (0: off).
     pub early_data: usize,
+    /// What the devices put in their ClientHello.
+    pub hello: client::HelloProfile,
     /// Worker threads, i.e. connections in flight at most.
     pub concurrency: usize,
     /// Per-connection limits.
@@ -115,6 +117,7 @@ impl FleetConfig {
             phase_limit: None,
             request_bytes: 64,
             early_data: 0,
+            hello: client::HelloProfile::Standard,
             concurrency: 32,
             limits: Limits {
                 connect: Duration::from_secs(5),
@@ -177,8 +180,13 @@ impl Fleet {
         let server_name =
             ServerName::try_from(name.clone()).map_err(|_| FleetError::ServerName(name.clone()))?;
         let table = Arc::new(DeviceTable::new(cfg.devices));
-        let configs =
-            client::DeviceConfigs::new(cfg.tls, &cfg.verify, table.clone(), cfg.early_data > 0)?;
+        let configs = client::DeviceConfigs::new(
+            cfg.tls,
+            &cfg.verify,
+            table.clone(),
+            cfg.early_data > 0,
+            cfg.hello,
+        )?;
         let request = connection::http_request(cfg.request_bytes, &name);
         Ok(Fleet {
             cfg,
@@ -314,6 +322,7 @@ impl Fleet {
             concurrency: self.cfg.concurrency,
             request_bytes: self.request.len(),
             early_data_bytes: self.cfg.early_data,
+            hello: self.cfg.hello,
             client_bytes_per_device: None,
             client_fixed_bytes_per_device: DeviceTable::fixed_bytes_per_device(),
             phases: Vec::new(),

@@ -14,6 +14,8 @@ struct KindTally {
     connections: u64,
     c2s: u64,
     s2c: u64,
+    overhead: u64,
+    client_cpu_ns: u64,
 }
 
 impl KindTally {
@@ -21,11 +23,15 @@ impl KindTally {
         self.connections += 1;
         self.c2s += o.bytes_c2s;
         self.s2c += o.bytes_s2c;
+        self.overhead += o.tls_overhead();
+        self.client_cpu_ns += o.client_cpu.as_nanos() as u64;
     }
     fn merge(&mut self, o: &KindTally) {
         self.connections += o.connections;
         self.c2s += o.c2s;
         self.s2c += o.s2c;
+        self.overhead += o.overhead;
+        self.client_cpu_ns += o.client_cpu_ns;
     }
 }
 
@@ -35,7 +41,10 @@ pub struct Tally {
     /// Connection times of successful connections, in microseconds.
     hist: Histogram<u64>,
     full: KindTally,
+    /// Resumed without 0-RTT (none offered, or refused).
     resumed: KindTally,
+    /// Resumed with the request accepted as 0-RTT early data.
+    resumed_0rtt: KindTally,
     failed: BTreeMap<Failure, KindTally>,
     early_data_accepted: u64,
     unclean_closes: u64,
@@ -52,6 +61,7 @@ impl Default for Tally {
             hist: new_histogram(),
             full: KindTally::default(),
             resumed: KindTally::default(),
+            resumed_0rtt: KindTally::default(),
             failed: BTreeMap::new(),
             early_data_accepted: 0,
             unclean_closes: 0,
@@ -66,7 +76,9 @@ impl Tally {
             Ok(h) => {
                 let us = (o.elapsed.as_micros() as u64).clamp(1, self.hist.high());
                 self.hist.saturating_record(us);
-                if h.resumed {
+                if h.resumed && h.early_data_accepted {
+                    self.resumed_0rtt.add(o);
+                } else if h.resumed {
                     self.resumed.add(o);
                 } else {
                     self.full.add(o);
@@ -84,6 +96,7 @@ impl Tally {
         let _ = self.hist.add(&o.hist);
         self.full.merge(&o.full);
         self.resumed.merge(&o.resumed);
+        self.resumed_0rtt.merge(&o.resumed_0rtt);
         for (k, v) in &o.failed {
             self.failed.entry(*k).or_default().merge(v);
         }
@@ -97,7 +110,10 @@ impl Tally {
 #[derive(Debug, Clone, Serialize)]
 pub struct PerKind {
     pub full: Option<f64>,
+    /// All resumptions, with or without 0-RTT.
     pub resumed: Option<f64>,
+    /// Resumptions whose request went as accepted 0-RTT data.
+    pub resumed_0rtt: Option<f64>,
     pub all: Option<f64>,
 }
 
@@ -145,6 +161,11 @@ pub struct PhaseReport {
     pub unclean_closes: u64,
     pub bytes_c2s_per_conn: PerKind,
     pub bytes_s2c_per_conn: PerKind,
+    /// Wire bytes both ways minus the request and response: the handshake,
+    /// record headers and tags, alerts, close_notify.
+    pub tls_overhead_per_conn: PerKind,
+    /// The device thread's CPU time (user + system) per connection, µs.
+    pub client_cpu_us_per_conn: PerKind,
     /// All bytes written/read at the devices' sockets, failed connections included.
     pub bytes_c2s_total: u64,
     pub bytes_s2c_total: u64,
@@ -175,13 +196,24 @@ impl PhaseReport {
         server: ServerUsage,
     ) -> PhaseReport {
         let failed_total: u64 = t.failed.values().map(|k| k.connections).sum();
-        let completed = t.full.connections + t.resumed.connections;
+        let mut resumed = t.resumed;
+        resumed.merge(&t.resumed_0rtt);
+        let completed = t.full.connections + resumed.connections;
         let connections = completed + failed_total;
         let mut all = t.full;
-        all.merge(&t.resumed);
+        all.merge(&resumed);
         let per = |bytes: u64, n: u64| (n > 0).then(|| bytes as f64 / n as f64);
+        let per_kind = |f: fn(&KindTally) -> u64, scale: f64| {
+            let per = |k: &KindTally| per(f(k), k.connections).map(|v| v / scale);
+            PerKind {
+                full: per(&t.full),
+                resumed: per(&resumed),
+                resumed_0rtt: per(&t.resumed_0rtt),
+                all: per(&all),
+            }
+        };
         let total = |f: fn(&KindTally) -> u64| {
-            f(&t.full) + f(&t.resumed) + t.failed.values().map(f).sum::<u64>()
+            f(&t.full) + f(&resumed) + t.failed.values().map(f).sum::<u64>()
         };
         let ms = |us: u64| us as f64 / 1000.0;
         let h = &t.hist;
@@ -197,7 +229,7 @@ impl PhaseReport {
             name: name.to_string(),
             after_restart,
             connections,
-            resumed: t.resumed.connections,
+            resumed: resumed.connections,
             full: t.full.connections,
             failed: t
                 .failed
@@ -209,20 +241,14 @@ impl PhaseReport {
             resumed_pct: if connections == 0 {
                 0.0
             } else {
-                100.0 * t.resumed.connections as f64 / connections as f64
+                100.0 * resumed.connections as f64 / connections as f64
             },
             early_data_accepted: t.early_data_accepted,
             unclean_closes: t.unclean_closes,
-            bytes_c2s_per_conn: PerKind {
-                full: per(t.full.c2s, t.full.connections),
-                resumed: per(t.resumed.c2s, t.resumed.connections),
-                all: per(all.c2s, all.connections),
-            },
-            bytes_s2c_per_conn: PerKind {
-                full: per(t.full.s2c, t.full.connections),
-                resumed: per(t.resumed.s2c, t.resumed.connections),
-                all: per(all.s2c, all.connections),
-            },
+            bytes_c2s_per_conn: per_kind(|k| k.c2s, 1.0),
+            bytes_s2c_per_conn: per_kind(|k| k.s2c, 1.0),
+            tls_overhead_per_conn: per_kind(|k| k.overhead, 1.0),
+            client_cpu_us_per_conn: per_kind(|k| k.client_cpu_ns, 1000.0),
             bytes_c2s_total: total(|k| k.c2s),
             bytes_s2c_total: total(|k| k.s2c),
             conn_time_ms: Quantiles {
@@ -260,6 +286,8 @@ pub struct Report {
     pub concurrency: usize,
     pub request_bytes: usize,
     pub early_data_bytes: usize,
+    /// The devices' ClientHello profile.
+    pub hello: super::client::HelloProfile,
     /// The simulator's own memory per device (RSS growth over the prime phase /
     /// devices): what 1M devices cost this machine.
     pub client_bytes_per_device: Option<f64>,
@@ -341,6 +369,20 @@ impl Report {
                 p.conn_per_s,
                 opt(p.server_cpu_us_per_conn, 0),
                 opt(p.server_rss_mb, 1),
+            );
+            let kinds = |k: &PerKind, digits| {
+                format!(
+                    "{}/{}/{}",
+                    opt(k.full, digits),
+                    opt(k.resumed, digits),
+                    opt(k.resumed_0rtt, digits)
+                )
+            };
+            s += &format!(
+                "{:<18}   per conn, full/resumed/resumed with 0-RTT: TLS overhead {} B, device CPU {} us\n",
+                "",
+                kinds(&p.tls_overhead_per_conn, 0),
+                kinds(&p.client_cpu_us_per_conn, 0),
             );
             if !p.failed.is_empty() {
                 let reasons: Vec<String> =

@@ -357,6 +357,12 @@ impl Worker {
                             },
                             1,
                         );
+                        if c.early_data > 0 {
+                            // Early data and Finished came in one read: the
+                            // backend starts now, with the early data queued first.
+                            m.add(Metric::EarlyDataAccepted, 1);
+                            m.add(Metric::EarlyDataBytes, c.early_data as u64);
+                        }
                         self.connect_backend(key);
                         return;
                     }
