@@ -43,6 +43,9 @@ struct Case {
     tls: TlsMix,
     hello: HelloProfile,
     early_data: usize,
+    /// Serve a two-certificate chain under a private CA, as a public CA would
+    /// issue (instead of the small self-signed certificate).
+    chain: bool,
 }
 
 /// rustls' own defaults, for the before/after of ours: AES-256-GCM/SHA-384
@@ -75,6 +78,7 @@ fn cases() -> Vec<Case> {
                 tls,
                 hello,
                 early_data,
+                chain: false,
             });
         }
     }
@@ -85,8 +89,67 @@ fn cases() -> Vec<Case> {
         tls: TlsMix::Tls13,
         hello: HelloProfile::Standard,
         early_data: 0,
+        chain: false,
     });
+    // RFC 8879 certificate compression, on a chain of the usual size.
+    for hello in [HelloProfile::Standard, HelloProfile::Uncompressed] {
+        v.push(Case {
+            server: "warmtls defaults, 2-certificate chain",
+            server_args: &[],
+            server_toml: None,
+            tls: TlsMix::Tls13,
+            hello,
+            early_data: 0,
+            chain: true,
+        });
+    }
     v
+}
+
+/// A root CA (P-384), an intermediate (P-384) and a P-256 leaf for localhost:
+/// writes `chain.pem` (leaf + intermediate), `leaf.key.pem` and `root.pem`.
+fn write_chain(dir: &std::path::Path) -> anyhow::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
+    };
+    let ca_params = |cn: &str| -> anyhow::Result<CertificateParams> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name
+            .push(DnType::OrganizationName, "warmtls economy bench");
+        p.distinguished_name.push(DnType::CountryName, "DE");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok(p)
+    };
+    let root = CertifiedIssuer::self_signed(
+        ca_params("warmtls economy root CA")?,
+        KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?,
+    )?;
+    let mut inter_params = ca_params("warmtls economy issuing CA E1")?;
+    inter_params.use_authority_key_identifier_extension = true;
+    let inter = CertifiedIssuer::signed_by(
+        inter_params,
+        KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?,
+        &root,
+    )?;
+    let mut leaf = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "devices.example.net".to_string(),
+        "127.0.0.1".to_string(),
+    ])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "devices.example.net");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &inter)?;
+    std::fs::write(dir.join("chain.pem"), leaf_cert.pem() + &inter.pem())?;
+    std::fs::write(dir.join("leaf.key.pem"), leaf_key.serialize_pem())?;
+    std::fs::write(dir.join("root.pem"), root.pem())?;
+    Ok(())
 }
 
 /// One row of the table.
@@ -116,6 +179,7 @@ pub fn main(a: EconomyArgs) -> anyhow::Result<()> {
         .prefix("warmtls-economy-")
         .tempdir()?;
     let backend = Backend::start(4)?;
+    write_chain(dir.path())?;
     let mut rows = Vec::new();
     for (i, case) in cases().into_iter().enumerate() {
         let cache = dir.path().join(format!("case{i}.cache"));
@@ -139,12 +203,18 @@ pub fn main(a: EconomyArgs) -> anyhow::Result<()> {
             log: dir.path().join(format!("case{i}.log")),
             extra,
         };
+        let mut spec = spec;
+        let ca = if case.chain {
+            for (flag, file) in [("--cert", "chain.pem"), ("--key", "leaf.key.pem")] {
+                spec.extra.push(flag.into());
+                spec.extra.push(dir.path().join(file).display().to_string());
+            }
+            dir.path().join("root.pem")
+        } else {
+            self_signed_cert_path(&cache)
+        };
         let mut endpoint = Endpoint::start(&spec, "127.0.0.1:0")?;
-        let mut cfg = FleetConfig::new(
-            endpoint.addr().to_string(),
-            a.devices,
-            Verify::Ca(self_signed_cert_path(&cache)),
-        );
+        let mut cfg = FleetConfig::new(endpoint.addr().to_string(), a.devices, Verify::Ca(ca));
         cfg.server_name = Some("localhost".into());
         cfg.tls = case.tls;
         cfg.hello = case.hello;
