@@ -80,7 +80,7 @@ impl SessionStore {
                 if attempt % 64 == 63 && started.elapsed() > READ_PATIENCE {
                     break;
                 }
-                let Some(seq) = map.read_begin(&geo, b) else {
+                let Some(seq) = map.read_begin_scan(&geo, b) else {
                     std::thread::yield_now();
                     continue;
                 };
@@ -91,7 +91,7 @@ impl SessionStore {
                         .load(std::sync::atomic::Ordering::Relaxed);
                 }
                 map.read_volatile(geo.slot_offset(b, 0), &mut buf);
-                if map.read_validate(&geo, b, seq) {
+                if map.read_validate_scan(&geo, b, seq) {
                     ok = true;
                     break;
                 }

@@ -193,6 +193,31 @@ impl Mapping {
         (s & 1 == 0).then_some(s)
     }
 
+    /// As [`Mapping::read_begin`], for scans that must not wait on a bucket
+    /// whose sequence number was left odd by a crashed writer (or damaged on
+    /// disk): an odd number with no live lock holder is stale, and the bucket
+    /// can be read as it is. Returns the sequence number and the lock word, to
+    /// pass to [`Mapping::read_validate_scan`].
+    pub(crate) fn read_begin_scan(&self, geo: &Geometry, bucket: u64) -> Option<(u32, u32)> {
+        let off = geo.bucket_header_offset(bucket);
+        let lock = self.atomic_u32(off).load(Ordering::Acquire);
+        let seq = self.atomic_u32(off + 4).load(Ordering::Acquire);
+        let stale = seq & 1 == 1 && (lock == 0 || !process_alive(lock));
+        (seq & 1 == 0 || stale).then_some((seq, lock))
+    }
+
+    /// Whether nothing was written to `bucket` since `read_begin_scan`. A writer
+    /// takes the lock before touching a bucket and bumps the sequence number when
+    /// done, so an unchanged pair of both words means no write overlapped the
+    /// read, even when the sequence number was stale-odd (a writer keeps an odd
+    /// number as it is while it writes, but its lock word shows).
+    pub(crate) fn read_validate_scan(&self, geo: &Geometry, bucket: u64, at: (u32, u32)) -> bool {
+        fence(Ordering::Acquire);
+        let off = geo.bucket_header_offset(bucket);
+        self.atomic_u32(off + 4).load(Ordering::Relaxed) == at.0
+            && (at.0 & 1 == 0 || self.atomic_u32(off).load(Ordering::Relaxed) == at.1)
+    }
+
     /// Whether nothing was written to `bucket` since `read_begin` returned `seq`.
     pub(crate) fn read_validate(&self, geo: &Geometry, bucket: u64, seq: u32) -> bool {
         fence(Ordering::Acquire);
