@@ -240,3 +240,60 @@ fn openssl_s_client_sends_its_request_as_early_data() {
     );
     assert_eq!(reached_backend(&requests, b"/openssl-early"), 1);
 }
+
+/// A device that sends its ClientHello and 0-RTT request and then never its
+/// Finished: the request was forwarded (that is what 0-RTT means), but the
+/// connection is still bound by `handshake_timeout`, not the longer idle timeout.
+#[test]
+fn a_stalled_0rtt_handshake_is_closed_at_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, requests, _) = logging_responder();
+    let server = Server::start(
+        &dir.path().join("c.cache"),
+        &backend,
+        &[
+            "--early-data",
+            "16384",
+            "--handshake-timeout",
+            "1s",
+            "--idle-timeout",
+            "60s",
+        ],
+    );
+    let cfg = early_device(&server.cert_path());
+    early_request(&cfg, &server.addr(), GET);
+
+    let mut conn =
+        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    conn.early_data()
+        .expect("a ticket that allows early data")
+        .write_all(b"GET /stalled HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut flight).unwrap();
+    }
+    let mut sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    sock.write_all(&flight).unwrap();
+    // Read (and ignore) the server's flight and its 0.5-RTT answer until it closes.
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match sock.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false, // our 10 s read timeout
+        }
+    };
+    let took = started.elapsed();
+    assert!(closed, "the server closed the stalled connection");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}, expected about the 1 s handshake timeout"
+    );
+    assert_eq!(reached_backend(&requests, b"/stalled"), 1);
+    assert_eq!(server.stats()["timeouts"], 1);
+}
