@@ -45,6 +45,10 @@ pub struct FleetArgs {
     /// Send up to BYTES of the request as TLS 1.3 0-RTT when resuming.
     #[arg(long, default_value_t = 0)]
     early_data: usize,
+    /// TCP Fast Open: the ClientHello rides in the SYN once the kernel holds the
+    /// server's cookie (the report counts the connections that did).
+    #[arg(long)]
+    tfo: bool,
     /// Request size, bytes (an HTTP/1.0 GET padded with a header).
     #[arg(long, default_value_t = 64)]
     request: usize,
@@ -105,6 +109,7 @@ pub fn main(a: FleetArgs) -> anyhow::Result<()> {
         .transpose()?;
     cfg.request_bytes = a.request;
     cfg.early_data = a.early_data;
+    cfg.tfo = a.tfo;
     cfg.concurrency = a.concurrency;
     cfg.limits.total = Duration::from_secs_f64(positive(a.conn_timeout, "--conn-timeout")?);
     cfg.limits.connect = cfg.limits.total.min(cfg.limits.connect);

@@ -94,6 +94,8 @@ pub struct FleetConfig {
     pub early_data: usize,
     /// Worker threads, i.e. connections in flight at most.
     pub concurrency: usize,
+    /// TCP Fast Open (TCP_FASTOPEN_CONNECT) on every connection.
+    pub tfo: bool,
     /// Per-connection limits.
     pub limits: Limits,
     /// Show a progress bar on stderr (hidden when it's not a terminal).
@@ -116,6 +118,7 @@ impl FleetConfig {
             request_bytes: 64,
             early_data: 0,
             concurrency: 32,
+            tfo: false,
             limits: Limits {
                 connect: Duration::from_secs(5),
                 total: Duration::from_secs(15),
@@ -256,6 +259,7 @@ impl Fleet {
                                 &this.request,
                                 this.cfg.early_data,
                                 this.cfg.limits,
+                                this.cfg.tfo,
                             );
                             tally.record(&o);
                             bar.inc(1);
@@ -314,6 +318,7 @@ impl Fleet {
             concurrency: self.cfg.concurrency,
             request_bytes: self.request.len(),
             early_data_bytes: self.cfg.early_data,
+            tfo: self.cfg.tfo,
             client_bytes_per_device: None,
             client_fixed_bytes_per_device: DeviceTable::fixed_bytes_per_device(),
             phases: Vec::new(),
