@@ -2,16 +2,19 @@
 //!
 //! - `store`: the session store in-process, side by side with rustls' in-memory cache.
 //! - `fleet`: simulated devices against any TLS endpoint (src/fleet).
+//! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
 use clap::{Parser, Subcommand};
 
 mod fleet;
+mod netlab;
+mod rtt;
 mod store;
 
 #[derive(Parser)]
 #[command(
     name = "warmtls-bench",
     version,
-    about = "warmtls benchmarks: store, fleet"
+    about = "warmtls benchmarks: store, fleet, rtt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,11 +27,16 @@ enum Cmd {
     Store(store::StoreArgs),
     /// Simulated devices resuming TLS sessions against any endpoint.
     Fleet(Box<fleet::FleetArgs>),
+    /// Round trips to the first response byte per handshake kind, with and
+    /// without TCP Fast Open, over a delayed link between two network namespaces
+    /// (needs root).
+    Rtt(rtt::RttArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Store(a) => store::main(a),
         Cmd::Fleet(a) => fleet::main(*a),
+        Cmd::Rtt(a) => rtt::main(a),
     }
 }
