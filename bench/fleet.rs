@@ -50,6 +50,10 @@ pub struct FleetArgs {
     /// X25519, ECDSA P-256 only, no SNI; see README "Device profiles").
     #[arg(long, default_value = "standard")]
     hello: warmtls::fleet::HelloProfile,
+    /// TCP Fast Open: the ClientHello rides in the SYN once the kernel holds the
+    /// server's cookie (the report counts the connections that did).
+    #[arg(long)]
+    tfo: bool,
     /// Request size, bytes (an HTTP/1.0 GET padded with a header).
     #[arg(long, default_value_t = 64)]
     request: usize,
@@ -111,6 +115,7 @@ pub fn main(a: FleetArgs) -> anyhow::Result<()> {
     cfg.request_bytes = a.request;
     cfg.early_data = a.early_data;
     cfg.hello = a.hello;
+    cfg.tfo = a.tfo;
     cfg.concurrency = a.concurrency;
     cfg.limits.total = Duration::from_secs_f64(positive(a.conn_timeout, "--conn-timeout")?);
     cfg.limits.connect = cfg.limits.total.min(cfg.limits.connect);

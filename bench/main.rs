@@ -3,17 +3,20 @@
 //! - `store`: the session store in-process, side by side with rustls' in-memory cache.
 //! - `fleet`: simulated devices against any TLS endpoint (src/fleet).
 //! - `economy`: what a reconnect costs a device, per handshake kind and profile.
+//! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
 use clap::{Parser, Subcommand};
 
 mod economy;
 mod fleet;
+mod netlab;
+mod rtt;
 mod store;
 
 #[derive(Parser)]
 #[command(
     name = "warmtls-bench",
     version,
-    about = "warmtls benchmarks: store, fleet, economy"
+    about = "warmtls benchmarks: store, fleet, economy, rtt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +31,10 @@ enum Cmd {
     Fleet(Box<fleet::FleetArgs>),
     /// Bytes, TLS overhead and CPU per reconnect, by handshake kind and device profile.
     Economy(economy::EconomyArgs),
+    /// Round trips to the first response byte per handshake kind, with and
+    /// without TCP Fast Open, over a delayed link between two network namespaces
+    /// (needs root).
+    Rtt(rtt::RttArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(a) => store::main(a),
         Cmd::Fleet(a) => fleet::main(*a),
         Cmd::Economy(a) => economy::main(a),
+        Cmd::Rtt(a) => rtt::main(a),
     }
 }

@@ -123,6 +123,9 @@ pub struct Config {
     pub groups: Vec<String>,
     /// Write counters as JSON here every stats interval and at exit.
     pub stats_file: Option<PathBuf>,
+    /// TCP Fast Open queue length per listener (pending SYNs with data); 0 = off.
+    /// The kernel also needs bit 0x2 in `sysctl net.ipv4.tcp_fastopen`.
+    pub tcp_fastopen: u32,
 }
 
 impl Default for Config {
@@ -147,6 +150,7 @@ impl Default for Config {
             cipher_suites: Vec::new(),
             groups: vec!["x25519".into(), "secp256r1".into()],
             stats_file: None,
+            tcp_fastopen: 256,
         }
     }
 }

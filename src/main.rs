@@ -74,6 +74,9 @@ struct ServeArgs {
     /// Accept up to this many bytes of TLS 1.3 0-RTT early data (0: off).
     #[arg(long)]
     early_data: Option<u32>,
+    /// TCP Fast Open queue length per listener (0: off).
+    #[arg(long)]
+    tcp_fastopen: Option<u32>,
     /// Write counters as JSON to this file every stats interval and at exit.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -129,6 +132,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.early_data {
             c.early_data = v;
+        }
+        if let Some(v) = self.tcp_fastopen {
+            c.tcp_fastopen = v;
         }
         if let Some(v) = &self.stats_file {
             c.stats_file = Some(v.clone());

@@ -53,6 +53,27 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// TCP Fast Open is configured but the kernel will ignore it: say so once, with
+/// the fix. Not an error: connections still work, one round trip slower.
+fn warn_if_fastopen_disabled(queue: u32) {
+    if queue == 0 {
+        return;
+    }
+    match crate::runtime::sockopt::server_fastopen_allowed() {
+        Some(true) => {}
+        Some(false) => tracing::warn!(
+            "tcp_fastopen = {queue} is configured but TCP Fast Open is disabled for servers by \
+             the kernel (net.ipv4.tcp_fastopen lacks bit 0x2): devices pay one more round trip \
+             per connection. Enable it with `sysctl -w net.ipv4.tcp_fastopen=3` (per network \
+             namespace; persist it in /etc/sysctl.d/), or set tcp_fastopen = 0 to silence this"
+        ),
+        None => tracing::warn!(
+            "tcp_fastopen = {queue} is configured but {} cannot be read: TCP Fast Open may be off",
+            crate::runtime::sockopt::FASTOPEN_SYSCTL
+        ),
+    }
+}
+
 /// Run the endpoint until SIGTERM/SIGINT. Prints `warmtls: listening on ADDR` on
 /// stdout once every worker listens.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
@@ -96,12 +117,14 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         addr: cfg.listen.clone(),
         source,
     };
-    let first = listener::bind(listen, 4096).map_err(listen_err)?;
+    let tfo = cfg.tcp_fastopen;
+    let first = listener::bind(listen, 4096, tfo).map_err(listen_err)?;
     let bound = listener::local_addr(&first).map_err(listen_err)?;
     let mut listeners = vec![first];
     for _ in 1..workers {
-        listeners.push(listener::bind(bound, 4096).map_err(listen_err)?);
+        listeners.push(listener::bind(bound, 4096, tfo).map_err(listen_err)?);
     }
+    warn_if_fastopen_disabled(tfo);
 
     let metrics: Arc<Vec<WorkerMetrics>> =
         Arc::new((0..workers).map(|_| WorkerMetrics::default()).collect());

@@ -112,6 +112,13 @@ pub struct Outcome {
     /// CPU time (user + system) the device's thread spent on the connection:
     /// what a device's processor would pay, on this machine's cores.
     pub client_cpu: Duration,
+    /// Until TCP connect returned (zero-ish with TCP Fast Open: the SYN leaves
+    /// with the first write).
+    pub connected: Option<Duration>,
+    /// Until the first byte of the response was decrypted.
+    pub first_byte: Option<Duration>,
+    /// The SYN carried data and the server took it (TCP Fast Open).
+    pub syn_data: bool,
 }
 
 impl Outcome {
@@ -164,12 +171,22 @@ impl Write for Counting {
         self.written += n as u64;
         Ok(n)
     }
+    // rustls hands its queued records over as one vector: one syscall, and with
+    // TCP Fast Open the ClientHello and any 0-RTT data leave together in the SYN.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.sock.write_vectored(bufs)?;
+        self.written += n as u64;
+        Ok(n)
+    }
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()
     }
 }
 
-/// One device connection to `addr`.
+/// One device connection to `addr`; with `tfo`, TCP Fast Open
+/// (TCP_FASTOPEN_CONNECT: the ClientHello rides in the SYN once the kernel holds
+/// a cookie for the server).
+#[allow(clippy::too_many_arguments)]
 pub fn connect(
     device: DeviceId,
     config: &Arc<ClientConfig>,
@@ -178,10 +195,16 @@ pub fn connect(
     request: &[u8],
     early_data: usize,
     limits: Limits,
+    tfo: bool,
 ) -> Outcome {
     let start = Instant::now();
     let cpu_start = thread_cpu();
-    let sock = match TcpStream::connect_timeout(&addr, limits.connect) {
+    let sock = if tfo {
+        connect_fastopen(addr, limits.connect)
+    } else {
+        TcpStream::connect_timeout(&addr, limits.connect)
+    };
+    let sock = match sock {
         Ok(s) => s,
         Err(e) => {
             let why = match e.kind() {
@@ -197,9 +220,13 @@ pub fn connect(
                 payload_s2c: 0,
                 elapsed: start.elapsed(),
                 client_cpu: thread_cpu().saturating_sub(cpu_start),
+                connected: None,
+                first_byte: None,
+                syn_data: false,
             };
         }
     };
+    let connected = start.elapsed();
     let mut io = Counting {
         sock,
         read: 0,
@@ -207,6 +234,7 @@ pub fn connect(
         response: 0,
     };
     let _device = CurrentDevice::enter(device);
+    let mut first_byte = None;
     let result = drive(
         &mut io,
         config,
@@ -215,8 +243,10 @@ pub fn connect(
         early_data,
         start,
         limits,
+        &mut first_byte,
     );
     let elapsed = start.elapsed();
+    let syn_data = tfo && crate::runtime::sockopt::syn_data_acked(&io.sock).unwrap_or(false);
     Outcome {
         payload_c2s: if result.is_ok() {
             request.len() as u64
@@ -229,9 +259,61 @@ pub fn connect(
         bytes_s2c: io.read,
         elapsed,
         client_cpu: thread_cpu().saturating_sub(cpu_start),
+        connected: Some(connected),
+        first_byte,
+        syn_data,
     }
 }
 
+/// A TCP connection with TCP_FASTOPEN_CONNECT set before connect: with a cookie
+/// cached, connect returns at once and the SYN leaves with the first write;
+/// without one, the SYN asks for a cookie and this waits for the handshake.
+fn connect_fastopen(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use nix::errno::Errno;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::TcpFastOpenConnect, &true)?;
+    match socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    ) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS) => {
+            let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(
+                std::os::fd::AsFd::as_fd(&fd),
+                PollFlags::POLLOUT,
+            )];
+            if poll(&mut fds, PollTimeout::from(ms))? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TCP connect timed out",
+                ));
+            }
+            let err = socket::getsockopt(&fd, sockopt::SocketError)?;
+            if err != 0 {
+                return Err(io::Error::from_raw_os_error(err));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let sock = TcpStream::from(fd);
+    sock.set_nonblocking(false)?;
+    Ok(sock)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn drive(
     io: &mut Counting,
     config: &Arc<ClientConfig>,
@@ -240,6 +322,7 @@ fn drive(
     early_data: usize,
     start: Instant,
     limits: Limits,
+    first_byte: &mut Option<Duration>,
 ) -> Result<Handshake, Failure> {
     let deadline = start + limits.total;
     // One socket timeout for every read and write (each bounded by the whole
@@ -290,12 +373,18 @@ fn drive(
 
     let mut plain = [0u8; 4096];
     let mut closed_cleanly = false;
+    // The first pass reads nothing: the handshake's last read may already hold
+    // the response (a server's 0.5-RTT answer to 0-RTT data) and its close.
+    let mut read_socket = false;
     loop {
-        in_time()?;
-        let n = conn.read_tls(io).map_err(|e| Failure::from_io(&e))?;
-        if n == 0 {
-            break;
+        if read_socket {
+            in_time()?;
+            let n = conn.read_tls(io).map_err(|e| Failure::from_io(&e))?;
+            if n == 0 {
+                break;
+            }
         }
+        read_socket = true;
         let state = match conn.process_new_packets() {
             Ok(s) => s,
             Err(e) => {
@@ -308,6 +397,9 @@ fn drive(
             match conn.reader().read(&mut plain) {
                 Ok(0) => break,
                 Ok(k) => {
+                    if io.response == 0 {
+                        *first_byte = Some(start.elapsed());
+                    }
                     io.response += k as u64;
                     left = left.saturating_sub(k);
                 }

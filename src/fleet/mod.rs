@@ -96,6 +96,8 @@ pub struct FleetConfig {
     pub hello: client::HelloProfile,
     /// Worker threads, i.e. connections in flight at most.
     pub concurrency: usize,
+    /// TCP Fast Open (TCP_FASTOPEN_CONNECT) on every connection.
+    pub tfo: bool,
     /// Per-connection limits.
     pub limits: Limits,
     /// Show a progress bar on stderr (hidden when it's not a terminal).
@@ -119,6 +121,7 @@ impl FleetConfig {
             early_data: 0,
             hello: client::HelloProfile::Standard,
             concurrency: 32,
+            tfo: false,
             limits: Limits {
                 connect: Duration::from_secs(5),
                 total: Duration::from_secs(15),
@@ -264,6 +267,7 @@ impl Fleet {
                                 &this.request,
                                 this.cfg.early_data,
                                 this.cfg.limits,
+                                this.cfg.tfo,
                             );
                             tally.record(&o);
                             bar.inc(1);
@@ -323,6 +327,7 @@ impl Fleet {
             request_bytes: self.request.len(),
             early_data_bytes: self.cfg.early_data,
             hello: self.cfg.hello,
+            tfo: self.cfg.tfo,
             client_bytes_per_device: None,
             client_fixed_bytes_per_device: DeviceTable::fixed_bytes_per_device(),
             phases: Vec::new(),

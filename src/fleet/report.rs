@@ -40,6 +40,11 @@ impl KindTally {
 pub struct Tally {
     /// Connection times of successful connections, in microseconds.
     hist: Histogram<u64>,
+    /// Their TCP connect and first-response-byte times, µs.
+    connect: Histogram<u64>,
+    first_byte: Histogram<u64>,
+    /// Connections whose SYN carried data the server took (TCP Fast Open).
+    syn_data: u64,
     full: KindTally,
     /// Resumed without 0-RTT (none offered, or refused).
     resumed: KindTally,
@@ -59,6 +64,9 @@ impl Default for Tally {
     fn default() -> Self {
         Tally {
             hist: new_histogram(),
+            connect: new_histogram(),
+            first_byte: new_histogram(),
+            syn_data: 0,
             full: KindTally::default(),
             resumed: KindTally::default(),
             resumed_0rtt: KindTally::default(),
@@ -76,6 +84,15 @@ impl Tally {
             Ok(h) => {
                 let us = (o.elapsed.as_micros() as u64).clamp(1, self.hist.high());
                 self.hist.saturating_record(us);
+                let high = self.hist.high();
+                let us = |d: Duration| (d.as_micros() as u64).clamp(1, high);
+                if let Some(d) = o.connected {
+                    self.connect.saturating_record(us(d));
+                }
+                if let Some(d) = o.first_byte {
+                    self.first_byte.saturating_record(us(d));
+                }
+                self.syn_data += u64::from(o.syn_data);
                 if h.resumed && h.early_data_accepted {
                     self.resumed_0rtt.add(o);
                 } else if h.resumed {
@@ -94,6 +111,9 @@ impl Tally {
     pub fn merge(&mut self, o: &Tally) {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.hist.add(&o.hist);
+        let _ = self.connect.add(&o.connect);
+        let _ = self.first_byte.add(&o.first_byte);
+        self.syn_data += o.syn_data;
         self.full.merge(&o.full);
         self.resumed.merge(&o.resumed);
         self.resumed_0rtt.merge(&o.resumed_0rtt);
@@ -170,6 +190,12 @@ pub struct PhaseReport {
     pub bytes_c2s_total: u64,
     pub bytes_s2c_total: u64,
     pub conn_time_ms: Quantiles,
+    /// TCP connect time (near zero when TCP Fast Open defers the SYN).
+    pub connect_ms: Quantiles,
+    /// Connect to the first byte of the response.
+    pub first_byte_ms: Quantiles,
+    /// Completed connections whose SYN carried data the server took (TCP Fast Open).
+    pub tfo_syn_data: u64,
     /// Completed connections per second of the phase's wall time.
     pub conn_per_s: f64,
     pub elapsed_s: f64,
@@ -216,12 +242,20 @@ impl PhaseReport {
             f(&t.full) + f(&resumed) + t.failed.values().map(f).sum::<u64>()
         };
         let ms = |us: u64| us as f64 / 1000.0;
-        let h = &t.hist;
-        let q = |p: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                ms(h.value_at_quantile(p))
+        let quantiles = |h: &Histogram<u64>| {
+            let q = |p: f64| {
+                if h.is_empty() {
+                    0.0
+                } else {
+                    ms(h.value_at_quantile(p))
+                }
+            };
+            Quantiles {
+                p50: q(0.50),
+                p90: q(0.90),
+                p99: q(0.99),
+                max: if h.is_empty() { 0.0 } else { ms(h.max()) },
+                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
             }
         };
         let secs = elapsed.as_secs_f64().max(1e-9);
@@ -251,13 +285,10 @@ impl PhaseReport {
             client_cpu_us_per_conn: per_kind(|k| k.client_cpu_ns, 1000.0),
             bytes_c2s_total: total(|k| k.c2s),
             bytes_s2c_total: total(|k| k.s2c),
-            conn_time_ms: Quantiles {
-                p50: q(0.50),
-                p90: q(0.90),
-                p99: q(0.99),
-                max: if h.is_empty() { 0.0 } else { ms(h.max()) },
-                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            },
+            conn_time_ms: quantiles(&t.hist),
+            connect_ms: quantiles(&t.connect),
+            first_byte_ms: quantiles(&t.first_byte),
+            tfo_syn_data: t.syn_data,
             conn_per_s: completed as f64 / secs,
             elapsed_s: elapsed.as_secs_f64(),
             server_cpu_us_per_conn: server
@@ -288,6 +319,8 @@ pub struct Report {
     pub early_data_bytes: usize,
     /// The devices' ClientHello profile.
     pub hello: super::client::HelloProfile,
+    /// The devices asked for TCP Fast Open.
+    pub tfo: bool,
     /// The simulator's own memory per device (RSS growth over the prime phase /
     /// devices): what 1M devices cost this machine.
     pub client_bytes_per_device: Option<f64>,
@@ -391,6 +424,16 @@ impl Report {
             }
             if p.skipped > 0 {
                 s += &format!("{:<18}   skipped (time limit): {}\n", "", p.skipped);
+            }
+            if self.tfo {
+                s += &format!(
+                    "{:<18}   TCP Fast Open: {} of {} completed connections sent data in the SYN; TCP connect p50 {:.2} ms, first response byte p50 {:.2} ms\n",
+                    "",
+                    p.tfo_syn_data,
+                    p.resumed + p.full,
+                    p.connect_ms.p50,
+                    p.first_byte_ms.p50
+                );
             }
         }
         s

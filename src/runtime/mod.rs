@@ -6,6 +6,8 @@
 pub mod buffers;
 pub mod listener;
 pub mod ring;
+pub mod sockopt;
 pub mod timer;
 pub mod token;
+pub mod tun;
 pub mod worker;
