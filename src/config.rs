@@ -119,6 +119,9 @@ pub struct Config {
     /// "TLS13_AES_128_GCM_SHA256"). Empty: every suite rustls has, cheapest
     /// first (AES-128-GCM/SHA-256 before AES-256-GCM/SHA-384 and ChaCha20).
     pub cipher_suites: Vec<String>,
+    /// Send a PROXY protocol v2 header to the backend before the plaintext: the
+    /// device's address, SNI, TLS version and suite, resumed and 0-RTT flags.
+    pub proxy_protocol: bool,
     /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
     pub groups: Vec<String>,
     /// Write counters as JSON here every stats interval and at exit.
@@ -148,6 +151,7 @@ impl Default for Config {
             tickets_per_handshake: 1,
             early_data: 0,
             cipher_suites: Vec::new(),
+            proxy_protocol: false,
             groups: vec!["x25519".into(), "secp256r1".into()],
             stats_file: None,
             tcp_fastopen: 256,

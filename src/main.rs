@@ -71,6 +71,10 @@ struct ServeArgs {
     /// How long SIGTERM/SIGINT waits for open connections, e.g. 5s.
     #[arg(long, value_parser = humantime::parse_duration)]
     drain_timeout: Option<std::time::Duration>,
+    /// Send a PROXY protocol v2 header (client address, SNI, TLS details,
+    /// resumed / 0-RTT flags) to the backend before the plaintext.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Accept up to this many bytes of TLS 1.3 0-RTT early data (0: off).
     #[arg(long)]
     early_data: Option<u32>,
@@ -129,6 +133,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.drain_timeout {
             c.drain_timeout = v;
+        }
+        if self.proxy_protocol {
+            c.proxy_protocol = true;
         }
         if let Some(v) = self.early_data {
             c.early_data = v;

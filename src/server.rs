@@ -144,6 +144,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             idle_timeout: cfg.idle_timeout,
             backend_connect_timeout: cfg.backend_connect_timeout,
             drain_timeout: cfg.drain_timeout,
+            proxy_protocol: cfg.proxy_protocol,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };

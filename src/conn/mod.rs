@@ -13,6 +13,7 @@ use rustls::ServerConnection;
 use crate::store::SessionCache;
 
 mod outbox;
+pub mod proxy;
 pub use outbox::Outbox;
 
 /// Bytes buffered toward one side before we stop reading the other side.

@@ -36,6 +36,13 @@ impl Outbox {
         self.pending.extend_from_slice(data);
     }
 
+    /// Put bytes in front of everything not yet handed to the kernel (the PROXY
+    /// header ahead of early data queued before the backend connect).
+    pub fn prepend(&mut self, data: &[u8]) {
+        debug_assert!(self.lent.is_empty() && !self.posted, "nothing sent yet");
+        self.pending.splice(0..0, data.iter().copied());
+    }
+
     /// A `Write` that appends to the pending buffer.
     pub fn writer(&mut self) -> &mut Vec<u8> {
         &mut self.pending

@@ -23,6 +23,7 @@ use super::ring::{more, Ring, TICK};
 use super::timer::TimerWheel;
 use super::token::{ConnToken, Op};
 use crate::config::Backend;
+use crate::conn::proxy::ProxyInfo;
 use crate::conn::{Conn, Fed, Phase, PIPE_LIMIT, RECV_BUF};
 use crate::metrics::{Metric, WorkerMetrics};
 
@@ -45,6 +46,7 @@ pub struct WorkerSetup {
     pub idle_timeout: Duration,
     pub backend_connect_timeout: Duration,
     pub drain_timeout: Duration,
+    pub proxy_protocol: bool,
     pub metrics: Arc<Vec<WorkerMetrics>>,
     pub shutdown: Arc<AtomicBool>,
 }
@@ -60,6 +62,7 @@ struct Settings {
     idle_timeout: Duration,
     backend_connect_timeout: Duration,
     drain_timeout: Duration,
+    proxy_protocol: bool,
     metrics: Arc<Vec<WorkerMetrics>>,
     shutdown: Arc<AtomicBool>,
 }
@@ -114,6 +117,7 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             idle_timeout: s.idle_timeout,
             backend_connect_timeout: s.backend_connect_timeout,
             drain_timeout: s.drain_timeout,
+            proxy_protocol: s.proxy_protocol,
             metrics: s.metrics,
             shutdown: s.shutdown,
         },
@@ -457,6 +461,11 @@ impl Worker {
         }
         let rx = self.buffers.take();
         let c = &mut self.conns[key];
+        if self.s.proxy_protocol {
+            let addresses = client_addresses(&c.client);
+            let info = ProxyInfo::of(&c.tls, addresses, c.early_data > 0);
+            c.to_backend.prepend(&info.encode());
+        }
         *c.backend_addr = addr;
         let raw = fd.as_raw_fd();
         c.backend = Some(fd);
@@ -687,6 +696,22 @@ impl Worker {
         self.begin_close(key);
         self.pump(key);
     }
+}
+
+/// The device's address and the local address it connected to (two syscalls,
+/// only made for the PROXY header).
+fn client_addresses(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let to_std = |a: SockaddrStorage| -> Option<std::net::SocketAddr> {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(std::net::SocketAddr::V4((*v4).into()))
+        } else {
+            a.as_sockaddr_in6()
+                .map(|v6| std::net::SocketAddr::V6((*v6).into()))
+        }
+    };
+    let peer = socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    let local = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    Some((to_std(peer)?, to_std(local)?))
 }
 
 fn owned_fd(fd: RawFd) -> OwnedFd {
