@@ -260,11 +260,13 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         );
         let p = run(&store, &keys, &value, a.threads, Op::Put);
         let g = run(&store, &keys, &value, a.threads, Op::Get);
+        // Placement differs (each file has its own hash seed), so a few evictions
+        // may differ too; every kept entry must open.
         anyhow::ensure!(
-            g.hits == get.hits,
-            "sealed gets hit {} entries, plain ones {}",
+            g.hits + store.counters().evictions == a.entries,
+            "sealed gets hit {} of {} entries",
             g.hits,
-            get.hits
+            a.entries
         );
         let t = run(&store, &keys, &value, a.threads, Op::Take);
         let c = store.counters();
@@ -311,6 +313,9 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
             "put_extra_ns_per_op": extra_ns(&put, &p),
             "get_extra_ns_per_op": extra_ns(&get, &g),
             "take_extra_ns_per_op": extra_ns(&take, &t),
+            "put_p50_extra_ns": p.p50_ns as i64 - put.p50_ns as i64,
+            "get_p50_extra_ns": g.p50_ns as i64 - get.p50_ns as i64,
+            "take_p50_extra_ns": t.p50_ns as i64 - take.p50_ns as i64,
         })),
     });
     if a.json {
@@ -357,29 +362,32 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
     if let Some((p, g, t)) = &sealed {
         println!("values sealed at rest (AES-256-GCM-SIV), same entries, second file:");
         println!(
-            "{:<6} {:>14} {:>14} {:>12} {:>12} {:>9} {:>9} {:>14}",
+            "{:<6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
             "op",
             "plain ops/s",
             "sealed ops/s",
-            "plain ns/op",
-            "sealed ns/op",
-            "p50 ns",
-            "p99 ns",
-            "extra ns/op"
+            "plain p50",
+            "sealed p50",
+            "p50 extra",
+            "plain p99",
+            "sealed p99",
+            "mean extra"
         );
         for (name, plain, sealed) in [("put", &put, p), ("get", &get, g), ("take", &take, t)] {
             println!(
-                "{:<6} {:>14.0} {:>14.0} {:>12.0} {:>12.0} {:>9} {:>9} {:>14.0}",
+                "{:<6} {:>12.0} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12.0}",
                 name,
                 plain.ops_per_s,
                 sealed.ops_per_s,
-                1e9 / plain.ops_per_s,
-                1e9 / sealed.ops_per_s,
+                plain.p50_ns,
                 sealed.p50_ns,
+                sealed.p50_ns as i64 - plain.p50_ns as i64,
+                plain.p99_ns,
                 sealed.p99_ns,
                 extra_ns(plain, sealed)
             );
         }
+        println!("(ns per operation; mean extra = difference of 1/throughput, noisier than p50 on a shared machine)");
     }
     Ok(())
 }
