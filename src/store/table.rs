@@ -470,9 +470,11 @@ impl SessionStore {
         }
         let born = clamp_secs(born);
         // Sealed before any lock is taken: the cipher's cost is not paid under it.
-        let mut sealed = [0u8; super::format::MAX_SLOT_SIZE as usize];
+        // (The buffer is only initialised when sealing: unsealed puts pay nothing.)
+        let mut sealed: [u8; super::format::MAX_SLOT_SIZE as usize];
         let (value, flags) = match &self.value_key {
             Some(k) => {
+                sealed = [0u8; super::format::MAX_SLOT_SIZE as usize];
                 let out = &mut sealed[..value.len() + SEAL_OVERHEAD];
                 k.seal(&kh.fingerprint, born, value, out);
                 (&*out, SLOT_SEALED)
