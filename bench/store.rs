@@ -1,12 +1,13 @@
 //! `warmtls-bench store`: the session store in-process, against rustls' own
-//! `ServerSessionMemoryCache` with the same entries and operations, in one run.
+//! `ServerSessionMemoryCache` with the same entries and operations, in one run;
+//! with `--encrypt`, also with values sealed at rest, side by side.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
-use warmtls::store::{SessionStore, StoreConfig};
+use warmtls::store::{SessionStore, StoreConfig, ValueKey, SEAL_OVERHEAD};
 
 #[derive(clap::Args, Debug)]
 pub struct StoreArgs {
@@ -22,6 +23,10 @@ pub struct StoreArgs {
     /// Directory for the temporary cache file.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also run put/get/take on a second file with values sealed at rest
+    /// (AES-256-GCM-SIV, a random key), and report the cost per operation.
+    #[arg(long)]
+    encrypt: bool,
     /// Skip the rustls in-memory cache comparison.
     #[arg(long)]
     no_rustls: bool,
@@ -236,6 +241,41 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
     let take = run(&store, &keys, &value, a.threads, Op::Take);
     drop(store);
 
+    // The same entries and operations with values sealed at rest, in a file of
+    // the same geometry: the difference is the cipher's cost per operation.
+    let sealed = if a.encrypt {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no random key: {e}"))?;
+        let scfg = StoreConfig {
+            path: dir.path().join("bench-sealed.cache"),
+            ..cfg.clone()
+        };
+        let store =
+            SessionStore::open_or_create(&scfg)?.seal_values_with(ValueKey::from_bytes(&key));
+        anyhow::ensure!(
+            a.value_bytes <= store.max_put_len(),
+            "--value-bytes {} plus the {SEAL_OVERHEAD}-byte seal does not fit a 128-byte slot; use --value-bytes {} or less (rustls TLS 1.2 values are 71 bytes without SNI)",
+            a.value_bytes,
+            store.max_put_len()
+        );
+        let p = run(&store, &keys, &value, a.threads, Op::Put);
+        let g = run(&store, &keys, &value, a.threads, Op::Get);
+        // Placement differs (each file has its own hash seed), so a few evictions
+        // may differ too; every kept entry must open.
+        anyhow::ensure!(
+            g.hits + store.counters().evictions == a.entries,
+            "sealed gets hit {} of {} entries",
+            g.hits,
+            a.entries
+        );
+        let t = run(&store, &keys, &value, a.threads, Op::Take);
+        let c = store.counters();
+        anyhow::ensure!(c.decrypt_failures == 0, "sealed values failed to open");
+        Some((p, g, t))
+    } else {
+        None
+    };
+
     let rustls = (!a.no_rustls).then(|| {
         let cache = ServerSessionMemoryCache::new(a.entries as usize);
         let p = run(&cache, &keys, &value, a.threads, Op::Put);
@@ -268,6 +308,15 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         "get_ratio_vs_rustls_memcache": ratio(&get, rustls.as_ref().map(|r| &r.1)),
         "take_ratio_vs_rustls_memcache": ratio(&take, rustls.as_ref().map(|r| &r.2)),
         "put_ratio_vs_rustls_memcache": ratio(&put, rustls.as_ref().map(|r| &r.0)),
+        "sealed": sealed.map(|(p, g, t)| serde_json::json!({
+            "put": p, "get": g, "take": t,
+            "put_extra_ns_per_op": extra_ns(&put, &p),
+            "get_extra_ns_per_op": extra_ns(&get, &g),
+            "take_extra_ns_per_op": extra_ns(&take, &t),
+            "put_p50_extra_ns": p.p50_ns as i64 - put.p50_ns as i64,
+            "get_p50_extra_ns": g.p50_ns as i64 - get.p50_ns as i64,
+            "take_p50_extra_ns": t.p50_ns as i64 - take.p50_ns as i64,
+        })),
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -310,5 +359,40 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         "first pass of gets after the cold reopen: {:.0} ops/s (page faults)",
         cold_get.ops_per_s
     );
+    if let Some((p, g, t)) = &sealed {
+        println!("values sealed at rest (AES-256-GCM-SIV), same entries, second file:");
+        println!(
+            "{:<6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+            "op",
+            "plain ops/s",
+            "sealed ops/s",
+            "plain p50",
+            "sealed p50",
+            "p50 extra",
+            "plain p99",
+            "sealed p99",
+            "mean extra"
+        );
+        for (name, plain, sealed) in [("put", &put, p), ("get", &get, g), ("take", &take, t)] {
+            println!(
+                "{:<6} {:>12.0} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12.0}",
+                name,
+                plain.ops_per_s,
+                sealed.ops_per_s,
+                plain.p50_ns,
+                sealed.p50_ns,
+                sealed.p50_ns as i64 - plain.p50_ns as i64,
+                plain.p99_ns,
+                sealed.p99_ns,
+                extra_ns(plain, sealed)
+            );
+        }
+        println!("(ns per operation; mean extra = difference of 1/throughput, noisier than p50 on a shared machine)");
+    }
     Ok(())
+}
+
+/// Wall-clock nanoseconds per operation that `sealed` costs more than `plain`.
+fn extra_ns(plain: &OpResult, sealed: &OpResult) -> f64 {
+    1e9 / sealed.ops_per_s - 1e9 / plain.ops_per_s
 }

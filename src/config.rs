@@ -55,6 +55,8 @@ pub struct CacheConfig {
     pub path: PathBuf,
     pub capacity: u64,
     pub slot_size: u32,
+    /// Key file (32 bytes, 0600, kept apart from the cache) sealing values at rest.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for CacheConfig {
@@ -63,6 +65,7 @@ impl Default for CacheConfig {
             path: PathBuf::from("warmtls.cache"),
             capacity: DEFAULT_CAPACITY,
             slot_size: DEFAULT_SLOT_SIZE,
+            key_file: None,
         }
     }
 }

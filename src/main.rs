@@ -20,6 +20,8 @@ struct Cli {
 enum Cmd {
     /// Run the endpoint.
     Serve(Box<ServeArgs>),
+    /// Create a cache key file (32 random bytes, mode 0600) for `--cache-key`; never overwrites.
+    Keygen { file: PathBuf },
     /// Validate a configuration file (and its certificates) and exit.
     Check {
         #[arg(long)]
@@ -47,6 +49,9 @@ struct ServeArgs {
     /// Sessions the cache file holds (used when the file is created).
     #[arg(long)]
     cache_capacity: Option<u64>,
+    /// Key file sealing cached session values at rest (make one with `warmtls keygen`).
+    #[arg(long)]
+    cache_key: Option<PathBuf>,
     /// Certificate chain (PEM); with --key.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -109,6 +114,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.cache_capacity {
             c.cache.capacity = v;
+        }
+        if let Some(v) = &self.cache_key {
+            c.cache.key_file = Some(v.clone());
         }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             c.certs = vec![CertConfig {
@@ -177,9 +185,13 @@ fn main() -> ExitCode {
                 if !c.certs.is_empty() {
                     warmtls::tls::load_certs(&c)?;
                 }
+                warmtls::server::value_key(&c)?;
                 println!("{}: OK", config.display());
                 Ok(())
             }),
+        Cmd::Keygen { file } => warmtls::store::ValueKey::generate(&file)
+            .map(|()| println!("{}: new cache key (mode 0600)", file.display()))
+            .map_err(anyhow::Error::from),
         Cmd::Demo(a) => {
             init_logs("warn");
             warmtls::demo::run(a)

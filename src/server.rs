@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::metrics::{self, WorkerMetrics};
 use crate::runtime::{listener, worker};
-use crate::store::{Flusher, SessionStore, StoreConfig};
+use crate::store::{check_key_apart, Flusher, SessionStore, StoreConfig, ValueKey};
 use crate::tls::{self, CertResolver};
 
 /// Why the endpoint could not start.
@@ -84,11 +84,17 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
 
-    let store = Arc::new(SessionStore::open_or_create(&StoreConfig {
+    let value_key = value_key(&cfg)?;
+    let mut store = SessionStore::open_or_create(&StoreConfig {
         path: cfg.cache.path.clone(),
         capacity: cfg.cache.capacity,
         slot_size: cfg.cache.slot_size,
-    })?);
+    })?;
+    if let Some(k) = value_key {
+        store = store.seal_values_with(k);
+        log_sealed_room(&store);
+    }
+    let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), cfg.flush_interval);
     let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
     let server_cfg =
@@ -221,6 +227,30 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key sealing cached values at rest, if the configuration names one: read
+/// and checked (size, mode, owner, apart from the cache) before the cache is opened.
+pub fn value_key(cfg: &Config) -> Result<Option<ValueKey>, crate::store::StoreError> {
+    let Some(path) = &cfg.cache.key_file else {
+        return Ok(None);
+    };
+    check_key_apart(path, &cfg.cache.path)?;
+    ValueKey::load(path).map(Some)
+}
+
+/// Sealing takes 16 bytes of each slot: say which sessions still fit (rustls
+/// values are 71 bytes for TLS 1.2 and TLS 1.3 SHA-384 suites, 55 for TLS 1.3
+/// SHA-256 ones, plus 1 + the server name's length when the client sent one).
+fn log_sealed_room(store: &SessionStore) {
+    let room = store.max_put_len();
+    let tls12_sni = room.saturating_sub(72);
+    let tls13_sni = room.saturating_sub(56);
+    if tls12_sni < 32 {
+        tracing::warn!(room, "cache values sealed at rest: TLS 1.2 sessions with server names longer than {tls12_sni} characters (TLS 1.3 AES-128: {tls13_sni}) do not fit and will do full handshakes; set cache.slot_size = 192 (a new cache file) to fit them");
+    } else {
+        tracing::info!(room, "cache values sealed at rest");
+    }
 }
 
 fn report(

@@ -2,37 +2,9 @@
 //! restart; plaintext arrives byte-exact both ways.
 mod endpoint_support;
 
+use endpoint_support::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-
-use endpoint_support::*;
-use rustls::HandshakeKind;
-
-fn round(devices: &[Arc<rustls::ClientConfig>], addr: &str) -> (usize, usize) {
-    let chunks: Vec<_> = devices.chunks(devices.len().div_ceil(8)).collect();
-    let results: Vec<(usize, usize)> = std::thread::scope(|sc| {
-        let hs: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                sc.spawn(move || {
-                    let (mut full, mut resumed) = (0, 0);
-                    for d in chunk {
-                        let (kind, resp) = request(d, addr, GET).expect("device connection");
-                        assert!(resp.ends_with(b"hello"), "response arrived");
-                        match kind {
-                            HandshakeKind::Resumed => resumed += 1,
-                            _ => full += 1,
-                        }
-                    }
-                    (full, resumed)
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    results.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
-}
 
 #[test]
 fn two_thousand_devices_resume_before_and_after_a_restart() {

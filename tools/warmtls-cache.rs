@@ -87,6 +87,8 @@ struct Stats {
     slot_size: u32,
     max_value_bytes: usize,
     live: u64,
+    /// Live entries whose values are encrypted at rest (the key file is not read here).
+    sealed: u64,
     expired: u64,
     corrupt: u64,
     empty: u64,
@@ -146,22 +148,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "age_s": now.saturating_sub(i.born),
                             "expires_in_s": i.expires.saturating_sub(now),
                             "value_bytes": i.value_len,
+                            "sealed": i.sealed,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
-                    "{:<16}  {:>10}  {:>12}  {:>11}",
-                    "id", "age", "expires in", "value bytes"
+                    "{:<16}  {:>10}  {:>12}  {:>11}  {:>6}",
+                    "id", "age", "expires in", "value bytes", "sealed"
                 );
                 for i in &rows {
                     println!(
-                        "{:016x}  {:>10}  {:>12}  {:>11}",
+                        "{:016x}  {:>10}  {:>12}  {:>11}  {:>6}",
                         i.id,
                         human(now.saturating_sub(i.born)),
                         human(i.expires.saturating_sub(now)),
-                        i.value_len
+                        i.value_len,
+                        if i.sealed { "yes" } else { "no" }
                     );
                 }
             }
@@ -231,6 +235,7 @@ fn stats(s: &SessionStore, file: &std::path::Path) -> anyhow::Result<Stats> {
         slot_size: geo.slot_size,
         max_value_bytes: geo.max_value_len(),
         live: t.live,
+        sealed: t.sealed,
         expired: t.expired,
         corrupt: t.corrupt,
         empty: t.empty,
@@ -268,9 +273,10 @@ fn print_stats(s: &Stats) {
         s.bytes_per_session
     );
     println!(
-        "live              {} (load {:.1}% of slots)",
+        "live              {} (load {:.1}% of slots), {} sealed (encrypted at rest)",
         s.live,
-        s.load_factor * 100.0
+        s.load_factor * 100.0,
+        s.sealed
     );
     println!(
         "expired           {}   corrupt {}   empty {}",
@@ -286,8 +292,8 @@ fn print_stats(s: &Stats) {
     );
     let c = &s.counters;
     println!(
-        "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {}",
-        c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged
+        "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {}",
+        c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures
     );
     for (name, h) in [
         ("age", &s.age_histogram),

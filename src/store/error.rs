@@ -79,6 +79,31 @@ pub enum StoreError {
 
     #[error("cache file {path} is open read-only")]
     ReadOnly { path: PathBuf },
+
+    #[error("cannot read cache key file {path}: {source}; create one with `warmtls keygen {path}` or fix --cache-key / cache.key_file")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("cache key file {path} must hold exactly 32 bytes, found {found}; create a fresh one with `warmtls keygen FILE` (sessions sealed with the old key will do one full handshake)")]
+    KeyFileSize { path: PathBuf, found: u64 },
+
+    #[error("cache key file {path} is readable or writable by group/others (mode {mode:04o}); it protects TLS resumption secrets — run `chmod 600 {path}`")]
+    KeyFilePermissions { path: PathBuf, mode: u32 },
+
+    #[error("cache key file {path} is owned by uid {owner}, but this process runs as uid {euid}; run `chown {euid} {path}` or run as its owner")]
+    KeyFileOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+
+    #[error("cache key file {path} already exists; refusing to overwrite it (that would make every stored session a miss) — choose another path, or delete it first to rotate")]
+    KeyFileExists { path: PathBuf },
+
+    #[error("cache key file {path} is the cache file itself; keep the key apart from the cache (e.g. /etc/warmtls/cache.key)")]
+    KeyFileIsCache { path: PathBuf },
 }
 
 impl StoreError {

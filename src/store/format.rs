@@ -21,7 +21,7 @@
 //!                     not the expiry, which is rewritten in place (see table.rs `slot_crc`)
 //! 12  val_len   u16
 //! 14  state     u8   SLOT_LIVE when in use
-//! 15  reserved  u8
+//! 15  flags     u8   SLOT_SEALED: the value is AES-256-GCM-SIV ciphertext + tag (seal.rs)
 //! 16  fingerprint [u8; 16]  keyed SipHash-1-3-128 of the session key
 //! 32  value     [u8; slot_size - 32]
 //! ```
@@ -61,6 +61,8 @@ pub const LOAD_DEN: u64 = 8;
 
 /// Slot state byte of a live entry.
 pub const SLOT_LIVE: u8 = 1;
+/// Slot flag (byte 15): the value is sealed (encrypted at rest). Covered by the checksum.
+pub const SLOT_SEALED: u8 = 1;
 
 /// Byte offsets inside the header page.
 pub mod hdr {
@@ -106,10 +108,13 @@ pub enum Counter {
     TooLarge,
     LockSteals,
     Purged,
+    /// A sealed value that did not open with this store's key (rotated or
+    /// altered), or a value whose sealed-ness differs from this store's setting.
+    DecryptFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::Hits,
         Counter::Misses,
         Counter::Puts,
@@ -120,8 +125,12 @@ impl Counter {
         Counter::TooLarge,
         Counter::LockSteals,
         Counter::Purged,
+        Counter::DecryptFailures,
     ];
 }
+
+// Every counter has its 8 bytes inside each stripe.
+const _: () = assert!(Counter::ALL.len() * 8 <= COUNTER_STRIPE_SIZE);
 
 /// The shape of a table: everything needed to find a byte in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

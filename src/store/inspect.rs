@@ -5,7 +5,9 @@
 //! endpoint never waits for them. Nothing here exposes value bytes.
 use super::format::Counter;
 use super::format::{SLOTS_PER_BUCKET, SLOT_META_SIZE, VALUE_OFFSET};
-use super::table::{born_of, erase, expires_of, slot_intact, tag_of, val_len, SessionStore};
+use super::table::{
+    born_of, erase, expires_of, is_sealed, slot_intact, tag_of, val_len, SessionStore,
+};
 
 /// What a slot holds, as seen by a reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -31,7 +33,10 @@ pub struct SlotInfo {
     pub born: u64,
     /// Unix seconds when the entry expires.
     pub expires: u64,
+    /// Bytes stored: with `sealed`, ciphertext and its 16-byte tag.
     pub value_len: usize,
+    /// Whether the value is encrypted at rest (readable only with the key file).
+    pub sealed: bool,
 }
 
 /// Totals of one scan.
@@ -42,6 +47,8 @@ pub struct ScanTotals {
     pub live: u64,
     pub expired: u64,
     pub corrupt: u64,
+    /// Live entries whose value is encrypted at rest.
+    pub sealed: u64,
     /// Buckets a writer kept busy for the whole scan attempt (not inspected).
     pub busy_buckets: u64,
 }
@@ -104,6 +111,9 @@ impl SessionStore {
                 let s = &buf[i * slot_size..(i + 1) * slot_size];
                 let info = self.classify(s, b, i, *tag, now, max_value);
                 totals.add(info.state);
+                if info.state == SlotState::Live && info.sealed {
+                    totals.sealed += 1;
+                }
                 visit(&info);
             }
         }
@@ -149,6 +159,7 @@ impl SessionStore {
             born: u64::from(born_of(s)),
             expires: u64::from(expires_of(s)),
             value_len: val_len(s).min(max_value),
+            sealed: is_sealed(s),
         }
     }
 

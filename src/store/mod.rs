@@ -5,7 +5,8 @@
 //! endpoint resumes its devices' sessions at once. The file format is in
 //! [`format`], the only raw-memory code in `map` (private), the table logic in
 //! [`SessionStore`], rustls' side in [`SessionCache`], background flush and sweep
-//! in [`Flusher`], and the non-blocking walk the inspector uses in [`inspect`].
+//! in [`Flusher`], the non-blocking walk the inspector uses in [`inspect`], and
+//! optional encryption at rest of the values in [`ValueKey`].
 //!
 //! The store must never return a value it cannot verify (per-slot checksums), never
 //! leave a secret behind in a slot it gives up (take, expiry and eviction zero the
@@ -18,6 +19,7 @@ mod flusher;
 pub mod format;
 pub mod inspect;
 mod map;
+mod seal;
 mod table;
 
 pub use adapter::{SessionCache, DEFAULT_MAX_SESSION_AGE};
@@ -26,4 +28,5 @@ pub use error::StoreError;
 pub use flusher::Flusher;
 pub use format::Geometry;
 pub use inspect::{ScanTotals, SlotInfo, SlotState};
+pub use seal::{check_key_apart, ValueKey, SEAL_OVERHEAD, VALUE_KEY_LEN};
 pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};

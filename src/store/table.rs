@@ -20,9 +20,10 @@ use super::error::StoreError;
 use super::format::{
     hdr, Counter, Geometry, HeaderProblem, StaticHeader, COUNTER_STRIPES, COUNTER_STRIPE_SIZE,
     FINGERPRINT_LEN, FLAG_OPEN, HEADER_SIZE, MAGIC, SLOTS_PER_BUCKET, SLOT_LIVE, SLOT_META_SIZE,
-    VALUE_OFFSET, VERSION,
+    SLOT_SEALED, VALUE_OFFSET, VERSION,
 };
 use super::map::{BucketGuard, Mapping};
+use super::seal::{ValueKey, SEAL_OVERHEAD};
 
 /// Default number of sessions a cache file is sized for.
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
@@ -71,6 +72,10 @@ pub struct Counters {
     pub too_large: u64,
     pub lock_steals: u64,
     pub purged: u64,
+    /// Sealed values that did not open with this key (key rotated, or bytes
+    /// altered), and values sealed when this store does not seal or vice versa:
+    /// each one a miss, never an error.
+    pub decrypt_failures: u64,
 }
 
 /// A memory-mapped, file-backed table of TLS sessions shared by every core and
@@ -85,6 +90,15 @@ pub struct SessionStore {
     clock: Arc<dyn Clock>,
     owner: u32,
     previous_unclean: bool,
+    /// Seals values at rest when set (see seal.rs).
+    value_key: Option<ValueKey>,
+}
+
+/// A value copied out of its slot, still sealed if `sealed`.
+struct RawValue {
+    bytes: Vec<u8>,
+    born: u64,
+    sealed: bool,
 }
 
 /// Where a key may live: its two candidate buckets (two-choice hashing keeps a
@@ -281,7 +295,32 @@ impl SessionStore {
             clock,
             owner: std::process::id(),
             previous_unclean,
+            value_key: None,
         })
+    }
+
+    /// Seal every value put from now on with `key`, and open values read with it.
+    /// Values sealed under another key, and unsealed values, read as misses
+    /// (counted in `decrypt_failures`). Sealing costs [`SEAL_OVERHEAD`] bytes of
+    /// each slot's value room.
+    pub fn seal_values_with(mut self, key: ValueKey) -> SessionStore {
+        self.value_key = Some(key);
+        self
+    }
+
+    /// Whether values are sealed at rest.
+    pub fn seals_values(&self) -> bool {
+        self.value_key.is_some()
+    }
+
+    /// Largest value `put` accepts: the slot's value room, less the seal's tag.
+    pub fn max_put_len(&self) -> usize {
+        let overhead = if self.seals_values() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        };
+        self.max_value_len() - overhead
     }
 
     /// The cache file's path.
@@ -387,6 +426,7 @@ impl SessionStore {
             too_large: get(Counter::TooLarge),
             lock_steals: get(Counter::LockSteals),
             purged: get(Counter::Purged),
+            decrypt_failures: get(Counter::DecryptFailures),
         }
     }
 
@@ -424,10 +464,23 @@ impl SessionStore {
 
     fn put_at(&self, key: &[u8], value: &[u8], now: u64, ttl: Duration, born: u64) -> bool {
         let kh = self.key_hash(key);
-        if value.len() > self.max_value_len() {
+        if value.len() > self.max_put_len() {
             self.bump(kh.bucket, Counter::TooLarge);
             return false;
         }
+        let born = clamp_secs(born);
+        // Sealed before any lock is taken: the cipher's cost is not paid under it.
+        // (The buffer is only initialised when sealing: unsealed puts pay nothing.)
+        let mut sealed: [u8; super::format::MAX_SLOT_SIZE as usize];
+        let (value, flags) = match &self.value_key {
+            Some(k) => {
+                sealed = [0u8; super::format::MAX_SLOT_SIZE as usize];
+                let out = &mut sealed[..value.len() + SEAL_OVERHEAD];
+                k.seal(&kh.fingerprint, born, value, out);
+                (&*out, SLOT_SEALED)
+            }
+            None => (value, 0),
+        };
         // Both candidate buckets are locked, lower index first (every process
         // follows that order, so two puts cannot deadlock), so a key is never
         // stored twice.
@@ -443,7 +496,7 @@ impl SessionStore {
             None => self.victim(&mut guards, now),
         };
         let g = guards[gi].as_mut().expect("chosen guard exists");
-        write_slot(g, idx, &kh, value, expires, clamp_secs(born));
+        write_slot(g, idx, &kh, value, expires, born, flags);
         drop(guards);
         self.bump(kh.bucket, Counter::Puts);
         true
@@ -478,11 +531,16 @@ impl SessionStore {
                     self.bump(g.bucket(), Counter::Expired);
                     return None;
                 }
+                // Opened under the lock, so a value that does not open (the key
+                // was rotated) is erased at once rather than kept alive.
+                let Some(v) = self.open_value(&kh, raw_value(g.slot(i))) else {
+                    erase(g, i);
+                    return None;
+                };
                 let s = g.slot(i);
-                let v = s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec();
                 let expires = clamp_secs(now.saturating_add(ttl.as_secs())).max(expires_of(s));
                 rewrite_expiry(g, i, expires);
-                Some((v, born))
+                Some(v)
             })
             .flatten();
         self.count_lookup(kh.bucket, found.is_some());
@@ -504,7 +562,7 @@ impl SessionStore {
     /// sequence number did not move. `None` when the locked path must decide
     /// (a writer kept the bucket busy, or the entry is expired or corrupt and
     /// must be erased).
-    fn get_optimistic(&self, kh: &KeyHash, now: u64) -> Option<Option<(Vec<u8>, u64)>> {
+    fn get_optimistic(&self, kh: &KeyHash, now: u64) -> Option<Option<RawValue>> {
         let geo = &self.header.geometry;
         let slot_size = geo.slot_size as usize;
         let mut buf = [0u8; super::format::MAX_SLOT_SIZE as usize];
@@ -543,8 +601,7 @@ impl SessionStore {
                     {
                         return None;
                     }
-                    let v = buf[VALUE_OFFSET..VALUE_OFFSET + val_len(buf)].to_vec();
-                    return Some(Some((v, u64::from(born_of(buf)))));
+                    return Some(Some(raw_value(buf)));
                 }
                 break;
             }
@@ -558,21 +615,18 @@ impl SessionStore {
     fn lookup(&self, key: &[u8], remove: bool) -> Option<(Vec<u8>, u64)> {
         let kh = self.key_hash(key);
         let now = self.clock.now_secs();
-        if !remove {
-            if let Some(found) = self.get_optimistic(&kh, now) {
-                self.count_lookup(kh.bucket, found.is_some());
-                return found;
-            }
-        }
-        let found = self.with_locked_entry(&kh, now, |g, i| {
-            let s = g.slot(i);
-            let v = s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec();
-            let born = u64::from(born_of(s));
-            if remove {
-                erase(g, i);
-            }
-            (v, born)
-        });
+        let raw = match (!remove).then(|| self.get_optimistic(&kh, now)).flatten() {
+            Some(found) => found,
+            None => self.with_locked_entry(&kh, now, |g, i| {
+                let raw = raw_value(g.slot(i));
+                if remove {
+                    erase(g, i);
+                }
+                raw
+            }),
+        };
+        // Opened outside the bucket lock: the cipher's cost is not paid under it.
+        let found = raw.and_then(|r| self.open_value(&kh, r));
         self.count_lookup(kh.bucket, found.is_some());
         if found.is_some() && remove {
             self.bump(kh.bucket, Counter::Takes);
@@ -596,6 +650,34 @@ impl SessionStore {
             }
         }
         None
+    }
+
+    /// The plaintext of a value copied out of `kh`'s slot, if this store can
+    /// vouch for it: unsealed when the store does not seal, sealed under this
+    /// store's key when it does. Anything else is counted and missed.
+    fn open_value(&self, kh: &KeyHash, raw: RawValue) -> Option<(Vec<u8>, u64)> {
+        let RawValue {
+            mut bytes,
+            born,
+            sealed,
+        } = raw;
+        let opened = match (&self.value_key, sealed) {
+            (None, false) => Some(bytes.len()),
+            (Some(k), true) => k
+                .open(&kh.fingerprint, born as u32, &mut bytes)
+                .map(|p| p.len()),
+            _ => None,
+        };
+        match opened {
+            Some(n) => {
+                bytes.truncate(n);
+                Some((bytes, born))
+            }
+            None => {
+                self.bump(kh.bucket, Counter::DecryptFailures);
+                None
+            }
+        }
     }
 
     fn count_lookup(&self, bucket: u64, hit: bool) {
@@ -873,6 +955,20 @@ pub(crate) fn val_len(s: &[u8]) -> usize {
     usize::from(u16::from_le_bytes([s[12], s[13]]))
 }
 
+/// Whether a slot's value is sealed (encrypted at rest).
+pub(crate) fn is_sealed(s: &[u8]) -> bool {
+    s[15] & SLOT_SEALED != 0
+}
+
+/// A copy of an intact slot's value bytes (sealed or not) and lineage start.
+fn raw_value(s: &[u8]) -> RawValue {
+    RawValue {
+        bytes: s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec(),
+        born: u64::from(born_of(s)),
+        sealed: is_sealed(s),
+    }
+}
+
 /// The checksum of slot `idx` of `bucket`: binds the bytes to their place, so a
 /// slot copied or shifted elsewhere by a torn write does not verify.
 pub(crate) fn slot_crc(s: &[u8], bucket: u64, idx: usize, max_value_len: usize) -> u32 {
@@ -902,6 +998,7 @@ fn write_slot(
     value: &[u8],
     expires: u32,
     born: u32,
+    flags: u8,
 ) {
     // Hide the slot from lookups while it is rewritten; a crash mid-way leaves a
     // slot whose checksum fails, never a half-old, half-new session.
@@ -913,7 +1010,7 @@ fn write_slot(
     s[4..8].copy_from_slice(&born.to_le_bytes());
     s[12..14].copy_from_slice(&(value.len() as u16).to_le_bytes());
     s[14] = SLOT_LIVE;
-    s[15] = 0;
+    s[15] = flags;
     s[SLOT_META_SIZE..VALUE_OFFSET].copy_from_slice(&kh.fingerprint);
     s[VALUE_OFFSET..VALUE_OFFSET + value.len()].copy_from_slice(value);
     // Zero what is left of a previous, longer value: no stale secret bytes.

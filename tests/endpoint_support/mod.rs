@@ -440,3 +440,29 @@ pub fn echo_on(l: TcpListener) {
         }
     });
 }
+
+/// One connection per device, 8 threads at once: how many were (full, resumed).
+pub fn round(devices: &[Arc<rustls::ClientConfig>], addr: &str) -> (usize, usize) {
+    let chunks: Vec<_> = devices.chunks(devices.len().div_ceil(8)).collect();
+    let results: Vec<(usize, usize)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                sc.spawn(move || {
+                    let (mut full, mut resumed) = (0, 0);
+                    for d in chunk {
+                        let (kind, resp) = request(d, addr, GET).expect("device connection");
+                        assert!(resp.ends_with(b"hello"), "response arrived");
+                        match kind {
+                            HandshakeKind::Resumed => resumed += 1,
+                            _ => full += 1,
+                        }
+                    }
+                    (full, resumed)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    results.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
