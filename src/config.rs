@@ -63,6 +63,21 @@ impl Default for CacheConfig {
     }
 }
 
+/// How TLS 1.3 tickets are issued. Either way the session state stays in the store
+/// and a ticket is single use; TLS 1.2 session IDs are the same in both.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tls13Tickets {
+    /// rustls' stateful tickets: a fixed 24 h lifetime (rustls clients drop them
+    /// after a day); the only mode in which rustls accepts 0-RTT.
+    #[default]
+    Stateful,
+    /// Tickets from [`crate::store::StoreTicketer`]: up to 7 days (capped by
+    /// `session_lifetime` and `max_session_age`), for devices that sleep longer
+    /// than a day; rustls refuses 0-RTT with a ticketer.
+    StoreTicketer,
+}
+
 /// A certificate chain and its private key, PEM files.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +119,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
     pub tickets_per_handshake: usize,
+    /// `"stateful"` (24 h, 0-RTT possible) or `"store-ticketer"` (7 days, no 0-RTT).
+    pub tls13_tickets: Tls13Tickets,
     /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
     pub groups: Vec<String>,
     /// Write counters as JSON here every stats interval and at exit.
@@ -128,6 +145,7 @@ impl Default for Config {
             flush_interval: Duration::from_secs(10),
             stats_interval: Duration::from_secs(10),
             tickets_per_handshake: 1,
+            tls13_tickets: Tls13Tickets::Stateful,
             groups: vec!["x25519".into(), "secp256r1".into()],
             stats_file: None,
         }
@@ -270,6 +288,12 @@ mod tests {
         );
         assert_eq!(c.cache.capacity, 2_000_000);
         assert_eq!(c.cache.slot_size, 128);
+        assert_eq!(c.tls13_tickets, Tls13Tickets::Stateful);
+        let c = Config::from_toml("tls13_tickets = \"store-ticketer\"").unwrap();
+        assert_eq!(c.tls13_tickets, Tls13Tickets::StoreTicketer);
+        assert!(Config::from_toml("tls13_tickets = \"stateless\"")
+            .unwrap_err()
+            .contains("store-ticketer"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Opening it is an `mmap` and a header check — no load phase — so a restarted
 //! endpoint resumes its devices' sessions at once. The file format is in
 //! [`format`], the only raw-memory code in `map` (private), the table logic in
-//! [`SessionStore`], rustls' side in [`SessionCache`], background flush and sweep
+//! [`SessionStore`], rustls' side in [`SessionCache`] (and [`StoreTicketer`] for 7-day TLS 1.3 tickets), background flush and sweep
 //! in [`Flusher`], and the non-blocking walk the inspector uses in [`inspect`].
 //!
 //! The store must never return a value it cannot verify (per-slot checksums), never
@@ -19,6 +19,7 @@ pub mod format;
 pub mod inspect;
 mod map;
 mod table;
+mod ticketer;
 
 pub use adapter::{SessionCache, DEFAULT_MAX_SESSION_AGE};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -27,3 +28,4 @@ pub use flusher::Flusher;
 pub use format::Geometry;
 pub use inspect::{ScanTotals, SlotInfo, SlotState};
 pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
+pub use ticketer::{StoreTicketer, MAX_TICKET_LIFETIME, TICKET_ID_LEN};
