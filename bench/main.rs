@@ -4,19 +4,21 @@
 //! - `fleet`: simulated devices against any TLS endpoint (src/fleet).
 //! - `economy`: what a reconnect costs a device, per handshake kind and profile.
 //! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
+//! - `sleep`: devices sleeping days to months, on simulated time (src/fleet/sleep.rs).
 use clap::{Parser, Subcommand};
 
 mod economy;
 mod fleet;
 mod netlab;
 mod rtt;
+mod sleep;
 mod store;
 
 #[derive(Parser)]
 #[command(
     name = "warmtls-bench",
     version,
-    about = "warmtls benchmarks: store, fleet, economy, rtt"
+    about = "warmtls benchmarks: store, fleet, economy, rtt, sleep"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +37,8 @@ enum Cmd {
     /// without TCP Fast Open, over a delayed link between two network namespaces
     /// (needs root).
     Rtt(rtt::RttArgs),
+    /// Which device sleep patterns resume, per TLS mode, on simulated time.
+    Sleep(sleep::SleepArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fleet(a) => fleet::main(*a),
         Cmd::Economy(a) => economy::main(a),
         Cmd::Rtt(a) => rtt::main(a),
+        Cmd::Sleep(a) => sleep::main(a),
     }
 }

@@ -70,6 +70,21 @@ impl Default for CacheConfig {
     }
 }
 
+/// How TLS 1.3 tickets are issued. Either way the session state stays in the store
+/// and a ticket is single use; TLS 1.2 session IDs are the same in both.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tls13Tickets {
+    /// rustls' stateful tickets: a fixed 24 h lifetime (rustls clients drop them
+    /// after a day); the only mode in which rustls accepts 0-RTT.
+    #[default]
+    Stateful,
+    /// Tickets from [`crate::store::StoreTicketer`]: up to 7 days (capped by
+    /// `session_lifetime` and `max_session_age`), for devices that sleep longer
+    /// than a day; rustls refuses 0-RTT with a ticketer.
+    StoreTicketer,
+}
+
 /// A certificate chain and its private key, PEM files.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +140,8 @@ pub struct Config {
     /// Send a PROXY protocol v2 header to the backend before the plaintext: the
     /// device's address, SNI, TLS version and suite, resumed and 0-RTT flags.
     pub proxy_protocol: bool,
+    /// `"stateful"` (24 h, 0-RTT possible) or `"store-ticketer"` (7 days, no 0-RTT).
+    pub tls13_tickets: Tls13Tickets,
     /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
     pub groups: Vec<String>,
     /// Write counters as JSON here every stats interval and at exit.
@@ -155,6 +172,7 @@ impl Default for Config {
             early_data: 0,
             cipher_suites: Vec::new(),
             proxy_protocol: false,
+            tls13_tickets: Tls13Tickets::Stateful,
             groups: vec!["x25519".into(), "secp256r1".into()],
             stats_file: None,
             tcp_fastopen: 256,
@@ -214,6 +232,15 @@ impl Config {
         }
         if self.tickets_per_handshake > 8 {
             return invalid("tickets_per_handshake", "at most 8".into());
+        }
+        if self.early_data > 0 && self.tls13_tickets == Tls13Tickets::StoreTicketer {
+            return invalid(
+                "early_data",
+                "0-RTT needs tls13_tickets = \"stateful\": rustls refuses early data with a \
+                 ticketer (its replay protection is the store's single-use take of a stateful \
+                 ticket); choose one"
+                    .into(),
+            );
         }
         if self.early_data > MAX_EARLY_DATA {
             return invalid(
@@ -318,6 +345,12 @@ mod tests {
         );
         assert_eq!(c.cache.capacity, 2_000_000);
         assert_eq!(c.cache.slot_size, 128);
+        assert_eq!(c.tls13_tickets, Tls13Tickets::Stateful);
+        let c = Config::from_toml("tls13_tickets = \"store-ticketer\"").unwrap();
+        assert_eq!(c.tls13_tickets, Tls13Tickets::StoreTicketer);
+        assert!(Config::from_toml("tls13_tickets = \"stateless\"")
+            .unwrap_err()
+            .contains("store-ticketer"));
     }
 
     #[test]
@@ -344,6 +377,12 @@ mod tests {
             e.contains("TLS13_AES_128_CCM_SHA256") && e.contains("TLS13_AES_128_GCM_SHA256"),
             "{e}"
         );
+        let c = Config {
+            early_data: 1024,
+            tls13_tickets: Tls13Tickets::StoreTicketer,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("stateful"));
         let c = Config {
             early_data: MAX_EARLY_DATA + 1,
             ..Config::default()

@@ -4,7 +4,8 @@
 //! Cheapest defaults for devices: X25519 first (P-256 also on, many embedded
 //! stacks only do P-256), TLS13_AES_128_GCM_SHA256 preferred (SHA-384 key
 //! derivation is ~36% of a TLS 1.3 resumption's CPU), one ticket per handshake
-//! (a second one would be an orphan in the store), stateful tickets only.
+//! (a second one would be an orphan in the store), stateful tickets unless
+//! `tls13_tickets = "store-ticketer"` (7-day tickets, no 0-RTT).
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -16,8 +17,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{CertConfig, Config};
-use crate::store::{SessionCache, SessionStore};
+use crate::config::{CertConfig, Config, Tls13Tickets};
+use crate::store::{SessionCache, SessionStore, StoreTicketer};
 
 /// Why certificates or the TLS configuration could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -262,9 +263,12 @@ pub fn server_config_with_time(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    sc.session_storage = Arc::new(
-        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age),
-    );
+    let cache =
+        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
+    if cfg.tls13_tickets == Tls13Tickets::StoreTicketer {
+        sc.ticketer = Arc::new(StoreTicketer::new(cache.clone()));
+    }
+    sc.session_storage = Arc::new(cache);
     sc.send_tls13_tickets = cfg.tickets_per_handshake;
     // 0-RTT needs the stateful store (rustls refuses it with a ticketer): its
     // single-use `take` is the replay protection. The answer to an early request

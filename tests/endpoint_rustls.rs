@@ -64,3 +64,32 @@ fn one_mebibyte_each_way_arrives_byte_exact() {
     assert!(st["bytes_from_clients"].as_u64().unwrap() > 1 << 20);
     assert!(st["bytes_to_clients"].as_u64().unwrap() > 1 << 20);
 }
+
+#[test]
+fn store_ticketer_devices_resume_before_and_after_a_restart_and_tls12_keeps_session_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _) = responder();
+    let cache = dir.path().join("c.cache");
+    let config = dir.path().join("warmtls.toml");
+    std::fs::write(&config, "tls13_tickets = \"store-ticketer\"\n").unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut server = Server::start(&cache, &backend, &args);
+    let devices = mixed_devices(&server.cert_path(), 200);
+    assert_eq!(round(&devices, &server.addr()), (200, 0), "prime");
+    assert_eq!(round(&devices, &server.addr()), (0, 200), "all resume");
+    let store = &server.stats()["store"];
+    // 100 TLS 1.3 tickets + 100 TLS 1.2 session IDs, then one new ticket per
+    // TLS 1.3 resumption: TLS 1.2 sessions are never also stored as tickets.
+    assert_eq!(store["puts"], 300, "{store}");
+    assert_eq!(
+        store["takes"], 100,
+        "each TLS 1.3 ticket used once: {store}"
+    );
+    assert!(server.stop());
+    let server = Server::start(&cache, &backend, &args);
+    assert_eq!(
+        round(&devices, &server.addr()),
+        (0, 200),
+        "all resume after the restart"
+    );
+}

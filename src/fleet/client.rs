@@ -120,6 +120,20 @@ impl DeviceConfigs {
         early_data: bool,
         hello: HelloProfile,
     ) -> Result<DeviceConfigs, FleetError> {
+        let time = Arc::new(rustls::time_provider::DefaultTimeProvider);
+        DeviceConfigs::with_time(mix, verify, table, early_data, hello, time)
+    }
+
+    /// As [`DeviceConfigs::new`], with the devices' clock from `time` (a
+    /// simulation that moves the server's clock by days moves the devices' too).
+    pub fn with_time(
+        mix: TlsMix,
+        verify: &Verify,
+        table: Arc<DeviceTable>,
+        early_data: bool,
+        hello: HelloProfile,
+        time: Arc<dyn rustls::time_provider::TimeProvider>,
+    ) -> Result<DeviceConfigs, FleetError> {
         let lean = hello == HelloProfile::Lean;
         let mut provider = aws_lc_rs::default_provider();
         provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
@@ -157,7 +171,7 @@ impl DeviceConfigs {
         };
         let build = |version: &'static rustls::SupportedProtocolVersion,
                      provider: &Arc<rustls::crypto::CryptoProvider>| {
-            let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+            let mut cfg = ClientConfig::builder_with_details(provider.clone(), time.clone())
                 .with_protocol_versions(&[version])
                 .map_err(FleetError::Tls)?
                 .dangerous()

@@ -7,7 +7,8 @@
 //! Blocking sockets on a bounded pool of worker threads: every connection is
 //! driven start to finish on one thread, which is what lets all devices share one
 //! rustls config and one compact session table ([`devices`]). The simulator must
-//! never know what server it talks to: nothing here is warmtls-specific.
+//! never know what server it talks to: nothing here is warmtls-specific, except
+//! [`sleep`], which has to move the server's clock.
 //!
 //! - [`devices`]: the per-device session slots (rustls `ClientSessionStore`).
 //! - [`client`]: the devices' rustls configs and certificate checking.
@@ -16,6 +17,8 @@
 //! - [`report`]: per-phase tallies, JSON and the human table.
 //! - [`probe`]: the server's CPU and memory from /proc; waiting for it to accept.
 //! - [`plot`]: the SVG latency histogram.
+//! - [`sleep`]: devices that sleep for days or months, on simulated time
+//!   (in process against warmtls' own connection driver: the one warmtls-specific part).
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ pub mod plot;
 pub mod probe;
 pub mod report;
 pub mod schedule;
+pub mod sleep;
 
 pub use client::{HelloProfile, TlsMix, Verify};
 pub use connection::Limits;

@@ -51,6 +51,26 @@ impl SessionCache {
         self
     }
 
+    /// How long an unused session stays resumable.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The same cache with another session lifetime.
+    pub fn with_lifetime(mut self, lifetime: Duration) -> SessionCache {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// What the lineage cap leaves of the connection being driven on this thread
+    /// (all of `max_session_age` for a full handshake).
+    pub fn lineage_left(&self) -> Duration {
+        let now = self.store.now();
+        let born = LINEAGE.get().unwrap_or(now);
+        self.max_age
+            .saturating_sub(Duration::from_secs(now.saturating_sub(born)))
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Arc<SessionStore> {
         &self.store

@@ -4,9 +4,10 @@
 //! Opening it is an `mmap` and a header check — no load phase — so a restarted
 //! endpoint resumes its devices' sessions at once. The file format is in
 //! [`format`], the only raw-memory code in `map` (private), the table logic in
-//! [`SessionStore`], rustls' side in [`SessionCache`], background flush and sweep
-//! in [`Flusher`], the non-blocking walk the inspector uses in [`inspect`], and
-//! optional encryption at rest of the values in [`ValueKey`].
+//! [`SessionStore`], rustls' side in [`SessionCache`] (and [`StoreTicketer`] for
+//! 7-day TLS 1.3 tickets), background flush and sweep in [`Flusher`], the
+//! non-blocking walk the inspector uses in [`inspect`], and optional encryption
+//! at rest of the values in [`ValueKey`].
 //!
 //! The store must never return a value it cannot verify (per-slot checksums), never
 //! leave a secret behind in a slot it gives up (take, expiry and eviction zero the
@@ -21,6 +22,7 @@ pub mod inspect;
 mod map;
 mod seal;
 mod table;
+mod ticketer;
 
 pub use adapter::{SessionCache, DEFAULT_MAX_SESSION_AGE};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -30,3 +32,4 @@ pub use format::Geometry;
 pub use inspect::{ScanTotals, SlotInfo, SlotState};
 pub use seal::{check_key_apart, ValueKey, SEAL_OVERHEAD, VALUE_KEY_LEN};
 pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
+pub use ticketer::{StoreTicketer, MAX_TICKET_LIFETIME, TICKET_ID_LEN};
