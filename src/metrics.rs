@@ -19,9 +19,19 @@ pub enum Metric {
     BytesToClients,
     EarlyDataAccepted,
     EarlyDataBytes,
+    // Why TLS errors happened (each also counts in `TlsErrors`); see
+    // `conn::TlsFailure::reason`.
+    TlsMalformed,
+    TlsOversizedRecord,
+    TlsBadPskBinder,
+    TlsMisbehaved,
+    TlsIncompatible,
+    TlsDecryptFailed,
+    TlsPeerAlert,
+    TlsOther,
 }
 
-const N: usize = 13;
+const N: usize = 21;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -60,6 +70,27 @@ pub struct Snapshot {
     pub early_data_accepted: u64,
     /// 0-RTT bytes forwarded, counted when the handshake completes.
     pub early_data_bytes: u64,
+    pub tls_error_reasons: TlsErrorReasons,
+}
+
+/// `tls_errors` by cause; the names say which alert the client got.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct TlsErrorReasons {
+    /// Undecodable messages: decode_error (illegal_parameter for a duplicate extension).
+    pub malformed: u64,
+    /// A record longer than the protocol allows: record_overflow.
+    pub oversized_record: u64,
+    /// A TLS 1.3 PSK binder that does not verify: decrypt_error (the ticket is spent).
+    pub bad_psk_binder: u64,
+    /// Well-formed but against the protocol (wrong message, bad parameter).
+    pub misbehaved: u64,
+    /// Nothing in common: version, cipher suite, group, signature scheme.
+    pub incompatible: u64,
+    /// A record that does not decrypt, or a Finished that does not verify.
+    pub decrypt_failed: u64,
+    /// The client sent a fatal alert.
+    pub peer_alert: u64,
+    pub other: u64,
 }
 
 /// Sum the workers' counters.
@@ -79,5 +110,15 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
         bytes_to_clients: s(Metric::BytesToClients),
         early_data_accepted: s(Metric::EarlyDataAccepted),
         early_data_bytes: s(Metric::EarlyDataBytes),
+        tls_error_reasons: TlsErrorReasons {
+            malformed: s(Metric::TlsMalformed),
+            oversized_record: s(Metric::TlsOversizedRecord),
+            bad_psk_binder: s(Metric::TlsBadPskBinder),
+            misbehaved: s(Metric::TlsMisbehaved),
+            incompatible: s(Metric::TlsIncompatible),
+            decrypt_failed: s(Metric::TlsDecryptFailed),
+            peer_alert: s(Metric::TlsPeerAlert),
+            other: s(Metric::TlsOther),
+        },
     }
 }

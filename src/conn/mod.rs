@@ -10,10 +10,13 @@ use std::time::Instant;
 
 use rustls::ServerConnection;
 
+use crate::metrics::Metric;
 use crate::store::SessionCache;
 
+mod first_flight;
 mod outbox;
 pub mod proxy;
+use first_flight::{FirstFlight, RECORD_OVERFLOW_ALERT};
 pub use outbox::Outbox;
 
 /// Bytes buffered toward one side before we stop reading the other side.
@@ -63,6 +66,34 @@ pub enum TlsFailure {
     /// The bytes broke the protocol (bad message, failed handshake, fatal alert).
     #[error(transparent)]
     Protocol(#[from] rustls::Error),
+    /// A record in the client's first flight longer than the protocol allows
+    /// (see `first_flight`).
+    #[error("a record longer than 2^14 bytes (record_overflow)")]
+    RecordOverflow,
+}
+
+impl TlsFailure {
+    /// The counter this failure goes under (besides `tls_errors`).
+    pub fn reason(&self) -> Metric {
+        use rustls::{Error as E, InvalidMessage, PeerMisbehaved};
+        match self {
+            TlsFailure::Records(_) | TlsFailure::RecordOverflow => Metric::TlsOversizedRecord,
+            TlsFailure::Protocol(e) => match e {
+                E::InvalidMessage(InvalidMessage::MessageTooLarge) | E::PeerSentOversizedRecord => {
+                    Metric::TlsOversizedRecord
+                }
+                E::InvalidMessage(_) => Metric::TlsMalformed,
+                E::PeerMisbehaved(PeerMisbehaved::IncorrectBinder) => Metric::TlsBadPskBinder,
+                E::PeerMisbehaved(_)
+                | E::InappropriateMessage { .. }
+                | E::InappropriateHandshakeMessage { .. } => Metric::TlsMisbehaved,
+                E::PeerIncompatible(_) => Metric::TlsIncompatible,
+                E::DecryptError => Metric::TlsDecryptFailed,
+                E::AlertReceived(_) => Metric::TlsPeerAlert,
+                _ => Metric::TlsOther,
+            },
+        }
+    }
 }
 
 /// A client connection and everything it owns. Buffers are boxed so they stay put
@@ -101,6 +132,8 @@ pub struct Conn {
     pub handshake_deadline: Instant,
     /// 0-RTT bytes accepted from the client and queued for the backend.
     pub early_data: usize,
+    /// Record-size checks until we have sent the client anything.
+    first_flight: Option<FirstFlight>,
 }
 
 impl Conn {
@@ -138,6 +171,7 @@ impl Conn {
             lineage: None,
             handshake_deadline: deadline,
             early_data: 0,
+            first_flight: Some(FirstFlight::default()),
         }
     }
 
@@ -148,6 +182,13 @@ impl Conn {
         // Lend the buffer out of `self` (a pointer swap) so rustls can be driven
         // while we read from it; it is put back before returning.
         let buf = std::mem::take(&mut self.client_rx);
+        if let Some(f) = &mut self.first_flight {
+            if !f.check(&buf[..n]) {
+                self.client_rx = buf;
+                self.to_client.queue(&RECORD_OVERFLOW_ALERT);
+                return self.fail(TlsFailure::RecordOverflow);
+            }
+        }
         let outcome = self.feed_bytes(&buf[..n]);
         self.client_rx = buf;
         if let Err(why) = outcome {
@@ -245,7 +286,7 @@ impl Conn {
         while self.tls.wants_write() {
             match self.tls.write_tls(&mut self.to_client.writer()) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => self.first_flight = None, // we have spoken: records may be encrypted from now on
             }
         }
     }

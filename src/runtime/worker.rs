@@ -331,6 +331,7 @@ impl Worker {
                     Fed::Progress => {}
                     Fed::Failed(why) => {
                         m.add(Metric::TlsErrors, 1);
+                        m.add(why.reason(), 1);
                         tracing::debug!("TLS error from client: {why}");
                         set_deadline(&mut self.timers, key, c, now + DRAIN_LINGER);
                         return;
