@@ -271,18 +271,8 @@ pub fn connect(
 fn connect_fastopen(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     use nix::errno::Errno;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    use nix::sys::socket::{self, sockopt, SockaddrStorage};
+    let fd = crate::runtime::listener::tcp_socket(addr)?;
     socket::setsockopt(&fd, sockopt::TcpFastOpenConnect, &true)?;
     match socket::connect(
         std::os::fd::AsRawFd::as_raw_fd(&fd),

@@ -10,17 +10,7 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, Sockadd
 /// once) and, when `fastopen_queue` > 0, TCP Fast Open (a device holding a TFO
 /// cookie sends its ClientHello in the SYN and saves a round trip).
 pub fn bind(addr: SocketAddr, backlog: i32, fastopen_queue: u32) -> std::io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let fd = tcp_socket(addr)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     // Accepted sockets inherit TCP_NODELAY on Linux: no setsockopt per connection.
@@ -34,6 +24,21 @@ pub fn bind(addr: SocketAddr, backlog: i32, fastopen_queue: u32) -> std::io::Res
         socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
     )?;
     Ok(fd)
+}
+
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+pub fn tcp_socket(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    Ok(socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?)
 }
 
 /// The address a socket is bound to (to learn the port after binding port 0).
