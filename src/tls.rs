@@ -268,7 +268,7 @@ pub fn server_config_with_time(
     if cfg.tls13_tickets == Tls13Tickets::StoreTicketer {
         sc.ticketer = Arc::new(StoreTicketer::new(cache.clone()));
     }
-    sc.session_storage = Arc::new(cache);
+    sc.session_storage = Arc::new(cache.with_stateful_ticket_cap());
     sc.send_tls13_tickets = cfg.tickets_per_handshake;
     // 0-RTT needs the stateful store (rustls refuses it with a ticketer): its
     // single-use `take` is the replay protection. The answer to an early request

@@ -21,6 +21,28 @@ use super::table::SessionStore;
 /// Default cap on a chain of resumptions since its full handshake.
 pub const DEFAULT_MAX_SESSION_AGE: Duration = Duration::from_secs(90 * 86_400);
 
+/// How long a stateful TLS 1.3 ticket is kept: rustls announces stateful tickets
+/// with a fixed 24-hour `ticket_lifetime` and clients do not offer them after
+/// that, so keeping one for the whole `session_lifetime` (months, for TLS 1.2
+/// devices' sake) would only fill the table with orphans. One hour of slack for
+/// clocks.
+pub const STATEFUL_TLS13_TICKET_TTL: Duration = Duration::from_secs(25 * 3600);
+
+/// The protocol version of a session as rustls encodes it for the store
+/// (`ServerSessionValue`: an SNI flag, the SNI if flagged, then the version);
+/// `None` if the bytes do not parse that far.
+pub(crate) fn session_version(value: &[u8]) -> Option<rustls::ProtocolVersion> {
+    let at = match value.first()? {
+        0 => 1,
+        1 => 2 + usize::from(*value.get(1)?),
+        _ => return None,
+    };
+    let v = value.get(at..at + 2)?;
+    Some(rustls::ProtocolVersion::from(u16::from_be_bytes([
+        v[0], v[1],
+    ])))
+}
+
 thread_local! {
     /// Lineage start (unix seconds) of the connection being driven on this thread.
     static LINEAGE: Cell<Option<u64>> = const { Cell::new(None) };
@@ -32,6 +54,8 @@ pub struct SessionCache {
     store: Arc<SessionStore>,
     lifetime: Duration,
     max_age: Duration,
+    /// Cap on the lifetime of TLS 1.3 sessions put here (stateful tickets).
+    tls13_ttl: Option<Duration>,
 }
 
 impl SessionCache {
@@ -42,7 +66,16 @@ impl SessionCache {
             store,
             lifetime,
             max_age: DEFAULT_MAX_SESSION_AGE,
+            tls13_ttl: None,
         }
+    }
+
+    /// Keep TLS 1.3 sessions (rustls' stateful tickets) only
+    /// [`STATEFUL_TLS13_TICKET_TTL`], whatever the session lifetime: for the
+    /// cache rustls puts stateful tickets in, not for a ticketer's.
+    pub fn with_stateful_ticket_cap(mut self) -> SessionCache {
+        self.tls13_ttl = Some(STATEFUL_TLS13_TICKET_TTL);
+        self
     }
 
     /// Cap chains of resumptions at `max_age` since their full handshake.
@@ -93,7 +126,13 @@ impl SessionCache {
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let born = LINEAGE.get().unwrap_or_else(|| self.store.now());
-        self.store.put_with_born(&key, &value, self.lifetime, born)
+        let ttl = match self.tls13_ttl {
+            Some(cap) if session_version(&value) == Some(rustls::ProtocolVersion::TLSv1_3) => {
+                self.lifetime.min(cap)
+            }
+            _ => self.lifetime,
+        };
+        self.store.put_with_born(&key, &value, ttl, born)
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -113,5 +152,62 @@ impl rustls::server::StoresServerSessions for SessionCache {
 
     fn can_cache(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ManualClock, StoreConfig};
+    use rustls::server::StoresServerSessions;
+
+    #[test]
+    fn the_version_is_read_past_an_optional_sni() {
+        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+        assert_eq!(session_version(&[0, 3, 4, 0xaa]), Some(TLSv1_3));
+        assert_eq!(
+            session_version(&[1, 3, b'a', b'b', b'c', 3, 3]),
+            Some(TLSv1_2)
+        );
+        assert_eq!(session_version(&[1, 9, b'a']), None);
+        assert_eq!(session_version(&[7, 3, 3]), None);
+        assert_eq!(session_version(&[]), None);
+    }
+
+    #[test]
+    fn stateful_tls13_tickets_expire_after_a_day_and_tls12_sessions_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_800_000_000));
+        let store = Arc::new(
+            SessionStore::open_or_create_with_clock(
+                &StoreConfig {
+                    path: dir.path().join("c.cache"),
+                    capacity: 100,
+                    slot_size: 128,
+                },
+                clock.clone(),
+            )
+            .unwrap(),
+        );
+        let cache =
+            SessionCache::new(store, Duration::from_secs(90 * 86_400)).with_stateful_ticket_cap();
+        let tls13 = vec![0, 3, 4, 1, 2, 3];
+        let tls12 = vec![0, 3, 3, 1, 2, 3];
+        assert!(cache.put(b"ticket".to_vec(), tls13.clone()));
+        assert!(cache.put(b"session-id".to_vec(), tls12.clone()));
+        clock.advance(24 * 3600);
+        assert_eq!(cache.store().get(b"ticket"), Some(tls13));
+        clock.advance(2 * 3600);
+        assert_eq!(
+            cache.take(b"ticket"),
+            None,
+            "a day-old stateful ticket is gone"
+        );
+        clock.advance(60 * 86_400);
+        assert_eq!(
+            cache.get(b"session-id"),
+            Some(tls12),
+            "TLS 1.2 lives its 90 days"
+        );
     }
 }

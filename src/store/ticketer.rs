@@ -31,9 +31,6 @@ pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 86_400);
 /// Length of a ticket id: 256 random bits, unguessable.
 pub const TICKET_ID_LEN: usize = 32;
 
-/// rustls' wire value of TLS 1.2 in its session encoding.
-const TLS12: [u8; 2] = [0x03, 0x03];
-
 thread_local! {
     /// The lifetime of the ticket the last `encrypt` on this thread produced.
     /// rustls calls `lifetime()` right after `encrypt()` on the same connection
@@ -65,19 +62,10 @@ impl StoreTicketer {
     }
 }
 
-/// Whether `plain` (rustls' `ServerSessionValue` encoding: an SNI flag, the SNI
-/// name if flagged, then the protocol version) is a TLS 1.2 session. Unparseable
-/// input counts as not TLS 1.2.
+/// Whether `plain` (rustls' `ServerSessionValue` encoding) is a TLS 1.2
+/// session. Unparseable input counts as not TLS 1.2.
 fn is_tls12_session(plain: &[u8]) -> bool {
-    let version_at = match plain.first() {
-        Some(0) => 1,
-        Some(1) => match plain.get(1) {
-            Some(&len) => 2 + usize::from(len),
-            None => return false,
-        },
-        _ => return false,
-    };
-    plain.get(version_at..version_at + 2) == Some(&TLS12[..])
+    super::adapter::session_version(plain) == Some(rustls::ProtocolVersion::TLSv1_2)
 }
 
 impl rustls::server::ProducesTickets for StoreTicketer {
