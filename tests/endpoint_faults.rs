@@ -139,9 +139,7 @@ fn garbage_truncated_and_silent_clients_are_closed_and_the_endpoint_stays_up() {
     assert!(st["tls_errors"].as_u64().unwrap() >= 2, "{st}");
     assert!(st["timeouts"].as_u64().unwrap() >= 2, "{st}");
     // Connections that got an alert linger up to 1 s for the client's EOF.
-    assert!(wait_for(Duration::from_secs(5), || server.stats()
-        ["active_connections"]
-        == 0));
+    assert!(server.wait_idle(Duration::from_secs(5)));
 }
 
 #[test]
@@ -175,12 +173,7 @@ fn two_thousand_open_connections_are_held_then_released_without_leaks() {
         .1
         .ends_with(b"hello"));
     drop(held);
-    assert!(
-        wait_for(Duration::from_secs(10), || server.stats()
-            ["active_connections"]
-            == 0),
-        "all released"
-    );
+    assert!(server.wait_idle(Duration::from_secs(10)), "all released");
     assert!(
         wait_for(Duration::from_secs(5), || fd_count(server.pid())
             <= baseline),
@@ -210,9 +203,7 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
         server.stats()
     );
     drop(held);
-    assert!(wait_for(Duration::from_secs(5), || server.stats()
-        ["active_connections"]
-        == 0));
+    assert!(server.wait_idle(Duration::from_secs(5)));
     let cfg = device(&server.cert_path(), &rustls::version::TLS13);
     assert!(
         request(&cfg, &server.addr(), GET)

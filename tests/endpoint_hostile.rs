@@ -288,9 +288,7 @@ fn counter(st: &serde_json::Value, path: &[&str]) -> u64 {
 /// The server's counters once its lingering connections are gone.
 fn settled_stats(server: &Server) -> serde_json::Value {
     assert!(
-        wait_for(Duration::from_secs(5), || server.stats()
-            ["active_connections"]
-            == 0),
+        server.wait_idle(Duration::from_secs(5)),
         "connections released: {}",
         server.stats()
     );

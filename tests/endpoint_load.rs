@@ -25,9 +25,7 @@ fn two_thousand_piping_connections_are_held_then_released_without_leaks() {
     first.write_all(b"ping").unwrap();
     first.read_exact(&mut [0u8; 4]).unwrap();
     drop(first);
-    assert!(wait_for(Duration::from_secs(5), || server.stats()
-        ["active_connections"]
-        == 0));
+    assert!(server.wait_idle(Duration::from_secs(5)));
     let baseline = fd_count(server.pid());
 
     let mut held = Vec::with_capacity(CONNS);
@@ -60,9 +58,7 @@ fn two_thousand_piping_connections_are_held_then_released_without_leaks() {
         }
     }
     assert!(
-        wait_for(Duration::from_secs(20), || server.stats()
-            ["active_connections"]
-            == 0),
+        server.wait_idle(Duration::from_secs(20)),
         "all released: {}",
         server.stats()
     );

@@ -37,9 +37,7 @@ fn one_mebibyte_both_ways_at_once_is_byte_exact_and_half_closes_propagate() {
         "backend saw {:?}",
         seen.lock().unwrap()
     );
-    assert!(wait_for(Duration::from_secs(5), || server.stats()
-        ["active_connections"]
-        == 0));
+    assert!(server.wait_idle(Duration::from_secs(5)));
 }
 
 #[test]

@@ -124,6 +124,12 @@ impl Server {
         serde_json::from_str(&text).expect("stats JSON")
     }
 
+    /// Wait (up to `timeout`) until the server holds no connection, lingering
+    /// ones included; returns whether it got there.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        wait_for(timeout, || self.stats()["active_connections"] == 0)
+    }
+
     pub fn cert_path(&self) -> PathBuf {
         let mut p = self.cache.as_os_str().to_owned();
         p.push(".cert.pem");
