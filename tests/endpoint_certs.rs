@@ -4,38 +4,11 @@
 //! for new connections.
 mod endpoint_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use endpoint_support::*;
-
-/// One s_client handshake with extra flags; returns its stdout + stderr.
-fn s_client(addr: &str, extra: &[&str]) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            addr,
-            "-servername",
-            "localhost",
-            "-ign_eof",
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client (install openssl)");
-    child.stdin.take().unwrap().write_all(GET).unwrap();
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn ecdsa_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -103,6 +76,7 @@ fn each_client_gets_the_certificate_its_signature_algorithms_allow() {
         let rsa = s_client(
             &server.addr(),
             &[version, "-sigalgs", "rsa_pss_rsae_sha256:RSA+SHA256"],
+            GET,
         );
         assert!(
             rsa.contains("Server public key is 2048 bit") && rsa.contains("hello"),
@@ -111,6 +85,7 @@ fn each_client_gets_the_certificate_its_signature_algorithms_allow() {
         let ec = s_client(
             &server.addr(),
             &[version, "-sigalgs", "ecdsa_secp256r1_sha256"],
+            GET,
         );
         assert!(
             ec.contains("Server public key is 256 bit") && ec.contains("hello"),
@@ -118,12 +93,12 @@ fn each_client_gets_the_certificate_its_signature_algorithms_allow() {
         );
     }
     // A P-256-only client: X25519 is preferred but not required.
-    let p256 = s_client(&server.addr(), &["-tls1_3", "-groups", "P-256"]);
+    let p256 = s_client(&server.addr(), &["-tls1_3", "-groups", "P-256"], GET);
     assert!(
         p256.contains("hello") && p256.contains("Server Temp Key: ECDH, prime256v1"),
         "{p256}"
     );
-    let x = s_client(&server.addr(), &["-tls1_3"]);
+    let x = s_client(&server.addr(), &["-tls1_3"], GET);
     assert!(x.contains("Server Temp Key: X25519"), "{x}");
 }
 

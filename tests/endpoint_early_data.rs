@@ -8,7 +8,6 @@ mod endpoint_support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,45 +175,29 @@ fn early_data_is_refused_unless_configured() {
     assert_eq!(server.stats()["early_data_accepted"], 0);
 }
 
-/// `openssl s_client` as the device: `-sess_in` plus `-early_data FILE`.
+/// `openssl s_client` as the device: a full handshake saving its session
+/// (`early` = None, sending a GET), or a resumption sending the file `early` as
+/// 0-RTT data and nothing else.
 fn s_client_early(addr: &str, sess: &Path, early: Option<&Path>) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        addr,
-        "-tls1_3",
-        "-servername",
-        "localhost",
-        "-ign_eof",
-    ]);
+    use std::ffi::OsStr;
     match early {
-        Some(f) => {
-            cmd.arg("-sess_in").arg(sess).arg("-early_data").arg(f);
-        }
-        None => {
-            cmd.arg("-sess_out").arg(sess);
-        }
+        Some(f) => s_client::<&OsStr>(
+            addr,
+            &[
+                "-tls1_3".as_ref(),
+                "-sess_in".as_ref(),
+                sess.as_os_str(),
+                "-early_data".as_ref(),
+                f.as_os_str(),
+            ],
+            b"",
+        ),
+        None => s_client::<&OsStr>(
+            addr,
+            &["-tls1_3".as_ref(), "-sess_out".as_ref(), sess.as_os_str()],
+            b"GET / HTTP/1.0\r\n\r\n",
+        ),
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client (install openssl)");
-    let stdin = child.stdin.take().unwrap();
-    if early.is_none() {
-        let mut stdin = stdin;
-        stdin.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    } else {
-        drop(stdin); // everything it sends is the early data file
-    }
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

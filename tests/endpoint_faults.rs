@@ -322,21 +322,13 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// A backend that answers every connection with `total` bytes as fast as it can.
 fn firehose(total: usize) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while sent < total && s.write_all(&chunk).is_ok() {
-                    sent += chunk.len();
-                }
-            });
+    serve(move |mut s| {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total && s.write_all(&chunk).is_ok() {
+            sent += chunk.len();
         }
-    });
-    addr
+    })
 }
 
 #[test]
@@ -381,21 +373,7 @@ fn a_backend_flooding_a_slow_client_does_not_grow_memory() {
 fn a_backend_that_resets_or_never_answers_is_bounded_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     // Accepts, then resets at once.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let reset_addr = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let _ = nix::sys::socket::setsockopt(
-                &s,
-                nix::sys::socket::sockopt::Linger,
-                &libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                },
-            );
-            drop(s);
-        }
-    });
+    let reset_addr = serve(reset);
     let server = Server::start(&dir.path().join("r.cache"), &reset_addr, &[]);
     let cfg = device(&server.cert_path(), &rustls::version::TLS13);
     let t = Instant::now();
@@ -404,15 +382,9 @@ fn a_backend_that_resets_or_never_answers_is_bounded_and_counted() {
     assert!(t.elapsed() < Duration::from_secs(2));
 
     // Accepts and never answers: the idle timeout closes the client.
-    let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_addr = l2.local_addr().unwrap().to_string();
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let h2 = held.clone();
-    std::thread::spawn(move || {
-        for s in l2.incoming().flatten() {
-            h2.lock().unwrap().push(s);
-        }
-    });
+    let silent_addr = serve(move |s| h2.lock().unwrap().push(s));
     let server2 = Server::start(
         &dir.path().join("s.cache"),
         &silent_addr,

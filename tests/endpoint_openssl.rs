@@ -2,47 +2,18 @@
 //! warmtls is stopped and started again on the same cache file.
 mod endpoint_support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use endpoint_support::*;
 
-/// Run s_client once; returns its combined output.
-fn s_client(addr: &str, version: &str, sess_in: Option<&Path>, sess_out: &Path) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        addr,
-        version,
-        "-servername",
-        "localhost",
-        "-ign_eof",
-    ])
-    .arg("-sess_out")
-    .arg(sess_out);
+/// One s_client connection writing its session to `sess_out` (resuming the one
+/// in `sess_in`, if any), sending a GET; returns its combined output.
+fn s_client_session(addr: &str, version: &str, sess_in: Option<&Path>, sess_out: &Path) -> String {
+    let mut args = vec![version.as_ref(), "-sess_out".as_ref(), sess_out.as_os_str()];
     if let Some(p) = sess_in {
-        cmd.arg("-sess_in").arg(p);
+        args.extend(["-sess_in".as_ref(), p.as_os_str()]);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client (install openssl)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    s_client::<&std::ffi::OsStr>(addr, &args, b"GET / HTTP/1.0\r\n\r\n")
 }
 
 fn resumes(version: &str) {
@@ -53,12 +24,12 @@ fn resumes(version: &str) {
     let s2 = dir.path().join("s2");
     let s3 = dir.path().join("s3");
     let mut server = Server::start(&cache, &backend, &[]);
-    let out = s_client(&server.addr(), version, None, &s1);
+    let out = s_client_session(&server.addr(), version, None, &s1);
     assert!(
         out.contains("New,") && out.contains("hello"),
         "first connection is a full handshake:\n{out}"
     );
-    let out = s_client(&server.addr(), version, Some(&s1), &s2);
+    let out = s_client_session(&server.addr(), version, Some(&s1), &s2);
     assert!(
         out.contains("Reused,") && out.contains("hello"),
         "second connection resumes:\n{out}"
@@ -75,7 +46,7 @@ fn resumes(version: &str) {
     // TLS 1.3 tickets are single use: resume with the one the second connection
     // received. A TLS 1.2 session ID is reusable (s_client writes no new file).
     let latest = if s2.exists() { &s2 } else { &s1 };
-    let out = s_client(&server.addr(), version, Some(latest), &s3);
+    let out = s_client_session(&server.addr(), version, Some(latest), &s3);
     assert!(
         out.contains("Reused,") && out.contains("hello"),
         "resumes after the restart:\n{out}"

@@ -97,24 +97,12 @@ fn a_request_and_fin_before_the_backend_connects_still_get_the_answer() {
 #[test]
 fn a_backend_reset_mid_answer_reaches_the_device_as_a_truncation() {
     let dir = tempfile::tempdir().unwrap();
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = l.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"partial");
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = nix::sys::socket::setsockopt(
-                &s,
-                nix::sys::socket::sockopt::Linger,
-                &libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                },
-            );
-            drop(s); // RST
-        }
+    let backend = serve(|mut s| {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"partial");
+        std::thread::sleep(Duration::from_millis(200));
+        reset(s);
     });
     let server = Server::start(&dir.path().join("c.cache"), &backend, &[]);
     let cfg = device(&server.cert_path(), &rustls::version::TLS13);

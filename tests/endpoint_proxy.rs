@@ -5,7 +5,7 @@
 mod endpoint_support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,47 +47,39 @@ fn parse_tlvs(mut b: &[u8], seen: &mut Seen) {
 /// A backend that expects a PROXY v2 header, records it with the request, and
 /// answers `hello`.
 fn proxy_backend() -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let seen = seen2.clone();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut head = [0u8; 16];
-                s.read_exact(&mut head).unwrap();
-                assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n", "PROXY v2 signature");
-                assert_eq!(head[12], 0x21, "version 2, PROXY");
-                let mut body = vec![0u8; u16::from_be_bytes([head[14], head[15]]) as usize];
-                s.read_exact(&mut body).unwrap();
-                let mut got = Seen::default();
-                let tlvs = match head[13] {
-                    0x11 => {
-                        let ip = |o: usize| {
-                            std::net::Ipv4Addr::new(body[o], body[o + 1], body[o + 2], body[o + 3])
-                        };
-                        let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-                        got.source = Some(SocketAddr::from((ip(0), port(8))));
-                        got.destination = Some(SocketAddr::from((ip(4), port(10))));
-                        &body[12..]
-                    }
-                    other => panic!("unexpected family {other:#x}"),
+    let addr = serve(move |mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n", "PROXY v2 signature");
+        assert_eq!(head[12], 0x21, "version 2, PROXY");
+        let mut body = vec![0u8; u16::from_be_bytes([head[14], head[15]]) as usize];
+        s.read_exact(&mut body).unwrap();
+        let mut got = Seen::default();
+        let tlvs = match head[13] {
+            0x11 => {
+                let ip = |o: usize| {
+                    std::net::Ipv4Addr::new(body[o], body[o + 1], body[o + 2], body[o + 3])
                 };
-                parse_tlvs(tlvs, &mut got);
-                let mut buf = [0u8; 4096];
-                while !got.request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                seen.lock().unwrap().push(got);
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-            });
+                let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
+                got.source = Some(SocketAddr::from((ip(0), port(8))));
+                got.destination = Some(SocketAddr::from((ip(4), port(10))));
+                &body[12..]
+            }
+            other => panic!("unexpected family {other:#x}"),
+        };
+        parse_tlvs(tlvs, &mut got);
+        let mut buf = [0u8; 4096];
+        while !got.request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.request.extend_from_slice(&buf[..n]),
+            }
         }
+        seen2.lock().unwrap().push(got);
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
     });
     (addr, seen)
 }

@@ -163,32 +163,57 @@ pub type Requests = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 /// [`responder`], also keeping each request it answered, so a test can tell
 /// exactly what reached the backend and how often.
 pub fn logging_responder() -> (String, Requests, Arc<std::sync::atomic::AtomicU64>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let requests: Requests = Default::default();
     let (s2, r2) = (served.clone(), requests.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let (served, requests) = (s2.clone(), r2.clone());
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                requests.lock().unwrap().push(req);
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            });
+    let addr = serve(move |mut s| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
         }
+        r2.lock().unwrap().push(req);
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        s2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     });
     (addr, requests, served)
+}
+
+/// A test backend on a fresh loopback port: every accepted connection is handed
+/// to `handle` on a thread of its own. Returns the address.
+pub fn serve(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    serve_on(l, handle);
+    addr
+}
+
+/// [`serve`] on an existing listener (e.g. one whose queue was full until now).
+pub fn serve_on(l: TcpListener, handle: impl Fn(TcpStream) + Send + Sync + 'static) {
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(s));
+        }
+    });
+}
+
+/// Close a connection with a reset (SO_LINGER 0), as a crashing backend would.
+pub fn reset(s: TcpStream) {
+    let _ = nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(s);
 }
 
 /// A backend that echoes everything back and half-closes on EOF.
@@ -254,6 +279,33 @@ pub fn request(
 
 pub const GET: &[u8] = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
+/// `openssl s_client` to `addr` (SNI `localhost`) with `extra` flags and
+/// `stdin` as its input; returns its stdout and stderr together.
+pub fn s_client<S: AsRef<std::ffi::OsStr>>(addr: &str, extra: &[S], stdin: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            "-servername",
+            "localhost",
+            "-ign_eof",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client (install openssl)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Open descriptors of a process.
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -280,33 +332,25 @@ pub type Received = Arc<std::sync::Mutex<Vec<(u64, u32)>>>;
 /// connection how many bytes it received and their CRC-32 (recorded at EOF), so
 /// a test can check the endpoint forwarded the client's plaintext exactly.
 pub fn recording_echo() -> (String, Received) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen: Received = Default::default();
     let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let seen = seen2.clone();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                let (mut len, mut crc) = (0u64, crc32fast::Hasher::new());
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            len += n as u64;
-                            crc.update(&buf[..n]);
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
+    let addr = serve(move |mut s| {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut len, mut crc) = (0u64, crc32fast::Hasher::new());
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    len += n as u64;
+                    crc.update(&buf[..n]);
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
                     }
                 }
-                let _ = s.shutdown(Shutdown::Write);
-                seen.lock().unwrap().push((len, crc.finalize()));
-            });
+            }
         }
+        let _ = s.shutdown(Shutdown::Write);
+        seen2.lock().unwrap().push((len, crc.finalize()));
     });
     (addr, seen)
 }
@@ -435,15 +479,10 @@ pub fn listener_with_full_backlog() -> (TcpListener, Vec<TcpStream>) {
 
 /// Echo on an existing listener (e.g. once a stuck backend starts accepting).
 pub fn echo_on(l: TcpListener) {
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
+    serve_on(l, |mut s| {
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+        let _ = s.shutdown(Shutdown::Write);
     });
 }
 
