@@ -272,8 +272,14 @@ impl Conn {
         self.flush_tls();
     }
 
-    /// The backend closed: say close_notify to the client.
+    /// The backend closed: say close_notify to the client. A 0-RTT connection's
+    /// backend may be done before the client's Finished arrives: then nothing
+    /// happens yet, and the caller calls again once the handshake is complete,
+    /// so the device's next ticket goes out before the close_notify.
     pub fn backend_closed(&mut self) {
+        if self.tls.is_handshaking() {
+            return;
+        }
         if !self.close_notify_sent {
             self.tls.send_close_notify();
             self.close_notify_sent = true;

@@ -413,10 +413,7 @@ impl Worker {
                 }
                 if res == 0 {
                     c.backend_eof = true;
-                    // A 0-RTT connection's backend may be done before the client's
-                    // Finished arrives: hold the close_notify until the handshake
-                    // is complete and the device's next ticket has gone out.
-                    if c.phase == Phase::Piping && !c.tls.is_handshaking() {
+                    if c.phase == Phase::Piping {
                         c.backend_closed();
                     }
                     return;
