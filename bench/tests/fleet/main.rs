@@ -1,0 +1,8 @@
+//! warmtls-bench's integration tests: the demo, the fleet simulator's accounting
+//! against a real endpoint, devices that sleep on simulated time, session
+//! lineage, and the round-trip harness. One test binary (one link).
+mod accounting;
+mod demo;
+mod rtt_netns;
+mod session_lineage;
+mod sleep;

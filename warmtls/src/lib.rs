@@ -1,0 +1,23 @@
+//! warmtls: a TLS-terminating endpoint for fleets of low-powered devices.
+//!
+//! The appliance and only the appliance: the endpoint, the session store and the
+//! cache inspector; the binaries (`warmtls`, `warmtls-cache`) are thin shells
+//! over it. The fleet simulator, the demo and the benchmarks live in the
+//! `warmtls-bench` crate, which depends on this one.
+//!
+//! - [`store`]: the persistent, memory-mapped session store and its rustls adapter.
+//! - [`runtime`]: the per-core io_uring event loop (ring, listener, buffers, timers).
+//! - [`conn`]: one client connection: TLS driving, backend pipe, lifecycle.
+//! - [`config`]: the endpoint's configuration (TOML file + CLI overrides).
+//! - [`tls`]: building the rustls `ServerConfig` (certificates, groups, tickets).
+//! - [`cli`]: the `warmtls` command line.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod tls;

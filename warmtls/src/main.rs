@@ -1,0 +1,5 @@
+//! `warmtls`: the endpoint binary (serve, check, keygen). A thin shell over the
+//! library's command line ([`warmtls::cli`]).
+fn main() -> std::process::ExitCode {
+    warmtls::cli::main_from(std::env::args_os())
+}

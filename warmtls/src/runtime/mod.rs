@@ -1,0 +1,12 @@
+//! The per-core runtime: one io_uring, one SO_REUSEPORT listener and one slab of
+//! connections per worker thread. `unsafe` lives here (and in `store::map`)
+//! only: handing buffers and descriptors to the kernel.
+#![allow(unsafe_code)]
+
+pub mod buffers;
+pub mod listener;
+pub mod ring;
+pub mod sockopt;
+pub mod timer;
+pub mod token;
+pub mod worker;

@@ -1,0 +1,10 @@
+//! The session store's integration tests: real cache files, real threads and
+//! processes, the rustls adapter and the `warmtls-cache` inspector. One test
+//! binary (one link) for all of them.
+mod support;
+
+mod cache_cli;
+mod crash;
+mod rustls_adapter;
+mod sealed;
+mod table;
