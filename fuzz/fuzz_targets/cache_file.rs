@@ -11,7 +11,11 @@ fn template() -> &'static [u8] {
     static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     T.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig { path: dir.path().join("t"), capacity: 14, slot_size: 128 };
+        let cfg = StoreConfig {
+            path: dir.path().join("t"),
+            capacity: 14,
+            slot_size: 128,
+        };
         drop(SessionStore::open_or_create(&cfg).unwrap());
         std::fs::read(&cfg.path).unwrap()
     })

@@ -18,7 +18,12 @@ fn server_config() -> Arc<rustls::ServerConfig> {
         cfg.cache.path = dir.path().join("c");
         cfg.cache.capacity = 1000;
         let store = Arc::new(
-            SessionStore::open_or_create(&StoreConfig { path: cfg.cache.path.clone(), capacity: 1000, slot_size: 128 }).unwrap(),
+            SessionStore::open_or_create(&StoreConfig {
+                path: cfg.cache.path.clone(),
+                capacity: 1000,
+                slot_size: 128,
+            })
+            .unwrap(),
         );
         let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
         let sc = tls::server_config(&cfg, resolver, store, Duration::from_secs(3600)).unwrap();
