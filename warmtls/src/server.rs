@@ -3,7 +3,7 @@
 //! certificates) and write the periodic stats.
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -99,7 +99,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
     let server_cfg =
         tls::server_config(&cfg, resolver.clone(), store.clone(), cfg.session_lifetime)?;
-    let tls_cfg = Arc::new(RwLock::new(server_cfg));
+    let tls_cfgs = Arc::new(tls::ServerConfigs::new(server_cfg));
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
@@ -143,14 +143,16 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         let setup = worker::WorkerSetup {
             index,
             listener: l,
-            tls: tls_cfg.clone(),
+            tls: tls_cfgs.clone(),
             backend: backend.clone(),
             max_connections: per_worker,
-            handshake_timeout: cfg.handshake_timeout,
-            idle_timeout: cfg.idle_timeout,
-            backend_connect_timeout: cfg.backend_connect_timeout,
+            limits: crate::conn::Limits {
+                handshake_timeout: cfg.handshake_timeout,
+                idle_timeout: cfg.idle_timeout,
+                backend_connect_timeout: cfg.backend_connect_timeout,
+                proxy_protocol: cfg.proxy_protocol,
+            },
             drain_timeout: cfg.drain_timeout,
-            proxy_protocol: cfg.proxy_protocol,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
@@ -221,7 +223,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     drop(flusher);
     store.flush()?;
     report(&metrics, &store, cfg.stats_file.as_deref(), true);
-    drop(tls_cfg);
+    drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
     }

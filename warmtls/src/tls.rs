@@ -209,6 +209,31 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// The rustls configurations an endpoint serves, built once at start-up, and
+/// which one a ClientHello gets. Every worker holds one (no lock, no per-accept
+/// refcount traffic beyond the `Arc<ServerConfig>` rustls itself needs).
+#[derive(Debug, Clone)]
+pub struct ServerConfigs {
+    default: Arc<rustls::ServerConfig>,
+}
+
+impl ServerConfigs {
+    /// One configuration for every client.
+    pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
+        ServerConfigs { default }
+    }
+
+    /// The configuration for the connection that sent `hello`.
+    pub fn for_hello(&self, _hello: &ClientHello<'_>) -> &Arc<rustls::ServerConfig> {
+        &self.default
+    }
+
+    /// The configuration most clients get.
+    pub fn default_config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.default
+    }
+}
+
 /// Load the configured certificates (or the self-signed one).
 pub fn load_certs(cfg: &Config) -> Result<Vec<Arc<CertifiedKey>>, TlsError> {
     if cfg.certs.is_empty() {

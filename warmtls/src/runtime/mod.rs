@@ -3,7 +3,6 @@
 //! only: handing buffers and descriptors to the kernel.
 #![allow(unsafe_code)]
 
-pub mod buffers;
 pub mod listener;
 pub mod ring;
 pub mod sockopt;
