@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use warmtls::store::encoding::check_at_startup;
+use warmtls::store::encoding::{check_at_startup, readable};
 use warmtls::store::{Generation, ManualClock};
 
 use crate::support::*;
@@ -65,4 +65,53 @@ fn a_read_only_open_records_nothing() {
             .unwrap();
     check_at_startup(&ro, Duration::from_secs(60));
     assert_eq!(ro.encoding_status().generation, 0);
+}
+
+/// The golden values, as committed for the endpoint's golden-session test.
+fn golden_values() -> Vec<(String, Vec<u8>)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/generation-1/sessions.json");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    m["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let hex = g["value"].as_str().unwrap();
+            let v = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            (g["name"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+/// The adapter counts a value as undecodable by this build's own reading of
+/// the layout, not by asking rustls (whose decoder is not public API): the two
+/// must agree on what rustls writes and on every damaged form of it.
+#[test]
+fn this_builds_reading_of_a_value_agrees_with_rustls_decoder() {
+    use rustls::internal::msgs::codec::Codec;
+    use rustls::internal::msgs::persist::ServerSessionValue;
+    let rustls_reads = |v: &[u8]| ServerSessionValue::read_bytes(v).is_ok();
+    let goldens = golden_values();
+    assert!(goldens.len() >= 8, "every golden case recorded");
+    for (name, v) in &goldens {
+        assert!(readable(v) && rustls_reads(v), "{name}");
+        for n in 0..v.len() {
+            assert_eq!(
+                readable(&v[..n]),
+                rustls_reads(&v[..n]),
+                "{name} cut to {n}"
+            );
+        }
+        let mut longer = v.clone();
+        longer.push(0);
+        assert!(
+            !readable(&longer) && !rustls_reads(&longer),
+            "{name} + 1 byte"
+        );
+    }
 }
