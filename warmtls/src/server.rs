@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::metrics::{self, WorkerMetrics};
 use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, Flusher, SessionStore, StoreConfig, ValueKey};
+use crate::store::{
+    check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, StoreConfig, ValueKey,
+};
 use crate::tls::{self, CertResolver};
 
 /// Why the endpoint could not start.
@@ -94,6 +96,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         store = store.seal_values_with(k);
         log_sealed_room(&store);
     }
+    // Before any session is stored: which rustls session encoding the file holds,
+    // and whether this build can read it (loud if not).
+    let encoding = encoding::check_at_startup(&store, cfg.session_lifetime);
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), cfg.flush_interval);
     let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
@@ -209,7 +214,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         if last_stats.elapsed() >= cfg.stats_interval {
             last_stats = Instant::now();
-            report(&metrics, &store, cfg.stats_file.as_deref(), true);
+            report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
         }
     }
     tracing::info!(
@@ -222,7 +227,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     drop(flusher);
     store.flush()?;
-    report(&metrics, &store, cfg.stats_file.as_deref(), true);
+    report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
     drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
@@ -258,6 +263,7 @@ fn log_sealed_room(store: &SessionStore) {
 fn report(
     metrics: &[WorkerMetrics],
     store: &SessionStore,
+    encoding: &EncodingStatus,
     stats_file: Option<&std::path::Path>,
     log: bool,
 ) {
@@ -265,14 +271,16 @@ fn report(
     let s = store.counters();
     if log {
         tracing::info!(
-            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {}",
+            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
             m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
-            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions
+            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
         );
     }
     if let Some(path) = stats_file {
         let mut v = serde_json::to_value(m).unwrap_or_default();
         v["store"] = serde_json::to_value(s).unwrap_or_default();
+        // As found at start-up, before this build recorded its own generation.
+        v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, v.to_string())
             .and_then(|_| std::fs::rename(&tmp, path))

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use warmtls::store::{Access, Counters, ScanTotals, SessionStore, SlotInfo, SlotState};
+use warmtls::store::{
+    Access, Counters, EncodingStatus, ScanTotals, SessionStore, SlotInfo, SlotState,
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Capacity, live entries, bytes per session, age/expiry histograms, counters.
+    /// Capacity, live entries, bytes per session, age/expiry histograms, counters,
+    /// and the session encoding of the values (and whether this build reads it).
     Stats {
         file: PathBuf,
         #[arg(long)]
@@ -98,6 +101,9 @@ struct Stats {
     created_at: u64,
     writer_open_or_crashed: bool,
     last_clean_close: u64,
+    /// Which rustls session encoding the values are in, and whether this build
+    /// (and so the endpoint of the same release) can decode it.
+    session_encoding: EncodingStatus,
     age_histogram: Histogram,
     expiry_histogram: Histogram,
     counters: Counters,
@@ -245,6 +251,7 @@ fn stats(s: &SessionStore, file: &std::path::Path) -> anyhow::Result<Stats> {
         created_at: s.created_at(),
         writer_open_or_crashed: s.open_flag(),
         last_clean_close: s.last_clean_close(),
+        session_encoding: s.encoding_status(),
         age_histogram: age,
         expiry_histogram: expiry,
         counters: s.counters(),
@@ -290,10 +297,11 @@ fn print_stats(s: &Stats) {
             "closed cleanly"
         }
     );
+    print_encoding(&s.session_encoding);
     let c = &s.counters;
     println!(
-        "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {}",
-        c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures
+        "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {} undecodable {}",
+        c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures, c.undecodable
     );
     for (name, h) in [
         ("age", &s.age_histogram),
@@ -301,6 +309,35 @@ fn print_stats(s: &Stats) {
     ] {
         let line: Vec<String> = h.0.iter().map(|(l, n)| format!("{l} {n}")).collect();
         println!("{name:<17} {}", line.join("  "));
+    }
+}
+
+fn print_encoding(e: &EncodingStatus) {
+    println!(
+        "session encoding  generation {} ({}): {}",
+        e.generation,
+        e.generation_name,
+        if e.readable {
+            "this build reads it".to_string()
+        } else {
+            format!(
+                "THIS BUILD CANNOT READ IT (it reads generation {}, {}): those sessions will be full handshakes; see README \"Upgrading warmtls\"",
+                e.this_build, e.this_build_name
+            )
+        }
+    );
+    if e.previous != 0 {
+        println!(
+            "                  before unix time {}: generation {} ({}), {}",
+            e.since,
+            e.previous,
+            e.previous_name,
+            if e.previous_readable {
+                "this build reads it"
+            } else {
+                "this build cannot read it"
+            }
+        );
     }
 }
 

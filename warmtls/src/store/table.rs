@@ -76,6 +76,10 @@ pub struct Counters {
     /// altered), and values sealed when this store does not seal or vice versa:
     /// each one a miss, never an error.
     pub decrypt_failures: u64,
+    /// Values found (each also counted in `hits`) that this build's rustls
+    /// cannot decode: stored in another session encoding (see encoding.rs).
+    /// Each one is a full handshake.
+    pub undecodable: u64,
 }
 
 /// A memory-mapped, file-backed table of TLS sessions shared by every core and
@@ -427,6 +431,7 @@ impl SessionStore {
             lock_steals: get(Counter::LockSteals),
             purged: get(Counter::Purged),
             decrypt_failures: get(Counter::DecryptFailures),
+            undecodable: get(Counter::Undecodable),
         }
     }
 

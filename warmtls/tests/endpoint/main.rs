@@ -8,6 +8,7 @@ mod certs;
 mod crash;
 mod early_data;
 mod faults;
+mod golden;
 mod hostile;
 mod load;
 mod no_io_uring;
