@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::metrics::{self, WorkerMetrics};
 use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, Flusher, SessionStore, StoreConfig, ValueKey};
+use crate::store::{check_key_apart, Flusher, SessionStore, ValueKey};
 use crate::tls::{self, CertResolver};
 
 /// Why the endpoint could not start.
@@ -85,11 +85,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     raise_fd_limit(cfg.max_connections);
 
     let value_key = value_key(&cfg)?;
-    let mut store = SessionStore::open_or_create(&StoreConfig {
-        path: cfg.cache.path.clone(),
-        capacity: cfg.cache.capacity,
-        slot_size: cfg.cache.slot_size,
-    })?;
+    let mut store = SessionStore::open_or_create(&cfg.store_config())?;
     if let Some(k) = value_key {
         store = store.seal_values_with(k);
         log_sealed_room(&store);

@@ -24,7 +24,7 @@ use super::client::{DeviceConfigs, TlsMix, Verify};
 use super::devices::{CurrentDevice, DeviceId, DeviceTable};
 use warmtls::config::{Config, Tls13Tickets};
 use warmtls::conn::{Conn, Fed, RECV_BUF};
-use warmtls::store::{Clock, ManualClock, SessionStore, StoreConfig};
+use warmtls::store::{Clock, ManualClock, SessionStore};
 use warmtls::tls;
 
 /// Why a sleep simulation could not run.
@@ -273,11 +273,7 @@ pub fn simulate(sim: &SleepSim) -> Result<Vec<ProfileResult>, SleepError> {
         ..Config::default()
     };
     let store = Arc::new(SessionStore::open_or_create_with_clock(
-        &StoreConfig {
-            path: cfg.cache.path.clone(),
-            capacity: cfg.cache.capacity,
-            slot_size: cfg.cache.slot_size,
-        },
+        &cfg.store_config(),
         clock.clone(),
     )?);
     let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg)?));

@@ -50,7 +50,28 @@ impl StoreConfig {
             slot_size: DEFAULT_SLOT_SIZE,
         }
     }
+
+    /// Whether a file of this shape can be made: the one check behind both
+    /// [`SessionStore::open_or_create`] and the endpoint's configuration check.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if !Geometry::slot_size_is_valid(self.slot_size) {
+            return Err(StoreError::InvalidConfig(format!(
+                "slot_size {} must be a multiple of 64 between 128 and 4096",
+                self.slot_size
+            )));
+        }
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(StoreError::InvalidConfig(format!(
+                "capacity {} must be between 1 and {MAX_CAPACITY}",
+                self.capacity,
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The most sessions a cache file may be sized for.
+const MAX_CAPACITY: u64 = 1 << 36;
 
 /// Whether an existing file is opened for writing (the endpoint, `purge`) or only read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,19 +151,7 @@ impl SessionStore {
         cfg: &StoreConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<SessionStore, StoreError> {
-        if !Geometry::slot_size_is_valid(cfg.slot_size) {
-            return Err(StoreError::InvalidConfig(format!(
-                "slot_size {} must be a multiple of 64 between 128 and 4096",
-                cfg.slot_size
-            )));
-        }
-        if cfg.capacity == 0 || cfg.capacity > 1 << 36 {
-            return Err(StoreError::InvalidConfig(format!(
-                "capacity {} must be between 1 and {}",
-                cfg.capacity,
-                1u64 << 36
-            )));
-        }
+        cfg.validate()?;
         let want = Geometry::for_capacity(cfg.capacity, cfg.slot_size);
         match std::fs::symlink_metadata(&cfg.path) {
             Ok(_) => {}
