@@ -30,8 +30,8 @@ pub struct DemoArgs {
     /// Simulated devices (the default finishes in about two minutes on 2 cores).
     #[arg(long, default_value_t = 100_000)]
     pub devices: u32,
-    /// TLS versions of the devices: 1.2, 1.3, or mix (half each).
-    #[arg(long, default_value = "mix")]
+    /// TLS versions of the devices (mix: half each).
+    #[arg(long, value_enum, default_value_t = TlsMix::Mix)]
     pub tls: TlsMix,
     /// Sessions the cache file holds (default: the devices plus headroom).
     #[arg(long)]

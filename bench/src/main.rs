@@ -7,6 +7,8 @@
 //! - `economy`: what a reconnect costs a device, per handshake kind and profile.
 //! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
 //! - `sleep`: devices sleeping days to months, on simulated time (src/fleet/sleep.rs).
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 mod cmd;

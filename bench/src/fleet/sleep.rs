@@ -86,7 +86,7 @@ pub fn parse_profiles(s: &str) -> Result<Vec<SleepProfile>, SleepError> {
         if !(percent > 0.0 && percent <= 100.0) {
             return Err(bad(format!("{part:?}: the percentage must be in (0, 100]")));
         }
-        let sleep = humantime::parse_duration(sleep.trim())
+        let sleep = warmtls::config::parse_duration(sleep)
             .map_err(|e| bad(format!("{part:?}: sleep {sleep:?}: {e}")))?;
         if sleep.is_zero() {
             return Err(bad(format!("{part:?}: the sleep must be longer than 0")));
@@ -102,17 +102,22 @@ pub fn parse_profiles(s: &str) -> Result<Vec<SleepProfile>, SleepError> {
     Ok(out)
 }
 
-/// How the server lets devices resume, and which TLS version they speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the server lets devices resume, and which TLS version they speak
+/// (`--mode`; [`Display`](std::fmt::Display) is the table's longer label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SleepMode {
     /// TLS 1.2 session IDs.
+    #[value(name = "1.2")]
     Tls12,
     /// TLS 1.2 session IDs, the server in store-ticketer mode (must not change
     /// anything for TLS 1.2).
+    #[value(name = "1.2-ticketer")]
     Tls12TicketerServer,
     /// TLS 1.3, stateful tickets (24 h).
+    #[value(name = "1.3-stateful", alias = "1.3")]
     Tls13Stateful,
     /// TLS 1.3, the store's 7-day tickets.
+    #[value(name = "1.3-ticketer", alias = "1.3-store-ticketer")]
     Tls13StoreTicketer,
 }
 
@@ -138,21 +143,6 @@ impl SleepMode {
                 Tls13Tickets::StoreTicketer
             }
             _ => Tls13Tickets::Stateful,
-        }
-    }
-}
-
-impl std::str::FromStr for SleepMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<SleepMode, String> {
-        match s {
-            "1.2" => Ok(SleepMode::Tls12),
-            "1.2-ticketer" => Ok(SleepMode::Tls12TicketerServer),
-            "1.3" | "1.3-stateful" => Ok(SleepMode::Tls13Stateful),
-            "1.3-ticketer" | "1.3-store-ticketer" => Ok(SleepMode::Tls13StoreTicketer),
-            other => Err(format!(
-                "unknown mode {other:?}: use 1.2, 1.2-ticketer, 1.3-stateful or 1.3-ticketer"
-            )),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Reads never block the endpoint (optimistic, sequence-checked copies); `purge`
 //! takes bucket locks one at a time, like the endpoint does. Never prints secret
 //! bytes: entries are identified by a prefix of their keyed fingerprint.
+#![forbid(unsafe_code)]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
