@@ -3,7 +3,7 @@
 //! endpoint's start-up warning when the kernel keeps server TFO off.
 //!
 //! Needs root (network namespaces) and iproute2, as CI has; as another user the
-//! tests say so and pass without running.
+//! tests fail saying so, or are reported SKIPPED with WARMTLS_SKIP_ROOT_TESTS=1.
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,9 +19,7 @@ const ZERO_RTT_ROWS: bool = true;
 const ONE_WAY_MS: u32 = 25;
 const CONNECTIONS: u32 = 4;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+use crate::needs;
 
 /// Round trips from the start of TCP connect to the first response byte, from
 /// the protocols: TCP connect 1 (0 with TFO: the ClientHello rides in the SYN),
@@ -43,8 +41,7 @@ fn expected_round_trips(handshake: &str, tfo: bool) -> f64 {
 
 #[test]
 fn round_trips_to_the_answer_match_the_protocols_with_and_without_tfo() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !needs::root("network namespaces") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -183,8 +180,7 @@ fn endpoint_log_in_fresh_namespace(cache: &Path, sysctl: Option<&str>, extra: &[
 
 #[test]
 fn endpoint_warns_once_when_the_kernel_keeps_server_tfo_off() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
+    if !needs::root("network namespaces") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
