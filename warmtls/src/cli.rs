@@ -70,13 +70,18 @@ impl ServeArgs {
     }
 }
 
-/// Log to stderr at `level` (RUST_LOG overrides).
+/// Log to stderr at `level` (RUST_LOG overrides), in colour only when stderr is
+/// a terminal and NO_COLOR is unset: a log file or a journal gets plain text.
 pub fn init_logs(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 

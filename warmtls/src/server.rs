@@ -53,22 +53,23 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// TCP Fast Open is configured but the kernel will ignore it: say so once, with
-/// the fix. Not an error: connections still work, one round trip slower.
-fn warn_if_fastopen_disabled(queue: u32) {
+/// TCP Fast Open is on (it is by default) but the kernel will ignore it: say so
+/// once, at info level, with the fix. Most kernels ship servers without TFO, so
+/// this is the ordinary case, not a fault: connections work, one round trip slower.
+fn note_if_fastopen_disabled(queue: u32) {
     if queue == 0 {
         return;
     }
     match crate::runtime::sockopt::server_fastopen_allowed() {
         Some(true) => {}
-        Some(false) => tracing::warn!(
-            "tcp_fastopen = {queue} is configured but TCP Fast Open is disabled for servers by \
-             the kernel (net.ipv4.tcp_fastopen lacks bit 0x2): devices pay one more round trip \
-             per connection. Enable it with `sysctl -w net.ipv4.tcp_fastopen=3` (per network \
-             namespace; persist it in /etc/sysctl.d/), or set tcp_fastopen = 0 to silence this"
+        Some(false) => tracing::info!(
+            "TCP Fast Open is off for servers in this kernel (net.ipv4.tcp_fastopen lacks \
+             bit 0x2): devices pay one more round trip per connection; `sysctl -w \
+             net.ipv4.tcp_fastopen=3` turns it on (per network namespace; persist it in \
+             /etc/sysctl.d/), tcp_fastopen = 0 stops this note"
         ),
-        None => tracing::warn!(
-            "tcp_fastopen = {queue} is configured but {} cannot be read: TCP Fast Open may be off",
+        None => tracing::info!(
+            "TCP Fast Open may be off: {} cannot be read",
             crate::runtime::sockopt::FASTOPEN_SYSCTL
         ),
     }
@@ -126,7 +127,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     for _ in 1..workers {
         listeners.push(listener::bind(bound, 4096, tfo).map_err(listen_err)?);
     }
-    warn_if_fastopen_disabled(tfo);
+    note_if_fastopen_disabled(tfo);
 
     let metrics: Arc<Vec<WorkerMetrics>> =
         Arc::new((0..workers).map(|_| WorkerMetrics::default()).collect());
