@@ -51,12 +51,8 @@ const MIN_RESUMED_PCT_AFTER_RESTART: f64 = 99.0;
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A socket or process call failed.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {io}")]
+    Io { what: String, io: std::io::Error },
     /// The endpoint exited or stayed silent instead of printing its readiness line.
     #[error("the endpoint did not become ready ({reason}); its log:\n{log}")]
     NotReady { reason: String, log: String },
@@ -67,7 +63,7 @@ pub enum DemoError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     let what = what.into();
-    move |source| DemoError::Io { what, source }
+    move |io| DemoError::Io { what, io }
 }
 
 /// The demo's plaintext backend: a few threads answering each HTTP/1.0 request

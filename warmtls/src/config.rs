@@ -382,11 +382,8 @@ fn defaults_from_args<T: Args + FromArgMatches>() -> T {
 /// A configuration that could not be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {io}")]
+    Read { path: PathBuf, io: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid {field}: {message}")]
@@ -401,9 +398,9 @@ pub enum ConfigError {
 impl Config {
     /// Read a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|io| ConfigError::Read {
             path: path.into(),
-            source,
+            io,
         })?;
         Config::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),

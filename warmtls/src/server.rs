@@ -21,17 +21,30 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {io}{}", listen_hint(.io))]
+    Listen { addr: String, io: std::io::Error },
     #[error(transparent)]
     Ring(#[from] crate::runtime::ring::RingError),
     #[error("worker {0} could not start: {1}")]
     Worker(usize, String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+}
+
+/// What to do about a listen address the kernel refused.
+fn listen_hint(io: &std::io::Error) -> &'static str {
+    match io.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            "; another process listens there (`ss -ltnp` shows which): stop it, or choose \
+             another address (--listen, `listen` in the file)"
+        }
+        Some(libc::EACCES) => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE \
+             (AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit)"
+        }
+        Some(libc::EADDRNOTAVAIL) => "; no interface of this host has that address",
+        _ => "",
+    }
 }
 
 /// Raise RLIMIT_NOFILE to cover `max_connections` (a client and a backend socket
@@ -108,7 +121,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
 
     let listen = cfg.listen_addr().map_err(|e| ServeError::Listen {
         addr: cfg.listen.clone(),
-        source: std::io::Error::other(e),
+        io: std::io::Error::other(e),
     })?;
     let backend = cfg
         .backend_addr()
@@ -116,9 +129,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             field: "backend",
             message: m,
         })?;
-    let listen_err = |source| ServeError::Listen {
+    let listen_err = |io| ServeError::Listen {
         addr: cfg.listen.clone(),
-        source,
+        io,
     };
     let tfo = cfg.tcp_fastopen;
     let first = listener::bind(listen, 4096, tfo).map_err(listen_err)?;
@@ -244,7 +257,7 @@ fn log_sealed_room(store: &SessionStore) {
     let tls12_sni = room.saturating_sub(72);
     let tls13_sni = room.saturating_sub(56);
     if tls12_sni < 32 {
-        tracing::warn!(room, "cache values sealed at rest: TLS 1.2 sessions with server names longer than {tls12_sni} characters (TLS 1.3 AES-128: {tls13_sni}) do not fit and will do full handshakes; set cache.slot_size = 192 (a new cache file) to fit them");
+        tracing::warn!(room, "cache values sealed at rest: TLS 1.2 sessions with server names longer than {tls12_sni} characters (TLS 1.3 AES-128: {tls13_sni}) do not fit and will do full handshakes; to fit them, use 192-byte slots (--cache-slot-size 192, `[cache] slot_size = 192`; a new cache file)");
     } else {
         tracing::info!(room, "cache values sealed at rest");
     }

@@ -28,13 +28,18 @@ pub enum TlsError {
     Key { path: PathBuf, message: String },
     #[error("cannot generate a self-signed certificate: {0}")]
     SelfSigned(String),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {io}")]
+    Write { path: PathBuf, io: std::io::Error },
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+/// Not `#[from]`: that would make rustls' error both part of the message and its
+/// `source()`, and a chain printer would say it twice.
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e)
+    }
 }
 
 /// Every cipher suite rustls has, AES-128-GCM/SHA-256 first: the cheapest for
@@ -125,9 +130,9 @@ pub fn ensure_self_signed(cache: &Path) -> Result<CertConfig, TlsError> {
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
+    let err = |io| TlsError::Write {
         path: path.to_path_buf(),
-        source,
+        io,
     };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

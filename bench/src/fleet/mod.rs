@@ -57,16 +57,24 @@ pub enum FleetError {
     ServerName(String),
     /// rustls refused the client configuration.
     #[error("TLS client configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
     /// A setting is out of range.
     #[error("{0}")]
     Setting(&'static str),
     /// The restart hook failed.
     #[error("restarting the server: {0}")]
-    Restart(#[source] BoxError),
+    Restart(BoxError),
     /// The server did not come back after a restart.
     #[error("{addr} did not accept TCP within {secs} s of the restart")]
     NotAccepting { addr: SocketAddr, secs: u64 },
+}
+
+/// Not `#[from]`: rustls' error is part of the message, so it is not also a
+/// `source()` that a chain printer would repeat.
+impl From<rustls::Error> for FleetError {
+    fn from(e: rustls::Error) -> FleetError {
+        FleetError::Tls(e)
+    }
 }
 
 /// The error a restart hook may return.

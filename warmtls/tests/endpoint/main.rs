@@ -13,6 +13,7 @@ mod hostile;
 mod load;
 mod no_io_uring;
 mod openssl;
+mod operator;
 mod pipe;
 mod proxy;
 mod rustls_client;
