@@ -444,7 +444,7 @@ pub fn intro(devices: u32) -> String {
     format!(
         "warmtls demo: {devices} simulated devices connect over TLS, reconnect, and \
          reconnect again after the endpoint restarts.\n\
-         A device that *resumes* skips the full TLS handshake: it presents the session \
+         A device that resumes skips the full TLS handshake: it presents the session \
          from its last connection, so it downloads no certificate and checks no \
          signature, and each reconnect costs it fewer radio bytes and less CPU, i.e. \
          less battery and data. warmtls keeps those sessions in a file, so devices \
