@@ -561,7 +561,7 @@ fn kind_bytes(phases: &[PhaseReport], resumed: bool) -> KindBytes {
 /// Run the demo and print its report; fails when too few devices resume after
 /// the restart.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
-    println!("{}", intro(a.devices));
+    print!("{}", intro(a.devices));
     let _ = std::io::stdout().flush();
     let report = demo(&a)?;
     print!("{}", report.text());
