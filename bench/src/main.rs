@@ -8,6 +8,8 @@
 //! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
 //! - `sleep`: devices sleeping days to months, on simulated time (src/fleet/sleep.rs).
 //! - `hold`: server memory per idle or half-open connection.
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 mod cmd;

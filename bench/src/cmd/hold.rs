@@ -39,7 +39,7 @@ pub struct HoldArgs {
     #[arg(long, value_enum, default_value_t = Stage::Hello)]
     stage: Stage,
     /// How long to wait after the last connection before reading the memory.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = warmtls::config::parse_duration, default_value = "2s")]
     settle: Duration,
 }
 

@@ -25,7 +25,7 @@ use super::devices::{CurrentDevice, DeviceId, DeviceTable};
 use warmtls::config::{Config, Tls13Tickets};
 use warmtls::conn::memory::MemoryDriver;
 use warmtls::conn::{Limits, Side};
-use warmtls::store::{Clock, ManualClock, SessionStore, StoreConfig};
+use warmtls::store::{Clock, ManualClock, SessionStore};
 use warmtls::tls::{self, ServerConfigs};
 
 /// Why a sleep simulation could not run.
@@ -87,7 +87,7 @@ pub fn parse_profiles(s: &str) -> Result<Vec<SleepProfile>, SleepError> {
         if !(percent > 0.0 && percent <= 100.0) {
             return Err(bad(format!("{part:?}: the percentage must be in (0, 100]")));
         }
-        let sleep = humantime::parse_duration(sleep.trim())
+        let sleep = warmtls::config::parse_duration(sleep)
             .map_err(|e| bad(format!("{part:?}: sleep {sleep:?}: {e}")))?;
         if sleep.is_zero() {
             return Err(bad(format!("{part:?}: the sleep must be longer than 0")));
@@ -103,17 +103,22 @@ pub fn parse_profiles(s: &str) -> Result<Vec<SleepProfile>, SleepError> {
     Ok(out)
 }
 
-/// How the server lets devices resume, and which TLS version they speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the server lets devices resume, and which TLS version they speak
+/// (`--mode`; [`Display`](std::fmt::Display) is the table's longer label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SleepMode {
     /// TLS 1.2 session IDs.
+    #[value(name = "1.2")]
     Tls12,
     /// TLS 1.2 session IDs, the server in store-ticketer mode (must not change
     /// anything for TLS 1.2).
+    #[value(name = "1.2-ticketer")]
     Tls12TicketerServer,
     /// TLS 1.3, stateful tickets (24 h).
+    #[value(name = "1.3-stateful", alias = "1.3")]
     Tls13Stateful,
     /// TLS 1.3, the store's 7-day tickets.
+    #[value(name = "1.3-ticketer", alias = "1.3-store-ticketer")]
     Tls13StoreTicketer,
 }
 
@@ -139,21 +144,6 @@ impl SleepMode {
                 Tls13Tickets::StoreTicketer
             }
             _ => Tls13Tickets::Stateful,
-        }
-    }
-}
-
-impl std::str::FromStr for SleepMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<SleepMode, String> {
-        match s {
-            "1.2" => Ok(SleepMode::Tls12),
-            "1.2-ticketer" => Ok(SleepMode::Tls12TicketerServer),
-            "1.3" | "1.3-stateful" => Ok(SleepMode::Tls13Stateful),
-            "1.3-ticketer" | "1.3-store-ticketer" => Ok(SleepMode::Tls13StoreTicketer),
-            other => Err(format!(
-                "unknown mode {other:?}: use 1.2, 1.2-ticketer, 1.3-stateful or 1.3-ticketer"
-            )),
         }
     }
 }
@@ -274,11 +264,7 @@ pub fn simulate(sim: &SleepSim) -> Result<Vec<ProfileResult>, SleepError> {
         ..Config::default()
     };
     let store = Arc::new(SessionStore::open_or_create_with_clock(
-        &StoreConfig {
-            path: cfg.cache.path.clone(),
-            capacity: cfg.cache.capacity,
-            slot_size: cfg.cache.slot_size,
-        },
+        &cfg.store_config(),
         clock.clone(),
     )?);
     let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg)?));

@@ -3,6 +3,7 @@
 //! Reads never block the endpoint (optimistic, sequence-checked copies); `purge`
 //! takes bucket locks one at a time, like the endpoint does. Never prints secret
 //! bytes: entries are identified by a prefix of their keyed fingerprint.
+#![forbid(unsafe_code)]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,7 +97,9 @@ struct Stats {
     corrupt: u64,
     empty: u64,
     load_factor: f64,
+    /// File size / capacity: what a session of capacity costs.
     bytes_per_session: f64,
+    /// File size / live entries: what each stored session costs today.
     bytes_per_live_session: Option<f64>,
     created_at: u64,
     writer_open_or_crashed: bool,
@@ -276,8 +279,12 @@ fn print_stats(s: &Stats) {
         s.capacity, s.slots, s.slot_size, s.max_value_bytes
     );
     println!(
-        "bytes per session {:.1} (file / capacity)",
-        s.bytes_per_session
+        "bytes per session {:.1} per session of capacity (file / capacity){}",
+        s.bytes_per_session,
+        match s.bytes_per_live_session {
+            Some(v) => format!(", {v:.1} per stored session (file / live)"),
+            None => String::new(),
+        }
     );
     println!(
         "live              {} (load {:.1}% of slots), {} sealed (encrypted at rest)",

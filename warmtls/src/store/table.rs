@@ -50,7 +50,28 @@ impl StoreConfig {
             slot_size: DEFAULT_SLOT_SIZE,
         }
     }
+
+    /// Whether a file of this shape can be made: the one check behind both
+    /// [`SessionStore::open_or_create`] and the endpoint's configuration check.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if !Geometry::slot_size_is_valid(self.slot_size) {
+            return Err(StoreError::InvalidConfig(format!(
+                "slot_size {} must be a multiple of 64 between 128 and 4096",
+                self.slot_size
+            )));
+        }
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(StoreError::InvalidConfig(format!(
+                "capacity {} must be between 1 and {MAX_CAPACITY}",
+                self.capacity,
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The most sessions a cache file may be sized for.
+const MAX_CAPACITY: u64 = 1 << 36;
 
 /// Whether an existing file is opened for writing (the endpoint, `purge`) or only read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,19 +155,7 @@ impl SessionStore {
         cfg: &StoreConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<SessionStore, StoreError> {
-        if !Geometry::slot_size_is_valid(cfg.slot_size) {
-            return Err(StoreError::InvalidConfig(format!(
-                "slot_size {} must be a multiple of 64 between 128 and 4096",
-                cfg.slot_size
-            )));
-        }
-        if cfg.capacity == 0 || cfg.capacity > 1 << 36 {
-            return Err(StoreError::InvalidConfig(format!(
-                "capacity {} must be between 1 and {}",
-                cfg.capacity,
-                1u64 << 36
-            )));
-        }
+        cfg.validate()?;
         let want = Geometry::for_capacity(cfg.capacity, cfg.slot_size);
         match std::fs::symlink_metadata(&cfg.path) {
             Ok(_) => {}
@@ -156,7 +165,7 @@ impl SessionStore {
             Err(source) => {
                 return Err(StoreError::Open {
                     path: cfg.path.clone(),
-                    source,
+                    io: source,
                 })
             }
         }
@@ -186,7 +195,7 @@ impl SessionStore {
         let writable = access == Access::ReadWrite;
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            io: source,
         };
         let file = OpenOptions::new()
             .read(true)
@@ -267,7 +276,7 @@ impl SessionStore {
         }
         .map_err(|source| StoreError::Map {
             path: path.to_path_buf(),
-            source,
+            io: source,
         })?;
         // Lookups touch one random bucket: read-ahead would only waste page cache.
         let _ = raw.advise(memmap2::Advice::Random);
@@ -800,7 +809,7 @@ impl SessionStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.map.flush().map_err(|source| StoreError::Flush {
             path: self.path.clone(),
-            source,
+            io: source,
         })
     }
 
@@ -859,30 +868,35 @@ fn header_error(path: &Path, p: HeaderProblem) -> StoreError {
 /// space reserved (so a full disk fails now, not with SIGBUS later), synced, then
 /// linked into place only if nothing is there yet. Nothing half-written is left.
 fn create_file(path: &Path, geo: &Geometry, clock: &dyn Clock) -> Result<(), StoreError> {
-    let create_err = |source: std::io::Error| {
-        let hint = match source.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                "the directory is not writable by this user; choose another --cache path or fix its owner".to_string()
-            }
-            Some(libc::EROFS) => "the filesystem is read-only; choose a --cache path on a writable filesystem".to_string(),
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let create_err = |io: std::io::Error| {
+        let d = dir.display();
+        let hint = match io.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => format!(
+                "directory {d} is not writable by this user; fix its owner or choose another cache path"
+            ),
+            Some(libc::EROFS) => format!(
+                "{d} is on a read-only filesystem; choose a cache path on a writable one"
+            ),
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => format!(
-                "not enough free space for the {} MiB file ({} sessions × {}-byte slots); free disk space or lower the cache capacity",
+                "not enough free space in {d} for the {} MiB file ({} sessions × {}-byte slots); free disk space or lower the cache capacity",
                 geo.file_len().div_ceil(1 << 20),
                 geo.capacity,
                 geo.slot_size
             ),
-            Some(libc::ENOENT) => "its directory does not exist".to_string(),
+            Some(libc::ENOENT) => format!(
+                "directory {d} does not exist; create it (`mkdir -p {d}`) or choose another cache path"
+            ),
             _ => "check the path and the filesystem".to_string(),
         };
         StoreError::Create {
             path: path.to_path_buf(),
-            source,
+            io,
             hint,
         }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
     };
     let name = path
         .file_name()

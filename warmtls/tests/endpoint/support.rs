@@ -79,7 +79,7 @@ impl Server {
             "--workers",
             "2",
             "--stats-interval",
-            "1",
+            "1s",
         ])
         .arg("--cache")
         .arg(cache)
