@@ -125,7 +125,7 @@ fn run(table: &dyn Table, keys: &[[u8; 32]], value: &[u8], threads: usize, op: O
                     for i in 0..n {
                         let k = &mine[idx];
                         idx = (idx + stride) % n;
-                        let sample = i % 16 == 0;
+                        let sample = i.is_multiple_of(16);
                         let s0 = sample.then(Instant::now);
                         let hit = match op {
                             Op::Put => table.put(k, value),

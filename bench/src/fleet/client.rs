@@ -180,7 +180,7 @@ impl DeviceConfigs {
         match self.mix {
             TlsMix::Tls12 => &self.tls12,
             TlsMix::Tls13 => &self.tls13,
-            TlsMix::Mix if device % 2 == 0 => &self.tls13,
+            TlsMix::Mix if device.is_multiple_of(2) => &self.tls13,
             TlsMix::Mix => &self.tls12,
         }
     }

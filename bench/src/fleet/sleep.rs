@@ -63,9 +63,9 @@ impl std::fmt::Display for SleepProfile {
 pub fn short(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s if s >= 86_400 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s >= 3_600 && s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        s if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
 }

@@ -215,7 +215,7 @@ impl Geometry {
 
     /// Whether `slot_size` is one this build accepts (a multiple of 64 in range).
     pub fn slot_size_is_valid(slot_size: u32) -> bool {
-        (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) && slot_size % 64 == 0
+        (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) && slot_size.is_multiple_of(64)
     }
 }
 

@@ -38,7 +38,7 @@ impl Mapping {
     }
 
     fn check(&self, off: usize, len: usize, align: usize) {
-        assert!(off % align == 0, "misaligned access at {off}");
+        assert!(off.is_multiple_of(align), "misaligned access at {off}");
         assert!(
             off.checked_add(len)
                 .is_some_and(|end| end <= self.raw.len()),
@@ -83,7 +83,7 @@ impl Mapping {
     /// As [`Mapping::read_volatile`], eight bytes at a time: `off` and
     /// `out.len()` must be multiples of 8 (slots are 64-byte aligned).
     pub(crate) fn read_volatile_words(&self, off: usize, out: &mut [u8]) {
-        assert!(out.len() % 8 == 0);
+        assert!(out.len().is_multiple_of(8));
         self.check(off, out.len(), 8);
         let base = self.raw.as_ptr();
         for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
@@ -130,7 +130,7 @@ impl Mapping {
                         continue;
                     }
                     std::thread::yield_now();
-                    if spins % 1024 != 0 || current == 0 {
+                    if !spins.is_multiple_of(1024) || current == 0 {
                         continue;
                     }
                     // A bucket operation takes well under a microsecond. A lock

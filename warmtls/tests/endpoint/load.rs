@@ -51,7 +51,7 @@ fn two_thousand_piping_connections_are_held_then_released_without_leaks() {
     );
 
     for (i, mut s) in held.into_iter().enumerate() {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             s.conn.send_close_notify();
             let _ = s.flush();
         }

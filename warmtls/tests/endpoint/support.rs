@@ -282,7 +282,7 @@ pub fn mixed_devices(cert: &Path, n: usize) -> Vec<Arc<ClientConfig>> {
         .map(|i| {
             device(
                 cert,
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     &rustls::version::TLS13
                 } else {
                     &rustls::version::TLS12

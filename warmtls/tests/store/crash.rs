@@ -251,7 +251,7 @@ fn an_inspector_reads_while_writers_write() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5_000_000 {
                 let k = n % 4_000;
                 w.put(&key(k), &value(k, n, 90), TTL);
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     w.take(&key((n * 7) % 4_000));
                 }
                 n += 1;

@@ -97,7 +97,7 @@ fn the_background_sweep_reclaims_expired_slots() {
         s.put(
             &key(i),
             &value(i, 0, 80),
-            Duration::from_secs(if i % 2 == 0 { 60 } else { 3600 }),
+            Duration::from_secs(if i.is_multiple_of(2) { 60 } else { 3600 }),
         );
     }
     clock.advance(120);
