@@ -4,7 +4,10 @@
 //! that succeed, fail or hang, backend bytes, partial sends, and time passing
 //! (timeouts, draining). Never a panic, never an action out of order (the
 //! machine asserts its invariants after every step in debug builds), and every
-//! run ends with nothing in flight once the connection is closed.
+//! run ends with nothing in flight once the connection is closed. Half the runs
+//! have a shared session tier: a ClientHello naming a session may park the
+//! connection, and the tier's answer (found, missing, timed out, unavailable)
+//! comes at an arbitrary step, or never.
 #![no_main]
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -12,34 +15,39 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use warmtls::config::Config;
 use warmtls::conn::memory::MemoryDriver;
-use warmtls::conn::{Limits, Side};
+use warmtls::conn::{Limits, Side, TierView};
 use warmtls::store::{SessionStore, StoreConfig};
+use warmtls::tier::Outcome;
 use warmtls::tls::{self, ServerConfigs};
 
-fn server_configs() -> ServerConfigs {
-    static CFG: OnceLock<(tempfile::TempDir, Arc<rustls::ServerConfig>)> = OnceLock::new();
-    let sc = CFG
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let mut cfg = Config::default();
-            cfg.cache.path = dir.path().join("c");
-            cfg.cache.capacity = 1000;
-            cfg.early_data = 4096;
-            let store = Arc::new(
-                SessionStore::open_or_create(&StoreConfig {
-                    path: cfg.cache.path.clone(),
-                    capacity: 1000,
-                    slot_size: 128,
-                })
-                .unwrap(),
-            );
-            let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
-            let sc = tls::server_config(&cfg, resolver, store, Duration::from_secs(3600)).unwrap();
-            (dir, sc)
-        })
-        .1
-        .clone();
-    ServerConfigs::new(sc)
+/// The server's configs, and the tier view over the same store.
+fn server_configs() -> (ServerConfigs, TierView) {
+    static CFG: OnceLock<(tempfile::TempDir, Arc<rustls::ServerConfig>, TierView)> =
+        OnceLock::new();
+    let (_, sc, view) = CFG.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.cache.path = dir.path().join("c");
+        cfg.cache.capacity = 1000;
+        cfg.early_data = 4096;
+        let store = Arc::new(
+            SessionStore::open_or_create(&StoreConfig {
+                path: cfg.cache.path.clone(),
+                capacity: 1000,
+                slot_size: 128,
+            })
+            .unwrap(),
+        );
+        let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
+        let sc =
+            tls::server_config(&cfg, resolver, store.clone(), Duration::from_secs(3600)).unwrap();
+        let view = TierView {
+            cache: tls::session_cache(&cfg, store, Duration::from_secs(3600)),
+            lookup_timeout: Duration::from_millis(5),
+        };
+        (dir, sc, view)
+    });
+    (ServerConfigs::new(sc.clone()), view.clone())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -49,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
         backend_connect_timeout: Duration::from_secs(3),
         proxy_protocol: data.first().is_some_and(|b| b & 1 == 1),
     };
-    let mut d = MemoryDriver::new(server_configs(), limits);
+    let (configs, view) = server_configs();
+    let tier = data.first().is_some_and(|b| b & 2 == 2).then_some(view);
+    let mut d = MemoryDriver::with_tier(configs, limits, tier);
     let mut rest = data.get(1..).unwrap_or_default();
     // Each step: an opcode byte, then (for byte deliveries) a length byte and
     // that many bytes.
@@ -86,6 +96,15 @@ fuzz_target!(|data: &[u8]| {
                 d.connected(Err(libc::ECONNREFUSED));
             }
             8 => d.advance(Duration::from_millis(u64::from(op) * 40)),
+            _ if d.posted().lookup.is_some() => {
+                let outcome = [
+                    Outcome::Found,
+                    Outcome::Missing,
+                    Outcome::TimedOut,
+                    Outcome::Unavailable,
+                ][usize::from(op / 10) % 4];
+                d.answer_lookup(outcome);
+            }
             _ => d.send_limit = usize::from(op / 10).max(1),
         }
         let _ = d.take_to_client();

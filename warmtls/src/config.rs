@@ -106,6 +106,20 @@ mod duration {
     }
 }
 
+/// `"x"` or `["x", "y"]`: one URL, or a list of seed nodes.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// A key exchange group, by its configuration name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -251,6 +265,75 @@ impl Default for CacheConfig {
     }
 }
 
+/// How the shared session tier is laid out.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TierMode {
+    /// One Redis/Valkey server (or a primary behind a fixed address): `url`
+    /// names it.
+    #[default]
+    Standalone,
+    /// A Redis Cluster: `url` lists seed nodes; keys are spread over its shards.
+    Cluster,
+}
+
+/// The session tier several endpoints share (`[cluster]` in the file,
+/// `--cluster-*` flags): off unless `url` is set.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis/Valkey to share sessions through: `redis://[user:password@]host:port`
+    /// (several, comma separated, as seed nodes with --cluster-mode cluster).
+    /// Default: none (every endpoint on its own).
+    #[arg(
+        id = "cluster.url",
+        long = "cluster-url",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// standalone (one server) or cluster (Redis Cluster seed nodes).
+    #[arg(id = "cluster.mode", long = "cluster-mode", value_enum, default_value_t = TierMode::Standalone)]
+    pub mode: TierMode,
+    /// Prefix of every key this fleet writes (several fleets can share a
+    /// server); no braces, so keys spread over a cluster's slots.
+    #[arg(
+        id = "cluster.key_prefix",
+        long = "cluster-key-prefix",
+        value_name = "PREFIX",
+        default_value = "warmtls:"
+    )]
+    pub key_prefix: String,
+    /// How long a connection whose session is not on this host waits for the
+    /// tier before it goes on as a full handshake.
+    #[arg(id = "cluster.lookup_timeout", long = "cluster-lookup-timeout", value_name = "DURATION", value_parser = parse_duration, default_value = "5ms")]
+    #[serde(with = "duration")]
+    pub lookup_timeout: Duration,
+    /// Session writes waiting for the tier at most; beyond, writes are dropped
+    /// (counted; the local copy stays).
+    #[arg(
+        id = "cluster.write_queue",
+        long = "cluster-write-queue",
+        value_name = "N",
+        default_value_t = 65_536
+    )]
+    pub write_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        defaults_from_args()
+    }
+}
+
+impl ClusterConfig {
+    /// Whether a tier is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+}
+
 /// Everything `warmtls serve` needs.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Args)]
 #[serde(deny_unknown_fields, default)]
@@ -268,6 +351,8 @@ pub struct Config {
     pub certs: Vec<CertConfig>,
     #[command(flatten, next_help_heading = "Session cache")]
     pub cache: CacheConfig,
+    #[command(flatten, next_help_heading = "Shared session tier (several endpoints)")]
+    pub cluster: ClusterConfig,
     /// How long an unused session stays resumable.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7d", help_heading = "Sessions")]
     #[serde(with = "duration")]
@@ -528,6 +613,9 @@ impl Config {
                 );
             }
         }
+        if self.cluster.enabled() {
+            self.validate_cluster()?;
+        }
         self.store_config().validate().map_err(ConfigError::Cache)?;
         if self.groups.is_empty() {
             return invalid("groups", "at least one key exchange group is needed".into());
@@ -538,6 +626,57 @@ impl Config {
                     return invalid("certs", format!("{} does not exist", p.display()));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        let c = &self.cluster;
+        for u in &c.url {
+            if !(u.starts_with("redis://") || u.starts_with("valkey://")) {
+                return invalid(
+                    "cluster.url",
+                    format!("{u:?} is not a redis://host:port URL (TLS to the tier, rediss://, is not built in: see the README's \"Several endpoints\")"),
+                );
+            }
+        }
+        if c.mode == TierMode::Standalone && c.url.len() > 1 {
+            return invalid(
+                "cluster.url",
+                "several URLs are the seed nodes of a Redis Cluster: add mode = \"cluster\" \
+                 (--cluster-mode cluster), or give one URL"
+                    .into(),
+            );
+        }
+        if c.key_prefix.contains(['{', '}']) {
+            return invalid(
+                "cluster.key_prefix",
+                format!(
+                    "{:?} has a brace: Redis Cluster would hash only the part between braces \
+                     and put every session on one shard",
+                    c.key_prefix
+                ),
+            );
+        }
+        if c.lookup_timeout.is_zero() || c.lookup_timeout > Duration::from_secs(1) {
+            return invalid(
+                "cluster.lookup_timeout",
+                "between 1ms and 1s: a connection waits that long for the tier at most".into(),
+            );
+        }
+        if c.write_queue == 0 {
+            return invalid("cluster.write_queue", "must be at least 1".into());
+        }
+        if self.early_data > crate::tier::MAX_EARLY_DATA_WITH_TIER {
+            return invalid(
+                "early_data",
+                format!(
+                    "at most {} with a shared tier: a 0-RTT request the tier cannot vouch for is \
+                     refused, and rustls skips at most that many refused early bytes",
+                    crate::tier::MAX_EARLY_DATA_WITH_TIER
+                ),
+            );
         }
         Ok(())
     }

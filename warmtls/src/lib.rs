@@ -10,6 +10,7 @@
 //! - [`conn`]: one client connection: TLS driving, backend pipe, lifecycle.
 //! - [`config`]: the endpoint's configuration (TOML file + CLI overrides).
 //! - [`tls`]: building the rustls `ServerConfig` (certificates, groups, tickets).
+//! - [`tier`]: the session tier several endpoints share (Redis/Valkey).
 //! - [`cli`]: the `warmtls` command line.
 #![deny(unsafe_code)]
 
@@ -20,4 +21,5 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod tier;
 pub mod tls;

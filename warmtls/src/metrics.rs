@@ -29,9 +29,18 @@ pub enum Metric {
     TlsDecryptFailed,
     TlsPeerAlert,
     TlsOther,
+    // The shared session tier, as connections saw it (see `tier`).
+    ClusterLookups,
+    ClusterLocalHits,
+    ClusterFound,
+    ClusterMissing,
+    ClusterTimeouts,
+    ClusterUnavailable,
+    ClusterZeroRttRefused,
+    ClusterHelloUnparsed,
 }
 
-const N: usize = 21;
+const N: usize = 29;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -71,6 +80,32 @@ pub struct Snapshot {
     /// 0-RTT bytes forwarded, counted when the handshake completes.
     pub early_data_bytes: u64,
     pub tls_error_reasons: TlsErrorReasons,
+    /// The shared session tier, as connections saw it (all 0 without one).
+    pub cluster: ClusterMetrics,
+}
+
+/// What connections did with the shared session tier (`cluster` in the stats
+/// JSON, beside what the tier thread counts).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    /// Connections parked to ask the tier for their session.
+    pub lookups: u64,
+    /// Sessions found in this host's store: no round trip.
+    pub local_hits: u64,
+    /// Parked connections whose session the tier had (now resumed from here),
+    /// did not have, did not answer for in time, or could not be asked about
+    /// (down, queue full). Each of the last three is a full handshake unless
+    /// this host holds the session.
+    pub found: u64,
+    pub missing: u64,
+    pub timeouts: u64,
+    pub unavailable: u64,
+    /// 0-RTT offers refused because this host's redemption of the ticket in
+    /// the tier did not succeed (the handshake itself goes on).
+    pub zero_rtt_refused: u64,
+    /// ClientHellos whose session keys could not be read (too large, not
+    /// parsable): not looked up.
+    pub hello_unparsed: u64,
 }
 
 /// `tls_errors` by cause; the names say which alert the client got.
@@ -119,6 +154,16 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             decrypt_failed: s(Metric::TlsDecryptFailed),
             peer_alert: s(Metric::TlsPeerAlert),
             other: s(Metric::TlsOther),
+        },
+        cluster: ClusterMetrics {
+            lookups: s(Metric::ClusterLookups),
+            local_hits: s(Metric::ClusterLocalHits),
+            found: s(Metric::ClusterFound),
+            missing: s(Metric::ClusterMissing),
+            timeouts: s(Metric::ClusterTimeouts),
+            unavailable: s(Metric::ClusterUnavailable),
+            zero_rtt_refused: s(Metric::ClusterZeroRttRefused),
+            hello_unparsed: s(Metric::ClusterHelloUnparsed),
         },
     }
 }

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::metrics::{self, WorkerMetrics};
 use crate::runtime::{listener, worker};
 use crate::store::{check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, ValueKey};
+use crate::tier::{Tier, TierKeys, TierSettings};
 use crate::tls::{self, CertResolver};
 
 /// Why the endpoint could not start.
@@ -29,6 +30,8 @@ pub enum ServeError {
     Worker(usize, String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Tier(#[from] crate::tier::TierError),
 }
 
 /// What to do about a listen address the kernel refused.
@@ -98,10 +101,10 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
 
-    let value_key = value_key(&cfg)?;
+    let mut cache_key = cache_key_bytes(&cfg)?;
     let mut store = SessionStore::open_or_create(&cfg.store_config())?;
-    if let Some(k) = value_key {
-        store = store.seal_values_with(k);
+    if let Some(k) = &cache_key {
+        store = store.seal_values_with(ValueKey::from_bytes(k));
         log_sealed_room(&store);
     }
     // Before any session is stored: which rustls session encoding the file holds,
@@ -110,8 +113,40 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), cfg.flush_interval);
     let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
-    let server_cfg =
-        tls::server_config(&cfg, resolver.clone(), store.clone(), cfg.session_lifetime)?;
+    // What rustls stores through; the shared tier adopts found sessions
+    // through the same lifetimes.
+    let cache =
+        tls::session_cache(&cfg, store.clone(), cfg.session_lifetime).with_stateful_ticket_cap();
+    let mut tier = if cfg.cluster.enabled() {
+        let settings = TierSettings {
+            mode: cfg.cluster.mode,
+            urls: cfg.cluster.url.clone(),
+            lookup_timeout: cfg.cluster.lookup_timeout,
+            write_queue: cfg.cluster.write_queue,
+            keys: TierKeys::new(&cfg.cluster.key_prefix, cache_key.as_ref()),
+        };
+        if cache_key.is_none() {
+            tracing::warn!(
+                "session tier without a cache key: resumption secrets are stored in it in the \
+                 clear; give every endpoint the same --cache-key file, or protect the tier as \
+                 the README's \"Several endpoints\" says"
+            );
+        }
+        Some(Tier::start(settings, cache.clone(), workers)?)
+    } else {
+        None
+    };
+    if let Some(k) = &mut cache_key {
+        k.fill(0);
+    }
+    let server_cfg = tls::server_config_with(
+        &cfg,
+        resolver.clone(),
+        store.clone(),
+        cfg.session_lifetime,
+        Arc::new(rustls::time_provider::DefaultTimeProvider),
+        tier.as_ref().map(Tier::mirror),
+    )?;
     let tls_cfgs = Arc::new(tls::ServerConfigs::new(server_cfg));
 
     let term = Arc::new(AtomicBool::new(false));
@@ -168,6 +203,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             drain_timeout: cfg.drain_timeout,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
+            tier: tier.as_ref().map(|t| t.port(index, cache.clone())),
         };
         let ready = ready_tx.clone();
         let pin = cores.as_ref().and_then(|set| {
@@ -222,7 +258,14 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         if last_stats.elapsed() >= cfg.stats_interval {
             last_stats = Instant::now();
-            report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+            report(
+                &metrics,
+                &store,
+                tier.as_ref(),
+                &encoding,
+                cfg.stats_file.as_deref(),
+                true,
+            );
         }
     }
     tracing::info!(
@@ -233,9 +276,21 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     for h in handles {
         let _ = h.join();
     }
+    // The last handshakes' sessions get a moment to reach the tier.
+    if let Some(t) = &mut tier {
+        t.stop();
+    }
     drop(flusher);
     store.flush()?;
-    report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+    report(
+        &metrics,
+        &store,
+        tier.as_ref(),
+        &encoding,
+        cfg.stats_file.as_deref(),
+        true,
+    );
+    drop(tier);
     drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
@@ -252,6 +307,16 @@ pub fn value_key(cfg: &Config) -> Result<Option<ValueKey>, crate::store::StoreEr
     };
     check_key_apart(path, &cfg.cache.path)?;
     ValueKey::load(path).map(Some)
+}
+
+/// The cache key's bytes, checked as [`value_key`] checks them: they seal the
+/// local store's values and, with a shared tier, derive its names and seals.
+fn cache_key_bytes(cfg: &Config) -> Result<Option<[u8; 32]>, crate::store::StoreError> {
+    let Some(path) = &cfg.cache.key_file else {
+        return Ok(None);
+    };
+    check_key_apart(path, &cfg.cache.path)?;
+    ValueKey::read_file(path).map(Some)
 }
 
 /// Sealing takes 16 bytes of each slot: say which sessions still fit (rustls
@@ -271,22 +336,44 @@ fn log_sealed_room(store: &SessionStore) {
 fn report(
     metrics: &[WorkerMetrics],
     store: &SessionStore,
+    tier: Option<&Tier>,
     encoding: &EncodingStatus,
     stats_file: Option<&std::path::Path>,
     log: bool,
 ) {
     let m = metrics::snapshot(metrics);
     let s = store.counters();
+    let t = tier.map(Tier::counters);
     if log {
         tracing::info!(
             "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
             m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
             m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
         );
+        if let (Some(tier), Some(t)) = (tier, &t) {
+            let c = &m.cluster;
+            tracing::info!(
+                "tier {} | local hits {} lookups {} found {} missing {} timeouts {} unavailable {} 0-rtt refused {} | writes {} dropped {} errors {}",
+                if tier.is_up() { "up" } else { "down" },
+                c.local_hits, c.lookups, c.found, c.missing, c.timeouts, c.unavailable,
+                c.zero_rtt_refused, t.writes, t.writes_dropped, t.write_errors
+            );
+        }
     }
     if let Some(path) = stats_file {
         let mut v = serde_json::to_value(m).unwrap_or_default();
         v["store"] = serde_json::to_value(s).unwrap_or_default();
+        // `cluster`: what connections saw, and (with a tier) what its thread counted.
+        v["cluster"]["enabled"] = tier.is_some().into();
+        if let (Some(tier), Some(t)) = (tier, t) {
+            v["cluster"]["up"] = tier.is_up().into();
+            v["cluster"]["sealed"] = tier.seals().into();
+            if let serde_json::Value::Object(fields) = serde_json::to_value(t).unwrap_or_default() {
+                for (k, val) in fields {
+                    v["cluster"][k] = val;
+                }
+            }
+        }
         // As found at start-up, before this build recorded its own generation.
         v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");

@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{CertConfig, Config, Tls13Tickets};
-use crate::store::{SessionCache, SessionStore, StoreTicketer};
+use crate::store::{SessionCache, SessionMirror, SessionStore, StoreTicketer};
 
 /// Why certificates or the TLS configuration could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -186,17 +186,44 @@ impl ResolvesServerCert for CertResolver {
 #[derive(Debug, Clone)]
 pub struct ServerConfigs {
     default: Arc<rustls::ServerConfig>,
+    /// The same without early data, for a 0-RTT offer the shared session tier
+    /// could not vouch for (the handshake goes on; its early data is refused).
+    no_early_data: Arc<rustls::ServerConfig>,
 }
 
 impl ServerConfigs {
     /// One configuration for every client.
     pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
-        ServerConfigs { default }
+        let no_early_data = if default.max_early_data_size > 0 {
+            let mut c = (*default).clone();
+            c.max_early_data_size = 0;
+            c.send_half_rtt_data = false;
+            Arc::new(c)
+        } else {
+            default.clone()
+        };
+        ServerConfigs {
+            default,
+            no_early_data,
+        }
     }
 
     /// The configuration for the connection that sent `hello`.
     pub fn for_hello(&self, _hello: &ClientHello<'_>) -> &Arc<rustls::ServerConfig> {
         &self.default
+    }
+
+    /// As [`ServerConfigs::for_hello`], refusing 0-RTT data.
+    pub fn for_hello_refusing_early_data(
+        &self,
+        _hello: &ClientHello<'_>,
+    ) -> &Arc<rustls::ServerConfig> {
+        &self.no_early_data
+    }
+
+    /// Whether 0-RTT data is accepted at all.
+    pub fn accepts_early_data(&self) -> bool {
+        self.default.max_early_data_size > 0 && !self.default.ticketer.enabled()
     }
 
     /// The configuration most clients get.
@@ -239,6 +266,30 @@ pub fn server_config_with_time(
     session_lifetime: Duration,
     time: Arc<dyn rustls::time_provider::TimeProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(cfg, resolver, store, session_lifetime, time, None)
+}
+
+/// The rustls session cache `cfg` asks for over `store` (without a mirror):
+/// what rustls stores through, and what the shared tier adopts found sessions
+/// through (the same lifetimes).
+pub fn session_cache(
+    cfg: &Config,
+    store: Arc<SessionStore>,
+    session_lifetime: Duration,
+) -> SessionCache {
+    SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age)
+}
+
+/// As [`server_config_with_time`], every session also mirrored into the shared
+/// session tier when `mirror` is given.
+pub fn server_config_with(
+    cfg: &Config,
+    resolver: Arc<CertResolver>,
+    store: Arc<SessionStore>,
+    session_lifetime: Duration,
+    time: Arc<dyn rustls::time_provider::TimeProvider>,
+    mirror: Option<Arc<dyn SessionMirror>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let groups = cfg.groups.iter().map(|g| g.rustls()).collect();
     let mut suites: Vec<_> = cfg.cipher_suites.iter().map(|s| s.0).collect();
     if suites.is_empty() {
@@ -253,8 +304,10 @@ pub fn server_config_with_time(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    let cache =
-        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
+    let mut cache = session_cache(cfg, store, session_lifetime);
+    if let Some(m) = mirror {
+        cache = cache.with_mirror(m);
+    }
     if cfg.tls13_tickets == Tls13Tickets::StoreTicketer {
         sc.ticketer = Arc::new(StoreTicketer::new(cache.clone()));
     }

@@ -5,11 +5,14 @@
 //!
 //! Sends complete at once with every byte lent (or, with [`MemoryDriver::send_limit`],
 //! partially); receives stay posted until the caller delivers bytes, an EOF or an
-//! error; the backend connect stays in flight until [`MemoryDriver::connected`].
+//! error; the backend connect stays in flight until [`MemoryDriver::connected`];
+//! a tier lookup until [`MemoryDriver::answer_lookup`] (with
+//! [`MemoryDriver::with_tier`]: the tier is whatever the caller says it answered).
 use std::time::{Duration, Instant};
 
-use super::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, RECV_BUF};
+use super::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, TierView, RECV_BUF};
 use crate::metrics::WorkerMetrics;
+use crate::tier::{LookupRequest, Outcome};
 use crate::tls::ServerConfigs;
 
 /// Operations the machine has handed out and the driver holds.
@@ -18,6 +21,8 @@ pub struct Posted {
     pub client_recv: bool,
     pub backend_recv: bool,
     pub connect: bool,
+    /// A lookup in the shared tier, waiting for [`MemoryDriver::answer_lookup`].
+    pub lookup: Option<LookupRequest>,
 }
 
 /// What the machine borrows while it handles an event.
@@ -28,6 +33,7 @@ struct World {
     pool: BufPool,
     log: BackendLog,
     now: Instant,
+    tier: Option<TierView>,
 }
 
 impl World {
@@ -39,6 +45,7 @@ impl World {
             metrics: &self.metrics,
             pool: &mut self.pool,
             backend_log: &mut self.log,
+            tier: self.tier.as_ref(),
         }
     }
 }
@@ -63,6 +70,12 @@ pub struct MemoryDriver {
 impl MemoryDriver {
     /// A connection accepted now.
     pub fn new(tls: ServerConfigs, limits: Limits) -> MemoryDriver {
+        MemoryDriver::with_tier(tls, limits, None)
+    }
+
+    /// A connection accepted now, on an endpoint sharing sessions through a
+    /// tier (`tier`: this host's store and the lookup timeout).
+    pub fn with_tier(tls: ServerConfigs, limits: Limits, tier: Option<TierView>) -> MemoryDriver {
         let now = Instant::now();
         let conn = Conn::new(now, &limits, None);
         let mut d = MemoryDriver {
@@ -74,6 +87,7 @@ impl MemoryDriver {
                 pool: BufPool::new(8, 0),
                 log: BackendLog::new("memory".into(), 0),
                 now,
+                tier,
             },
             posted: Posted::default(),
             to_client: Vec::new(),
@@ -132,6 +146,7 @@ impl MemoryDriver {
                 }
                 Action::ShutdownWrite(Side::Client) => self.shut.0 = true,
                 Action::ShutdownWrite(Side::Backend) => self.shut.1 = true,
+                Action::Lookup => self.posted.lookup = self.conn.lookup_request(),
                 Action::Cancel => {
                     self.cancelled = true;
                     let p = std::mem::take(&mut self.posted);
@@ -203,6 +218,18 @@ impl MemoryDriver {
         true
     }
 
+    /// Answer the posted tier lookup (the caller has put a found session in
+    /// the store first, as the tier thread does).
+    pub fn answer_lookup(&mut self, outcome: Outcome) -> bool {
+        if self.posted.lookup.take().is_none() {
+            return false;
+        }
+        let mut env = self.world.env();
+        self.conn.on_lookup(outcome, &mut env);
+        self.run();
+        true
+    }
+
     /// Move the clock on and let the machine see its deadline.
     pub fn advance(&mut self, by: Duration) {
         self.world.now += by;
@@ -231,5 +258,305 @@ impl MemoryDriver {
     /// Give the connection's pooled buffers back (call once it is finished).
     pub fn release(&mut self) {
         self.conn.release(&mut self.world.pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The parked state, in memory: a real rustls client and two hosts' stores;
+    //! the test plays the tier (it moves the session between the stores, as the
+    //! tier thread does, and says what the lookup found).
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics;
+    use crate::store::{SessionCache, SessionStore};
+    use crate::tier::LookupOp;
+    use crate::tls;
+
+    /// One host: its store, the rustls configs over it, the tier view.
+    struct Host {
+        cache: SessionCache,
+        tls: ServerConfigs,
+    }
+
+    fn host(dir: &std::path::Path, name: &str, cert: Option<&Host>) -> (Host, Config) {
+        let mut cfg = Config::default();
+        cfg.cache.path = dir.join(name);
+        cfg.cache.capacity = 100;
+        cfg.early_data = 4096;
+        if cert.is_some() {
+            cfg.certs = vec![tls::self_signed_paths(&dir.join("a"))];
+        }
+        let store = Arc::new(SessionStore::open_or_create(&cfg.store_config()).unwrap());
+        let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
+        let sc = tls::server_config(&cfg, resolver, store.clone(), cfg.session_lifetime).unwrap();
+        let cache =
+            tls::session_cache(&cfg, store, cfg.session_lifetime).with_stateful_ticket_cap();
+        (
+            Host {
+                cache,
+                tls: ServerConfigs::new(sc),
+            },
+            cfg,
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            backend_connect_timeout: Duration::from_secs(10),
+            proxy_protocol: false,
+        }
+    }
+
+    fn driver(h: &Host) -> MemoryDriver {
+        MemoryDriver::with_tier(
+            h.tls.clone(),
+            limits(),
+            Some(TierView {
+                cache: h.cache.clone(),
+                lookup_timeout: Duration::from_millis(5),
+            }),
+        )
+    }
+
+    /// Move bytes both ways until nothing moves; bytes the machine does not
+    /// read yet (parked) wait in `pending`.
+    fn pump(c: &mut ClientConnection, d: &mut MemoryDriver, pending: &mut Vec<u8>) {
+        for _ in 0..50 {
+            while c.wants_write() {
+                c.write_tls(pending).unwrap();
+            }
+            let left = d.deliver(Side::Client, pending).len();
+            let moved = pending.len() - left;
+            pending.drain(..moved);
+            if d.posted().connect {
+                d.connected(Ok(()));
+            }
+            if !d.take_to_backend().is_empty() {
+                d.deliver(Side::Backend, b"pong");
+                d.end(Side::Backend, None);
+            }
+            let to_client = d.take_to_client();
+            let mut rd: &[u8] = &to_client;
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            if moved == 0 && to_client.is_empty() && !c.wants_write() {
+                return;
+            }
+        }
+    }
+
+    fn client(cert: &std::path::Path, early: bool) -> Arc<ClientConfig> {
+        client_of(cert, early, &rustls::version::TLS13)
+    }
+
+    fn client_of(
+        cert: &std::path::Path,
+        early: bool,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = ClientConfig::builder_with_protocol_versions(&[version])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.enable_early_data = early;
+        Arc::new(cfg)
+    }
+
+    /// A device connection; its first flight is what `last_flight` returns
+    /// until the next one.
+    fn connection(cfg: &Arc<ClientConfig>, early: Option<&[u8]>) -> ClientConnection {
+        let mut c =
+            ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+        match early {
+            Some(req) => {
+                c.early_data()
+                    .expect("a 0-RTT ticket")
+                    .write_all(req)
+                    .unwrap();
+            }
+            None => c.writer().write_all(b"ping").unwrap(),
+        }
+        c
+    }
+
+    /// The bytes a fresh connection sends first (kept in `pending` for the pump).
+    fn first_flight(c: &mut ClientConnection, pending: &mut Vec<u8>) -> Vec<u8> {
+        while c.wants_write() {
+            c.write_tls(pending).unwrap();
+        }
+        pending.clone()
+    }
+
+    fn got_pong(c: &mut ClientConnection) -> bool {
+        let mut buf = Vec::new();
+        let _ = c.reader().read_to_end(&mut buf);
+        buf == b"pong"
+    }
+
+    /// The ticket `key` moves from `from`'s store to `to`'s, as a tier redemption does.
+    fn tier_moves(from: &Host, to: &Host, key: &[u8]) {
+        let (value, born) = from
+            .cache
+            .store()
+            .take_with_born(key)
+            .expect("in the first store");
+        assert!(to.cache.adopt(key, &value, born));
+    }
+
+    #[test]
+    fn a_parked_connection_reads_nothing_and_resumes_with_what_the_tier_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = host(dir.path(), "a", None);
+        let (b, _) = host(dir.path(), "b", Some(&a));
+        let cfg = client(&dir.path().join("a.cert.pem"), true);
+
+        // A full handshake on A: nothing to look up, nothing parked.
+        let mut c = connection(&cfg, None);
+        let mut d = driver(&a);
+        let mut pending = Vec::new();
+        pump(&mut c, &mut d, &mut pending);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+        assert!(got_pong(&mut c));
+        let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
+        assert_eq!((m.cluster.lookups, m.full_handshakes), (0, 1));
+
+        // On B, with 0-RTT: parked, its first flight unread behind the ClientHello.
+        let mut c = connection(&cfg, Some(b"early ping"));
+        let flight = first_flight(&mut c, &mut pending);
+        let mut d = driver(&b);
+        pump(&mut c, &mut d, &mut pending);
+        let req = d.posted().lookup.expect("a lookup asked for");
+        assert_eq!(req.op, LookupOp::Redeem { tombstone: true });
+        save_seed("tls13-psk-0rtt", &flight);
+        assert!(d.conn.is_parked());
+        assert!(!d.posted().client_recv, "nothing read while parked");
+        // The tier found it (and this host redeemed it): 0-RTT accepted.
+        tier_moves(&a, &b, req.key.as_bytes());
+        assert!(d.answer_lookup(Outcome::Found));
+        pump(&mut c, &mut d, &mut pending);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+        assert!(c.is_early_data_accepted());
+        assert!(got_pong(&mut c));
+        let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
+        assert_eq!((m.cluster.lookups, m.cluster.found), (1, 1));
+        assert_eq!(m.early_data_accepted, 1);
+    }
+
+    #[test]
+    fn a_tls12_session_fetched_from_the_tier_resumes_and_stays_multi_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = host(dir.path(), "a", None);
+        let (b, _) = host(dir.path(), "b", Some(&a));
+        let cfg = client_of(
+            &dir.path().join("a.cert.pem"),
+            false,
+            &rustls::version::TLS12,
+        );
+        let mut pending = Vec::new();
+        let mut c = connection(&cfg, None);
+        pump(&mut c, &mut driver(&a), &mut pending);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+
+        let mut c = connection(&cfg, None);
+        let flight = first_flight(&mut c, &mut pending);
+        let mut d = driver(&b);
+        pump(&mut c, &mut d, &mut pending);
+        let req = d.posted().lookup.expect("a lookup asked for");
+        assert_eq!(req.op, LookupOp::Fetch);
+        save_seed("tls12-session-id", &flight);
+        // The tier copies it (GETEX: it stays there too).
+        let (value, born) = a.cache.store().get_with_born(req.key.as_bytes()).unwrap();
+        assert!(b.cache.adopt(req.key.as_bytes(), &value, born));
+        assert!(d.answer_lookup(Outcome::Found));
+        pump(&mut c, &mut d, &mut pending);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+        assert!(got_pong(&mut c));
+
+        // Back on A: a local hit, no lookup at all.
+        let mut c = connection(&cfg, None);
+        let mut d = driver(&a);
+        pump(&mut c, &mut d, &mut pending);
+        assert!(d.posted().lookup.is_none());
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+        let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
+        assert_eq!((m.cluster.local_hits, m.cluster.lookups), (1, 0));
+    }
+
+    /// With WARMTLS_WRITE_HELLO_SEEDS=DIR, keep a real first flight as a seed
+    /// of the `hello` fuzz target (how fuzz/corpus/hello was made).
+    fn save_seed(name: &str, flight: &[u8]) {
+        if let Some(dir) = std::env::var_os("WARMTLS_WRITE_HELLO_SEEDS") {
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("seed-{name}")),
+                flight,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_0rtt_offer_the_tier_cannot_vouch_for_resumes_without_its_early_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = host(dir.path(), "a", None);
+        let cfg = client(&dir.path().join("a.cert.pem"), true);
+        let mut pending = Vec::new();
+        let mut c = connection(&cfg, None);
+        let mut d = driver(&a);
+        pump(&mut c, &mut d, &mut pending);
+
+        // A holds the ticket itself; with 0-RTT it still asks the tier, which
+        // says another host redeemed it: resumed (from A's copy), early data refused.
+        let mut c = connection(&cfg, Some(b"early ping"));
+        let mut d = driver(&a);
+        pump(&mut c, &mut d, &mut pending);
+        assert!(d.conn.is_parked());
+        assert!(d.answer_lookup(Outcome::Missing));
+        pump(&mut c, &mut d, &mut pending);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+        assert!(!c.is_early_data_accepted());
+        let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
+        assert_eq!((m.cluster.missing, m.cluster.zero_rtt_refused), (1, 1));
+        assert_eq!(m.early_data_accepted, 0);
+    }
+
+    #[test]
+    fn past_the_lookup_timeout_a_parked_connection_goes_on_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = host(dir.path(), "a", None);
+        let (b, _) = host(dir.path(), "b", Some(&a));
+        let cfg = client(&dir.path().join("a.cert.pem"), false);
+        let mut pending = Vec::new();
+        let mut c = connection(&cfg, None);
+        pump(&mut c, &mut driver(&a), &mut pending);
+
+        let mut c = connection(&cfg, None);
+        let mut d = driver(&b);
+        pump(&mut c, &mut d, &mut pending);
+        assert!(d.conn.is_parked());
+        d.advance(Duration::from_millis(6));
+        assert!(!d.conn.is_parked());
+        pump(&mut c, &mut d, &mut pending);
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+        assert!(got_pong(&mut c));
+        // A late answer changes nothing.
+        assert!(d.answer_lookup(Outcome::Found));
+        let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
+        assert_eq!((m.cluster.timeouts, m.cluster.found), (1, 0));
+        assert_eq!(m.timeouts, 0, "not a connection timeout");
     }
 }

@@ -19,7 +19,8 @@
 //!
 //! | state | waits for | ends by |
 //! |---|---|---|
-//! | `Hello` | the whole ClientHello (rustls' `Acceptor`) | the config is chosen, TLS starts; or an alert |
+//! | `Hello` | the whole ClientHello (rustls' `Acceptor`) | the config is chosen, TLS starts; or an alert; or `Parked` |
+//! | `Parked` | the shared session tier's answer for the session it names (no byte read meanwhile) | TLS starts (a found session resumes); past `lookup_timeout`, TLS starts as a miss |
 //! | `Handshaking` | the handshake to complete | backend connect starts; or an alert |
 //! | `Connecting` | the backend connect (0-RTT: the handshake may still run) | `Piping`; or close_notify if the backend is down |
 //! | `Piping` | bytes either way, idle timeout | close_notify sent and out → `Draining` |
@@ -34,10 +35,12 @@ use rustls::{HandshakeKind, ServerConnection};
 
 use crate::metrics::{Metric, WorkerMetrics};
 use crate::store::SessionCache;
+use crate::tier::{LookupOp, LookupRequest, Outcome};
 use crate::tls::ServerConfigs;
 
 mod backend_log;
 mod first_flight;
+pub mod hello;
 pub mod memory;
 mod outbox;
 pub mod proxy;
@@ -81,6 +84,19 @@ pub enum Action {
     /// Cancel every operation still in flight; the connection is freed once
     /// [`Conn::is_finished`].
     Cancel,
+    /// Ask the shared session tier for [`Conn::lookup_request`]; report the
+    /// outcome with [`Conn::on_lookup`] (a late one, after the connection gave
+    /// up waiting, is ignored). Nothing is lent: the request is a copy.
+    Lookup,
+}
+
+/// What the machine needs of the shared session tier, when there is one.
+#[derive(Debug, Clone)]
+pub struct TierView {
+    /// This host's store, probed before the tier is asked.
+    pub cache: SessionCache,
+    /// How long a connection stays parked for the tier's answer.
+    pub lookup_timeout: Duration,
 }
 
 /// Timeouts and options, the same for every connection of an endpoint.
@@ -101,6 +117,8 @@ pub struct Env<'a> {
     pub metrics: &'a WorkerMetrics,
     pub pool: &'a mut BufPool,
     pub backend_log: &'a mut BackendLog,
+    /// The shared session tier, if several endpoints share sessions.
+    pub tier: Option<&'a TierView>,
 }
 
 /// Why a client's TLS stream was rejected.
@@ -147,6 +165,9 @@ impl TlsFailure {
 enum State {
     /// Waiting for the whole ClientHello.
     Hello,
+    /// The ClientHello is whole and names a session this host may not hold:
+    /// waiting for the shared tier until `deadline`, reading nothing.
+    Parked { deadline: Instant },
     /// Handshaking, no backend yet.
     Handshaking,
     /// The backend connect is in flight (posted or about to be).
@@ -166,6 +187,8 @@ enum State {
 enum Tls {
     Waiting,
     Accepting(Acceptor),
+    /// The whole ClientHello, held while the connection is parked.
+    Held(rustls::server::Accepted),
     Established(ServerConnection),
     /// The ClientHello was refused; only its alert is left to send.
     Refused,
@@ -232,6 +255,33 @@ pub struct Conn {
     first_flight: Option<FirstFlight>,
     /// The device's address and ours, when the driver knows them (PROXY header).
     addresses: Option<(SocketAddr, SocketAddr)>,
+    /// With a shared tier: a copy of the first flight until the ClientHello is
+    /// whole (its session keys are read from it), then, while parked, the
+    /// bytes received behind it. A pooled buffer, held only while bytes wait.
+    hello_buf: Vec<u8>,
+    /// The first flight outgrew one pooled buffer: no tier lookup.
+    hello_overflow: bool,
+    /// The lookup of a parked connection.
+    parked: Option<ParkedLookup>,
+}
+
+/// What a parked connection asked the tier.
+#[derive(Debug, Clone, Copy)]
+struct ParkedLookup {
+    req: LookupRequest,
+    /// The ClientHello carries 0-RTT data this endpoint would accept: only a
+    /// ticket this host redeemed from the tier may let it through.
+    zero_rtt: bool,
+    /// `Action::Lookup` handed out.
+    posted: bool,
+}
+
+/// How far `accept_hello` got.
+enum Hello {
+    /// The ClientHello is not whole yet, or TLS is running.
+    Fed,
+    /// Parked for the tier.
+    Parked,
 }
 
 impl Conn {
@@ -250,6 +300,9 @@ impl Conn {
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
             addresses,
+            hello_buf: Vec::new(),
+            hello_overflow: false,
+            parked: None,
         }
     }
 
@@ -280,6 +333,7 @@ impl Conn {
         let hs = self.handshake_deadline;
         match self.state {
             State::Hello | State::Handshaking => Some(hs),
+            State::Parked { deadline } => Some(deadline.min(hs)),
             State::Connecting { deadline } => Some(if handshaking {
                 deadline.min(hs)
             } else {
@@ -313,6 +367,17 @@ impl Conn {
         debug_assert!(self.is_finished());
         self.client.outbox.release(pool);
         self.backend.outbox.release(pool);
+        pool.give(std::mem::take(&mut self.hello_buf));
+    }
+
+    /// What a parked connection asks the tier (after `Action::Lookup`).
+    pub fn lookup_request(&self) -> Option<LookupRequest> {
+        self.parked.map(|p| p.req)
+    }
+
+    /// Whether the connection waits for the tier.
+    pub fn is_parked(&self) -> bool {
+        matches!(self.state, State::Parked { .. })
     }
 
     /// The next thing the driver must do, or `None`. Call until `None` after
@@ -442,6 +507,14 @@ impl Conn {
         }
     }
 
+    /// The tier answered the lookup of `Action::Lookup` (or the driver could
+    /// not send it: `Outcome::Unavailable`). Ignored unless still parked.
+    pub fn on_lookup(&mut self, outcome: Outcome, env: &mut Env<'_>) {
+        if matches!(self.state, State::Parked { .. }) {
+            self.unpark(outcome, env);
+        }
+    }
+
     /// The driver's clock passed [`Conn::deadline`] (it may call early: nothing
     /// happens then).
     pub fn on_timeout(&mut self, env: &mut Env<'_>) {
@@ -463,7 +536,15 @@ impl Conn {
                     env,
                 );
             }
-            State::Hello | State::Handshaking | State::Connecting { .. } | State::Piping { .. } => {
+            State::Parked { deadline: d } if env.now >= d && env.now < self.handshake_deadline => {
+                // The tier did not answer in time: go on as a miss.
+                self.unpark(Outcome::TimedOut, env);
+            }
+            State::Hello
+            | State::Parked { .. }
+            | State::Handshaking
+            | State::Connecting { .. }
+            | State::Piping { .. } => {
                 env.metrics.add(Metric::Timeouts, 1);
                 self.close();
             }
@@ -529,6 +610,16 @@ impl Conn {
         if self.client.outbox.lend() {
             return Some(Action::Send(Side::Client));
         }
+        if let State::Parked { .. } = self.state {
+            // Nothing is read while parked: the bytes wait in the socket.
+            return match &mut self.parked {
+                Some(p) if !p.posted => {
+                    p.posted = true;
+                    Some(Action::Lookup)
+                }
+                _ => None,
+            };
+        }
         // Receive from the client unless the backend side is backed up.
         if !self.client.recv_posted && !self.client.eof && self.backend.outbox.len() < PIPE_LIMIT {
             self.client.recv_posted = true;
@@ -561,8 +652,15 @@ impl Conn {
             // Backend I/O only over an open link.
             && (self.link == Link::Open || self.backend.in_flight() == 0)
             // The TLS side is past the ClientHello once anything but `Hello` is reached.
-            && (matches!(self.state, State::Hello | State::Draining { .. } | State::Closing { .. })
-                || matches!(self.tls, Tls::Established(_)))
+            && (matches!(
+                self.state,
+                State::Hello | State::Parked { .. } | State::Draining { .. } | State::Closing { .. }
+            ) || matches!(self.tls, Tls::Established(_)))
+            // Parked: the ClientHello held, its lookup asked for, nothing read.
+            && (!matches!(self.state, State::Parked { .. })
+                || (matches!(self.tls, Tls::Held(_))
+                    && self.parked.is_some()
+                    && !self.client.recv_posted))
     }
 
     fn half(&self, side: Side) -> &Half {
@@ -625,14 +723,30 @@ impl Conn {
                 return self.fail(TlsFailure::RecordOverflow, env);
             }
         }
+        if env.tier.is_some() && matches!(self.tls, Tls::Waiting | Tls::Accepting(_)) {
+            self.keep_hello_bytes(bytes, env.pool);
+        }
         let was_handshaking = self.handshaking();
         let mut rd = bytes;
-        if let Err(why) = self.accept_hello(&mut rd, env) {
-            return self.fail(why, env);
+        match self.accept_hello(&mut rd, env) {
+            Err(why) => return self.fail(why, env),
+            Ok(Hello::Parked) => {
+                // What came behind the ClientHello waits with it.
+                self.hello_buf.clear();
+                self.hello_buf.extend_from_slice(rd);
+                return;
+            }
+            Ok(Hello::Fed) => {}
         }
         if let Err(why) = self.feed_established(rd, env) {
             return self.fail(why, env);
         }
+        self.after_feed(was_handshaking, env);
+    }
+
+    /// After rustls has read: queue what it wants to send, and move on when the
+    /// handshake does.
+    fn after_feed(&mut self, was_handshaking: bool, env: &mut Env<'_>) {
         self.flush_tls(env);
         let Tls::Established(tls) = &self.tls else {
             return; // the ClientHello is not whole yet
@@ -682,36 +796,134 @@ impl Conn {
         self.touch(env);
     }
 
+    /// Copy first-flight bytes for the session-key parser, bounded by one
+    /// pooled buffer (a ClientHello is a few hundred bytes; one that does not
+    /// fit is simply not looked up in the tier).
+    fn keep_hello_bytes(&mut self, bytes: &[u8], pool: &mut BufPool) {
+        if self.hello_overflow {
+            return;
+        }
+        if self.hello_buf.len() + bytes.len() > POOLED_CAPACITY {
+            self.hello_overflow = true;
+            pool.give(std::mem::take(&mut self.hello_buf));
+            return;
+        }
+        if self.hello_buf.capacity() == 0 {
+            self.hello_buf = pool.take();
+        }
+        self.hello_buf.extend_from_slice(bytes);
+    }
+
+    /// Whether the session the ClientHello names must be asked of the tier
+    /// before rustls looks for it, and how.
+    fn plan_lookup(&mut self, env: &mut Env<'_>) -> Option<ParkedLookup> {
+        let tier = env.tier?;
+        if self.hello_overflow {
+            env.metrics.add(Metric::ClusterHelloUnparsed, 1);
+            return None;
+        }
+        let keys = match hello::keys_of_first_flight(&mut self.hello_buf) {
+            Ok(k) => k,
+            Err(_) => {
+                env.metrics.add(Metric::ClusterHelloUnparsed, 1);
+                return None;
+            }
+        };
+        let (key, ticket) = keys.resumption_key()?;
+        let zero_rtt = ticket && keys.early_data && env.tls.accepts_early_data();
+        // A local hit needs no round trip — unless 0-RTT data rides on it: then
+        // only this host's atomic redemption in the tier may let it through
+        // (another host may hold a copy of the same ticket).
+        if !zero_rtt && tier.cache.contains(key.as_bytes()) {
+            env.metrics.add(Metric::ClusterLocalHits, 1);
+            return None;
+        }
+        let op = if ticket {
+            LookupOp::Redeem {
+                tombstone: zero_rtt,
+            }
+        } else {
+            LookupOp::Fetch
+        };
+        Some(ParkedLookup {
+            req: LookupRequest { key, op },
+            zero_rtt,
+            posted: false,
+        })
+    }
+
+    /// The tier answered (or did not in time): start TLS with what this host's
+    /// store now holds, then feed what arrived behind the ClientHello.
+    fn unpark(&mut self, outcome: Outcome, env: &mut Env<'_>) {
+        let (Some(p), Tls::Held(accepted)) = (
+            self.parked.take(),
+            std::mem::replace(&mut self.tls, Tls::Waiting),
+        ) else {
+            debug_assert!(false, "parked without a held ClientHello");
+            return self.close();
+        };
+        env.metrics.add(
+            match outcome {
+                Outcome::Found => Metric::ClusterFound,
+                Outcome::Missing => Metric::ClusterMissing,
+                Outcome::TimedOut => Metric::ClusterTimeouts,
+                Outcome::Unavailable => Metric::ClusterUnavailable,
+            },
+            1,
+        );
+        let refuse_early_data = p.zero_rtt && outcome != Outcome::Found;
+        if refuse_early_data {
+            env.metrics.add(Metric::ClusterZeroRttRefused, 1);
+        }
+        // Found or missing, the tier has settled this key: rustls' take or
+        // read of it is not mirrored again.
+        let settled = matches!(outcome, Outcome::Found | Outcome::Missing).then_some(p.req.key);
+        self.state = State::Hello;
+        let behind = std::mem::take(&mut self.hello_buf);
+        let made = self
+            .establish(
+                accepted,
+                refuse_early_data,
+                settled.as_ref().map(|k| k.as_bytes()),
+                env,
+            )
+            .and_then(|()| self.feed_established(&behind, env));
+        env.pool.give(behind);
+        match made {
+            Ok(()) => self.after_feed(true, env),
+            Err(why) => self.fail(why, env),
+        }
+    }
+
     /// Until the ClientHello is whole, bytes go to rustls' `Acceptor`; then the
     /// configuration for that ClientHello makes the connection, which takes
-    /// whatever followed. Leaves in `rd` the bytes the connection has not read.
-    fn accept_hello(&mut self, rd: &mut &[u8], env: &mut Env<'_>) -> Result<(), TlsFailure> {
+    /// whatever followed — or, when the shared tier must be asked first, the
+    /// connection parks. Leaves in `rd` the bytes not read yet.
+    fn accept_hello(&mut self, rd: &mut &[u8], env: &mut Env<'_>) -> Result<Hello, TlsFailure> {
         if matches!(self.tls, Tls::Waiting) {
             self.tls = Tls::Accepting(Acceptor::default());
         }
         let Tls::Accepting(acceptor) = &mut self.tls else {
-            return Ok(());
+            return Ok(Hello::Fed);
         };
         loop {
             match acceptor.accept() {
                 Ok(None) => {}
                 Ok(Some(accepted)) => {
-                    let config = env.tls.for_hello(&accepted.client_hello()).clone();
-                    // Resumption lookups happen here: lend the lineage slot.
-                    let made = SessionCache::lineage_scope(&mut self.lineage, || {
-                        accepted.into_connection(config)
-                    });
-                    return match made {
-                        Ok(conn) => {
-                            self.tls = Tls::Established(conn);
-                            Ok(())
-                        }
-                        Err((e, mut alert)) => {
-                            let _ = alert.write_all(self.client.outbox.writer(env.pool));
-                            self.tls = Tls::Refused;
-                            Err(TlsFailure::Protocol(e))
-                        }
-                    };
+                    if let Some(p) = self.plan_lookup(env) {
+                        let timeout = env.tier.map_or(Duration::ZERO, |t| t.lookup_timeout);
+                        env.metrics.add(Metric::ClusterLookups, 1);
+                        self.tls = Tls::Held(accepted);
+                        self.parked = Some(p);
+                        self.state = State::Parked {
+                            deadline: env.now + timeout,
+                        };
+                        return Ok(Hello::Parked);
+                    }
+                    env.pool.give(std::mem::take(&mut self.hello_buf));
+                    return self
+                        .establish(accepted, false, None, env)
+                        .map(|()| Hello::Fed);
                 }
                 Err((e, mut alert)) => {
                     let out = self.client.outbox.writer(env.pool);
@@ -733,15 +945,51 @@ impl Conn {
                 }
             }
             if rd.is_empty() {
-                return Ok(());
+                return Ok(Hello::Fed);
             }
             match acceptor.read_tls(rd) {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(Hello::Fed),
                 Ok(_) => {}
                 Err(e) => {
                     self.tls = Tls::Refused;
                     return Err(TlsFailure::Records(e));
                 }
+            }
+        }
+    }
+
+    /// Make the TLS connection for a whole ClientHello, with the configuration
+    /// chosen for it (one that refuses early data when the tier could not vouch
+    /// for the ticket). rustls looks the session up here: lend it the lineage
+    /// slot, and say which key the tier already settled.
+    fn establish(
+        &mut self,
+        accepted: rustls::server::Accepted,
+        refuse_early_data: bool,
+        settled: Option<&[u8]>,
+        env: &mut Env<'_>,
+    ) -> Result<(), TlsFailure> {
+        let config = {
+            let hello = accepted.client_hello();
+            if refuse_early_data {
+                env.tls.for_hello_refusing_early_data(&hello).clone()
+            } else {
+                env.tls.for_hello(&hello).clone()
+            }
+        };
+        let lineage = &mut self.lineage;
+        let made = SessionCache::tier_scope(settled, || {
+            SessionCache::lineage_scope(lineage, || accepted.into_connection(config))
+        });
+        match made {
+            Ok(conn) => {
+                self.tls = Tls::Established(conn);
+                Ok(())
+            }
+            Err((e, mut alert)) => {
+                let _ = alert.write_all(self.client.outbox.writer(env.pool));
+                self.tls = Tls::Refused;
+                Err(TlsFailure::Protocol(e))
             }
         }
     }
@@ -786,6 +1034,7 @@ impl Conn {
     }
 
     fn fail(&mut self, why: TlsFailure, env: &mut Env<'_>) {
+        env.pool.give(std::mem::take(&mut self.hello_buf));
         env.metrics.add(Metric::TlsErrors, 1);
         env.metrics.add(why.reason(), 1);
         tracing::debug!("TLS error from client: {why}");

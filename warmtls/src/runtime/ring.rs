@@ -310,6 +310,17 @@ impl Ring {
         self.push(e);
     }
 
+    /// Read up to `buf.len()` bytes from `fd` (an eventfd's counter).
+    ///
+    /// # Safety
+    /// `buf` must stay alive, unmoved and untouched until this operation completes.
+    pub unsafe fn push_read(&mut self, fd: RawFd, buf: &mut [u8], token: ConnToken) {
+        let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
     /// Connect `fd` to `addr`.
     ///
     /// # Safety

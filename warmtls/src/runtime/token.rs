@@ -16,6 +16,12 @@ pub enum Op {
     Cancel,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
+    /// The read posted on the shared session tier's wake-up eventfd (not tied
+    /// to a connection).
+    TierWake,
+    /// A lookup handed to the shared session tier (never an SQE: the tier's
+    /// answer comes back through its inbox with this token).
+    TierLookup,
 }
 
 impl Op {
@@ -30,6 +36,8 @@ impl Op {
             7 => Op::BackendSend,
             8 => Op::Cancel,
             9 => Op::Close,
+            10 => Op::TierWake,
+            11 => Op::TierLookup,
             _ => return None,
         })
     }
@@ -79,6 +87,8 @@ mod tests {
             Op::BackendSend,
             Op::Cancel,
             Op::Close,
+            Op::TierWake,
+            Op::TierLookup,
         ] {
             let t = ConnToken::new(123_456, 0x1FF_FFFF, op);
             assert_eq!(t.gen, 0xFF_FFFF);

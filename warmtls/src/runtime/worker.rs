@@ -24,8 +24,9 @@ use super::ring::{buffer_id, more, Ring, TICK};
 use super::timer::TimerWheel;
 use super::token::{ConnToken, Op};
 use crate::config::Backend;
-use crate::conn::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, RECV_BUF};
+use crate::conn::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, TierView, RECV_BUF};
 use crate::metrics::{Metric, WorkerMetrics};
+use crate::tier::{Outcome, TierPort};
 use crate::tls::ServerConfigs;
 
 /// How far ahead the timer wheel files deadlines; later ones are re-filed.
@@ -49,6 +50,8 @@ pub struct WorkerSetup {
     pub drain_timeout: Duration,
     pub metrics: Arc<Vec<WorkerMetrics>>,
     pub shutdown: Arc<AtomicBool>,
+    /// This worker's handle on the shared session tier, if there is one.
+    pub tier: Option<TierPort>,
 }
 
 /// A connection and the resources the loop holds for it.
@@ -79,6 +82,7 @@ struct Shared {
     metrics: Arc<Vec<WorkerMetrics>>,
     pool: BufPool,
     backend_log: BackendLog,
+    tier: Option<TierView>,
 }
 
 impl Shared {
@@ -90,6 +94,7 @@ impl Shared {
             metrics: &self.metrics[self.index],
             pool: &mut self.pool,
             backend_log: &mut self.backend_log,
+            tier: self.tier.as_ref(),
         }
     }
 
@@ -119,6 +124,12 @@ struct Worker {
     /// Receives that found the buffer ring empty, to post again once buffers
     /// come back.
     starved: Vec<ConnToken>,
+    /// The shared session tier: lookups out, outcomes in through its inbox,
+    /// whose eventfd has a read posted into `tier_wake` (boxed: the kernel
+    /// writes there while the worker moves).
+    tier: Option<TierPort>,
+    tier_wake: Box<[u8; 8]>,
+    tier_outcomes: Vec<(u64, Outcome)>,
 }
 
 /// Set up the ring (on this thread, as SINGLE_ISSUER requires) and report the
@@ -154,6 +165,7 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             // Two outboxes of two buffers per connection at most.
             pool: BufPool::new(4 * cap, WARM_SEND_BUFFERS),
             backend_log: BackendLog::new(s.backend.to_string(), s.index),
+            tier: s.tier.as_ref().map(TierPort::view),
         },
         timers: TimerWheel::new(now, TICK, TIMER_HORIZON),
         next_gen: 0,
@@ -167,10 +179,14 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         now,
         due: Vec::new(),
         starved: Vec::with_capacity(usize::from(RECV_BUFFERS)),
+        tier: s.tier,
+        tier_wake: Box::new([0u8; 8]),
+        tier_outcomes: Vec::with_capacity(256),
     };
     let _ = ready.send(Ok(()));
     w.arm_accept();
     w.ring.push_tick();
+    w.arm_tier_wake();
     let mut cqes = Vec::with_capacity(4096);
     loop {
         if let Err(e) = w.ring.submit_and_wait() {
@@ -211,6 +227,9 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         std::mem::forget(std::mem::take(&mut w.slots));
         std::mem::forget(w.ring);
     }
+    // The tier's eventfd read may still be posted: its buffer must outlive
+    // anything the kernel could do with it (8 bytes, once per process).
+    Box::leak(w.tier_wake);
     tracing::debug!("worker stopped");
 }
 
@@ -272,7 +291,8 @@ impl Worker {
         let side = match t.op {
             Op::Accept => return self.accepted(res, flags),
             Op::Tick => return self.tick(),
-            Op::Cancel | Op::Close => return,
+            Op::TierWake => return self.tier_woke(res),
+            Op::Cancel | Op::Close | Op::TierLookup => return,
             Op::ClientRecv | Op::ClientSend => Side::Client,
             Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
         };
@@ -319,7 +339,7 @@ impl Worker {
                 slot.conn
                     .on_connected(if res < 0 { Err(-res) } else { Ok(()) }, &mut env);
             }
-            Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
+            Op::Accept | Op::Tick | Op::Cancel | Op::Close | Op::TierWake | Op::TierLookup => {}
         }
         self.carry_out(key);
     }
@@ -433,6 +453,16 @@ impl Worker {
                         }
                     }
                 }
+                Action::Lookup => {
+                    let sent = match (&self.tier, slot.conn.lookup_request()) {
+                        (Some(tier), Some(req)) => tier.submit(token(Op::TierLookup).encode(), req),
+                        _ => false,
+                    };
+                    if !sent {
+                        // Tier down or its queue full: on as if it had said so.
+                        slot.conn.on_lookup(Outcome::Unavailable, &mut env);
+                    }
+                }
             }
         }
         let slot = &mut self.slots[key];
@@ -446,6 +476,55 @@ impl Worker {
                 self.timers.insert(tick, (key as u32, slot.gen));
             }
         }
+    }
+
+    /// Keep a read posted on the tier's wake-up eventfd.
+    fn arm_tier_wake(&mut self) {
+        if let Some(tier) = &self.tier {
+            let fd = tier.inbox().wake_raw_fd();
+            let token = detached_token(Op::TierWake);
+            // SAFETY: `tier_wake` is boxed and owned by the worker, untouched
+            // until this read completes, and leaked (never freed) when the
+            // worker exits with the read possibly still posted.
+            unsafe { self.ring.push_read(fd, &mut self.tier_wake[..], token) };
+        }
+    }
+
+    /// Outcomes of lookups are waiting: hand each to its connection (if it is
+    /// still the connection that asked), then wait for the next ones.
+    fn tier_woke(&mut self, res: i32) {
+        match -res {
+            libc::ECANCELED => return, // shutting down
+            e if res < 0 && e != libc::EINTR && e != libc::EAGAIN => {
+                // Not posted again (it would fail the same way, in a loop):
+                // parked connections then go on at their own deadline.
+                tracing::error!(
+                    worker = self.shared.index,
+                    "reading the session tier's eventfd failed: {}; lookups will time out",
+                    errno(res)
+                );
+            }
+            _ => self.arm_tier_wake(),
+        }
+        let Some(tier) = &self.tier else {
+            return;
+        };
+        let mut outcomes = std::mem::take(&mut self.tier_outcomes);
+        tier.inbox().drain(&mut outcomes);
+        for &(ud, outcome) in &outcomes {
+            let Some(t) = ConnToken::decode(ud) else {
+                continue;
+            };
+            let key = t.key as usize;
+            let Some(slot) = self.slots.get_mut(key).filter(|s| s.gen == t.gen) else {
+                continue; // the connection is gone (it stopped waiting)
+            };
+            let mut env = self.shared.env(self.now);
+            slot.conn.on_lookup(outcome, &mut env);
+            self.carry_out(key);
+        }
+        outcomes.clear();
+        self.tier_outcomes = outcomes;
     }
 
     /// Post again the receives that found no buffer.

@@ -16,6 +16,15 @@
 //! A value handed back to rustls that its decoder will reject (another session
 //! encoding: a rustls upgrade changed it) would be a silent full handshake; it is
 //! counted as `undecodable` first (encoding.rs), and handed back all the same.
+//!
+//! With a second level shared by several hosts ([`SessionMirror`], the Redis
+//! tier) every session rustls puts here is also handed to it, a TLS 1.3 ticket
+//! taken from here is also removed there, and a TLS 1.2 session read here is
+//! written there again with a fresh expiry — never waiting for it. What the connection
+//! already settled with the tier before rustls looked (the tier removed the
+//! ticket itself, or refreshed the session while fetching it) is not repeated
+//! ([`SessionCache::tier_scope`]). Sessions fetched from the tier come in
+//! through [`SessionCache::adopt`], which writes this store only.
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +59,25 @@ pub(crate) fn session_version(value: &[u8]) -> Option<rustls::ProtocolVersion> {
 thread_local! {
     /// Lineage start (unix seconds) of the connection being driven on this thread.
     static LINEAGE: Cell<Option<u64>> = const { Cell::new(None) };
+    /// The session key the connection being driven has already settled with the
+    /// shared tier (length, bytes; length 0: none).
+    static TIER_SETTLED: Cell<(u8, [u8; SETTLED_KEY_MAX])> = const { Cell::new((0, [0; SETTLED_KEY_MAX])) };
+}
+
+/// Longest session key [`SessionCache::tier_scope`] remembers (TLS 1.2 session
+/// IDs and warmtls' ticket ids are 32 bytes).
+const SETTLED_KEY_MAX: usize = 32;
+
+/// A second level behind the store, shared by several hosts: told about what
+/// rustls does here, it must never block (queue, and drop what does not fit).
+pub trait SessionMirror: std::fmt::Debug + Send + Sync {
+    /// rustls stored `value` under `key`, for `ttl`, of lineage `born`.
+    fn put(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration, born: u64);
+    /// rustls took (redeemed) the TLS 1.3 ticket `key` from this host's store.
+    fn taken(&self, key: &[u8]);
+    /// rustls resumed the TLS 1.2 session `key` (`value`, of lineage `born`)
+    /// from this host's store, which now keeps it for `ttl` more.
+    fn read(&self, key: &[u8], value: &[u8], ttl: Duration, born: u64);
 }
 
 /// `rustls::server::StoresServerSessions` backed by the persistent store.
@@ -60,6 +88,8 @@ pub struct SessionCache {
     max_age: Duration,
     /// Cap on the lifetime of TLS 1.3 sessions put here (stateful tickets).
     tls13_ttl: Option<Duration>,
+    /// The shared tier, if several hosts share sessions.
+    mirror: Option<Arc<dyn SessionMirror>>,
 }
 
 impl SessionCache {
@@ -71,7 +101,67 @@ impl SessionCache {
             lifetime,
             max_age: DEFAULT_MAX_SESSION_AGE,
             tls13_ttl: None,
+            mirror: None,
         }
+    }
+
+    /// Mirror what rustls does here into a shared second level.
+    pub fn with_mirror(mut self, mirror: Arc<dyn SessionMirror>) -> SessionCache {
+        self.mirror = Some(mirror);
+        self
+    }
+
+    /// The same cache without its mirror (what the tier itself writes through).
+    pub fn without_mirror(mut self) -> SessionCache {
+        self.mirror = None;
+        self
+    }
+
+    /// How long a session put now would be kept (TLS 1.3 tickets are capped
+    /// when this cache holds stateful tickets).
+    pub fn ttl_for(&self, value: &[u8]) -> Duration {
+        match self.tls13_ttl {
+            Some(cap) if session_version(value) == Some(rustls::ProtocolVersion::TLSv1_3) => {
+                self.lifetime.min(cap)
+            }
+            _ => self.lifetime,
+        }
+    }
+
+    /// Store a session fetched from the shared tier in this host's store only,
+    /// with its lineage start, for as long as a put would keep it.
+    pub fn adopt(&self, key: &[u8], value: &[u8], born: u64) -> bool {
+        self.store
+            .put_with_born(key, value, self.ttl_for(value), born)
+    }
+
+    /// Whether this host's store holds a live session under `key` (a probe:
+    /// nothing copied, nothing counted).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.store.contains(key)
+    }
+
+    /// Run `f` (rustls looking up a resumption) knowing that the connection
+    /// has already settled `key` with the shared tier: a take or read of that
+    /// key in `f` is not mirrored again.
+    pub fn tier_scope<R>(settled: Option<&[u8]>, f: impl FnOnce() -> R) -> R {
+        let mut mark = (0u8, [0u8; SETTLED_KEY_MAX]);
+        if let Some(k) = settled.filter(|k| k.len() <= SETTLED_KEY_MAX) {
+            mark.0 = k.len() as u8;
+            mark.1[..k.len()].copy_from_slice(k);
+        }
+        let outer = TIER_SETTLED.replace(mark);
+        let r = f();
+        TIER_SETTLED.set(outer);
+        r
+    }
+
+    /// The mirror, unless the connection already settled `key` with it.
+    fn mirror_for(&self, key: &[u8]) -> Option<&Arc<dyn SessionMirror>> {
+        let mirror = self.mirror.as_ref()?;
+        let (len, bytes) = TIER_SETTLED.get();
+        let settled = len > 0 && &bytes[..usize::from(len)] == key;
+        (!settled).then_some(mirror)
     }
 
     /// Keep TLS 1.3 sessions (rustls' stateful tickets) only
@@ -137,24 +227,31 @@ impl SessionCache {
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let born = LINEAGE.get().unwrap_or_else(|| self.store.now());
-        let ttl = match self.tls13_ttl {
-            Some(cap) if session_version(&value) == Some(rustls::ProtocolVersion::TLSv1_3) => {
-                self.lifetime.min(cap)
-            }
-            _ => self.lifetime,
-        };
-        self.store.put_with_born(&key, &value, ttl, born)
+        let ttl = self.ttl_for(&value);
+        let stored = self.store.put_with_born(&key, &value, ttl, born);
+        if let Some(m) = &self.mirror {
+            // Even if the local put failed (too large for a slot): the tier
+            // has room, and another host may be able to hold it.
+            m.put(key, value, ttl, born);
+        }
+        stored
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let (v, born) = self.store.get_refreshed(key, self.lifetime, self.max_age)?;
         LINEAGE.set(Some(born));
         self.check_encoding(&v);
+        if let Some(m) = self.mirror_for(key) {
+            m.read(key, &v, self.lifetime, born);
+        }
         Some(v)
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
         let (v, born) = self.store.take_with_born(key)?;
+        if let Some(m) = self.mirror_for(key) {
+            m.taken(key);
+        }
         if self.too_old(born) {
             return None; // taken and erased: the chain has reached max_session_age
         }

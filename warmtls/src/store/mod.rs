@@ -26,7 +26,9 @@ mod seal;
 mod table;
 mod ticketer;
 
-pub use adapter::{SessionCache, DEFAULT_MAX_SESSION_AGE};
+pub use adapter::{
+    SessionCache, SessionMirror, DEFAULT_MAX_SESSION_AGE, STATEFUL_TLS13_TICKET_TTL,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use encoding::{EncodingStatus, Generation, Layout};
 pub use error::StoreError;

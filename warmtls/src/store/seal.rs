@@ -49,6 +49,16 @@ impl ValueKey {
     /// Read the key file at `path`: exactly 32 bytes, mode 0600 (no group/other
     /// access), owned by this user (or read by root), like the cache file.
     pub fn load(path: &Path) -> Result<ValueKey, StoreError> {
+        let mut bytes = ValueKey::read_file(path)?;
+        let key = ValueKey::from_bytes(&bytes);
+        bytes.fill(0);
+        Ok(key)
+    }
+
+    /// The 32 bytes of the key file at `path`, checked as [`ValueKey::load`]
+    /// checks them (the shared session tier derives its keys from them; the
+    /// caller zeroes them after use).
+    pub fn read_file(path: &Path) -> Result<[u8; VALUE_KEY_LEN], StoreError> {
         let err = |source| StoreError::KeyFile {
             path: path.to_path_buf(),
             io: source,
@@ -81,7 +91,7 @@ impl ValueKey {
             .take(VALUE_KEY_LEN as u64 + 1)
             .read_to_end(&mut buf)
             .map_err(err)?;
-        let Ok(mut bytes) = <[u8; VALUE_KEY_LEN]>::try_from(buf.as_slice()) else {
+        let Ok(bytes) = <[u8; VALUE_KEY_LEN]>::try_from(buf.as_slice()) else {
             buf.fill(0);
             return Err(StoreError::KeyFileSize {
                 path: path.to_path_buf(),
@@ -89,9 +99,7 @@ impl ValueKey {
             });
         };
         buf.fill(0);
-        let key = ValueKey::from_bytes(&bytes);
-        bytes.fill(0);
-        Ok(key)
+        Ok(bytes)
     }
 
     /// Create a new key file at `path` holding 32 random bytes, mode 0600. Never

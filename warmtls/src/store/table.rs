@@ -561,6 +561,18 @@ impl SessionStore {
         found
     }
 
+    /// Whether a live entry for `key` is present, without copying or opening
+    /// it and without counting a lookup: a probe before rustls' own `get` or
+    /// `take` (the shared session tier asks it to skip a round trip).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let kh = self.key_hash(key);
+        let now = self.clock.now_secs();
+        match self.get_optimistic(&kh, now) {
+            Some(found) => found.is_some(),
+            None => self.with_locked_entry(&kh, now, |_, _| ()).is_some(),
+        }
+    }
+
     /// Remove the value stored under `key` and return it. Exactly one caller, in
     /// any thread of any process, gets a given stored value.
     pub fn take(&self, key: &[u8]) -> Option<Vec<u8>> {

@@ -3,9 +3,11 @@
 //! link) for all of them; `cargo test --release --test endpoint faults::` runs one
 //! module. `unsafe` only where a test must (the seccomp filter in `no_io_uring`).
 #![deny(unsafe_code)]
+mod redis_server;
 mod support;
 
 mod certs;
+mod cluster;
 mod crash;
 mod early_data;
 mod faults;
