@@ -6,13 +6,33 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
-use warmtls_bench::fleet::{self, Fleet, FleetConfig, Pacing, TlsMix, Verify};
+use warmtls_bench::fleet::{self, Fleet, FleetConfig, Pacing, Spread, TlsMix, Verify};
+
+/// `--spread`: how connections spread over several targets.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum SpreadArg {
+    /// Device d goes to target (d + round) mod n: with two, every reconnect moves.
+    RoundRobin,
+    /// Each connection to a target drawn at random.
+    Random,
+    /// Each device keeps to one target; each round --move-share of them move.
+    Sticky,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct FleetArgs {
-    /// The TLS endpoint, HOST:PORT.
+    /// The TLS endpoint, HOST:PORT; several comma separated (endpoints sharing
+    /// the fleet, e.g. through a session tier): see --spread.
     #[arg(long)]
     target: String,
+    /// How connections spread over several targets (the report then sets
+    /// devices that moved since their last connection beside those that stayed).
+    #[arg(long, value_enum, default_value = "round-robin")]
+    spread: SpreadArg,
+    /// With --spread sticky: the share of devices (0 to 1) that move to another
+    /// target in each round.
+    #[arg(long, default_value_t = 0.1)]
+    move_share: f64,
     /// Simulated devices, each with its own session.
     #[arg(long, default_value_t = 1000)]
     devices: u32,
@@ -99,6 +119,13 @@ pub fn main(a: FleetArgs) -> anyhow::Result<()> {
         Ok(v)
     };
     let mut cfg = FleetConfig::new(a.target.clone(), a.devices, verify);
+    cfg.spread = match a.spread {
+        SpreadArg::RoundRobin => Spread::RoundRobin,
+        SpreadArg::Random => Spread::Random,
+        SpreadArg::Sticky => Spread::Sticky {
+            move_share: a.move_share,
+        },
+    };
     cfg.server_name = a.server_name.clone();
     cfg.tls = a.tls;
     cfg.pacing = match (a.rate, a.mean_interval) {

@@ -19,6 +19,8 @@
 //! - [`plot`]: the SVG latency histogram.
 //! - [`sleep`]: devices that sleep for days or months, on simulated time
 //!   (in process against warmtls' own connection driver: the one warmtls-specific part).
+//! - [`spread`]: which of several endpoints (behind a load balancer, say) each
+//!   connection goes to, and whether the device moved.
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,12 +37,14 @@ pub mod probe;
 pub mod report;
 pub mod schedule;
 pub mod sleep;
+pub mod spread;
 
 pub use client::{HelloProfile, TlsMix, Verify};
 pub use connection::Limits;
 pub use devices::{DeviceId, DeviceTable};
 pub use report::{PhaseReport, Report, ServerUsage};
 pub use schedule::Pacing;
+pub use spread::Spread;
 
 /// What can stop a fleet from starting.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +94,11 @@ const RESTART_WAIT: Duration = Duration::from_secs(60);
 /// How the fleet is made up and how it connects.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// The TLS endpoint, HOST:PORT.
+    /// The TLS endpoint, HOST:PORT; several, comma separated, are endpoints
+    /// sharing the fleet (see `spread`).
     pub target: String,
+    /// How connections spread over several endpoints.
+    pub spread: Spread,
     /// SNI and certificate name; defaults to the target's host.
     pub server_name: Option<String>,
     /// Number of devices.
@@ -128,6 +135,7 @@ impl FleetConfig {
     pub fn new(target: impl Into<String>, devices: DeviceId, verify: Verify) -> FleetConfig {
         FleetConfig {
             target: target.into(),
+            spread: Spread::RoundRobin,
             server_name: None,
             devices,
             tls: TlsMix::Tls13,
@@ -156,7 +164,10 @@ impl FleetConfig {
 /// A fleet: its devices and their sessions live as long as this value.
 pub struct Fleet {
     cfg: FleetConfig,
+    /// The first endpoint (the one a restart is waited for).
     addr: SocketAddr,
+    /// Every endpoint, and where each device went last.
+    spread: spread::Spreader,
     server_name: ServerName<'static>,
     table: Arc<DeviceTable>,
     configs: client::DeviceConfigs,
@@ -181,21 +192,35 @@ impl Fleet {
             }
             _ => {}
         }
-        let addr = cfg
-            .target
-            .to_socket_addrs()
-            .map_err(|e| FleetError::Target {
-                target: cfg.target.clone(),
-                reason: e.to_string(),
-            })?
-            .next()
-            .ok_or_else(|| FleetError::Target {
-                target: cfg.target.clone(),
-                reason: "no address".into(),
-            })?;
+        let mut addrs = Vec::new();
+        for target in cfg.target.split(',') {
+            let addr = target
+                .to_socket_addrs()
+                .map_err(|e| FleetError::Target {
+                    target: target.to_string(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| FleetError::Target {
+                    target: target.to_string(),
+                    reason: "no address".into(),
+                })?;
+            addrs.push(addr);
+        }
+        let addr = addrs[0];
+        if addrs.len() > usize::from(u8::MAX) {
+            return Err(FleetError::Setting("at most 255 targets"));
+        }
+        if let Spread::Sticky { move_share } = cfg.spread {
+            if !(0.0..=1.0).contains(&move_share) {
+                return Err(FleetError::Setting(
+                    "--move-share is a fraction from 0 to 1",
+                ));
+            }
+        }
         let name = match &cfg.server_name {
             Some(n) => n.clone(),
-            None => host_of(&cfg.target).to_string(),
+            None => host_of(cfg.target.split(',').next().unwrap_or_default()).to_string(),
         };
         let server_name =
             ServerName::try_from(name.clone()).map_err(|_| FleetError::ServerName(name.clone()))?;
@@ -208,9 +233,11 @@ impl Fleet {
             cfg.hello,
         )?;
         let request = connection::http_request(cfg.request_bytes, &name);
+        let spread = spread::Spreader::new(cfg.spread, addrs, cfg.devices, cfg.seed);
         Ok(Fleet {
             cfg,
             addr,
+            spread,
             server_name,
             table,
             configs,
@@ -259,6 +286,7 @@ impl Fleet {
             seed,
             self.cfg.phase_limit,
         );
+        let phase = self.phases_run;
         let bar = self.progress_bar(name);
         let lines = self.progress_lines();
         let done = AtomicU64::new(0);
@@ -284,10 +312,11 @@ impl Fleet {
                             if !wait.is_zero() {
                                 std::thread::sleep(wait);
                             }
+                            let (addr, moved) = this.spread.pick(device, phase);
                             let o = connection::connect(
                                 device,
                                 this.configs.for_device(device),
-                                this.addr,
+                                addr,
                                 &this.server_name,
                                 &this.request,
                                 this.cfg.early_data,
@@ -295,6 +324,9 @@ impl Fleet {
                                 this.cfg.tfo,
                             );
                             tally.record(&o);
+                            if this.spread.several() {
+                                tally.record_move(&o, moved);
+                            }
                             bar.inc(1);
                             done.fetch_add(1, Ordering::Relaxed);
                         }

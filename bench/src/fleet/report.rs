@@ -53,6 +53,54 @@ pub struct Tally {
     failed: BTreeMap<Failure, KindTally>,
     early_data_accepted: u64,
     unclean_closes: u64,
+    /// With several endpoints: connections of devices that moved since their
+    /// last connection, and of devices that stayed.
+    moved: MoveTally,
+    stayed: MoveTally,
+}
+
+/// Connections of devices that moved (or stayed).
+#[derive(Debug)]
+struct MoveTally {
+    connections: u64,
+    resumed: u64,
+    hist: Histogram<u64>,
+}
+
+impl Default for MoveTally {
+    fn default() -> Self {
+        MoveTally {
+            connections: 0,
+            resumed: 0,
+            hist: new_histogram(),
+        }
+    }
+}
+
+impl MoveTally {
+    fn merge(&mut self, o: &MoveTally) {
+        self.connections += o.connections;
+        self.resumed += o.resumed;
+        let _ = self.hist.add(&o.hist);
+    }
+
+    fn report(&self) -> Option<MoveReport> {
+        (self.connections > 0).then(|| MoveReport {
+            connections: self.connections,
+            resumed_pct: 100.0 * self.resumed as f64 / self.connections as f64,
+            conn_time_ms: quantiles(&self.hist),
+        })
+    }
+}
+
+/// Devices that moved, or stayed, since their last connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoveReport {
+    /// Connections attempted (failed ones included).
+    pub connections: u64,
+    pub resumed_pct: f64,
+    /// Connection times of the completed ones.
+    pub conn_time_ms: Quantiles,
 }
 
 /// The histogram's range: 1 µs to 10 minutes, 3 significant figures.
@@ -73,6 +121,8 @@ impl Default for Tally {
             failed: BTreeMap::new(),
             early_data_accepted: 0,
             unclean_closes: 0,
+            moved: MoveTally::default(),
+            stayed: MoveTally::default(),
         }
     }
 }
@@ -107,6 +157,25 @@ impl Tally {
         }
     }
 
+    /// Count one connection again as a device's that moved to another endpoint
+    /// since its last connection (`Some(true)`) or stayed (`Some(false)`).
+    pub fn record_move(&mut self, o: &Outcome, moved: Option<bool>) {
+        let Some(moved) = moved else {
+            return;
+        };
+        let t = if moved {
+            &mut self.moved
+        } else {
+            &mut self.stayed
+        };
+        t.connections += 1;
+        if let Ok(h) = o.result {
+            t.resumed += u64::from(h.resumed);
+            let us = (o.elapsed.as_micros() as u64).clamp(1, t.hist.high());
+            t.hist.saturating_record(us);
+        }
+    }
+
     /// Add another worker's counts.
     pub fn merge(&mut self, o: &Tally) {
         // Same bounds on both sides: adding cannot fail.
@@ -122,6 +191,26 @@ impl Tally {
         }
         self.early_data_accepted += o.early_data_accepted;
         self.unclean_closes += o.unclean_closes;
+        self.moved.merge(&o.moved);
+        self.stayed.merge(&o.stayed);
+    }
+}
+
+fn quantiles(h: &Histogram<u64>) -> Quantiles {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let q = |p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            ms(h.value_at_quantile(p))
+        }
+    };
+    Quantiles {
+        p50: q(0.50),
+        p90: q(0.90),
+        p99: q(0.99),
+        max: if h.is_empty() { 0.0 } else { ms(h.max()) },
+        mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
     }
 }
 
@@ -198,6 +287,10 @@ pub struct PhaseReport {
     pub tfo_syn_data: u64,
     /// Completed connections per second of the phase's wall time.
     pub conn_per_s: f64,
+    /// With several endpoints: devices whose previous connection went to
+    /// another endpoint than this one, and devices that came back to the same.
+    pub moved: Option<MoveReport>,
+    pub stayed: Option<MoveReport>,
     pub elapsed_s: f64,
     /// Server CPU time (its process and descendants) over the phase / connections.
     pub server_cpu_us_per_conn: Option<f64>,
@@ -241,23 +334,6 @@ impl PhaseReport {
         let total = |f: fn(&KindTally) -> u64| {
             f(&t.full) + f(&resumed) + t.failed.values().map(f).sum::<u64>()
         };
-        let ms = |us: u64| us as f64 / 1000.0;
-        let quantiles = |h: &Histogram<u64>| {
-            let q = |p: f64| {
-                if h.is_empty() {
-                    0.0
-                } else {
-                    ms(h.value_at_quantile(p))
-                }
-            };
-            Quantiles {
-                p50: q(0.50),
-                p90: q(0.90),
-                p99: q(0.99),
-                max: if h.is_empty() { 0.0 } else { ms(h.max()) },
-                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            }
-        };
         let secs = elapsed.as_secs_f64().max(1e-9);
         PhaseReport {
             name: name.to_string(),
@@ -290,6 +366,8 @@ impl PhaseReport {
             first_byte_ms: quantiles(&t.first_byte),
             tfo_syn_data: t.syn_data,
             conn_per_s: completed as f64 / secs,
+            moved: t.moved.report(),
+            stayed: t.stayed.report(),
             elapsed_s: elapsed.as_secs_f64(),
             server_cpu_us_per_conn: server
                 .cpu
@@ -417,6 +495,14 @@ impl Report {
                 kinds(&p.tls_overhead_per_conn, 0),
                 kinds(&p.client_cpu_us_per_conn, 0),
             );
+            for (what, m) in [("moved", &p.moved), ("stayed", &p.stayed)] {
+                if let Some(m) = m {
+                    s += &format!(
+                        "{:<18}   devices that {what}: {} conns, {:.2}% resumed, p50 {:.2} ms, p99 {:.2} ms\n",
+                        "", m.connections, m.resumed_pct, m.conn_time_ms.p50, m.conn_time_ms.p99
+                    );
+                }
+            }
             if !p.failed.is_empty() {
                 let reasons: Vec<String> =
                     p.failed.iter().map(|(k, v)| format!("{k}={v}")).collect();
