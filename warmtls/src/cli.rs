@@ -74,8 +74,17 @@ impl ServeArgs {
 /// a terminal and NO_COLOR is unset: a log file or a journal gets plain text.
 pub fn init_logs(level: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // redis-rs warns once per failed reconnect attempt (a dead cluster shard:
+    // one per command); the session tier logs its own changes of state, once.
+    // RUST_LOG=redis=... still shows them.
+    let asked_for_redis = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("redis"));
+    if !asked_for_redis {
+        if let Ok(d) = "redis=error".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()

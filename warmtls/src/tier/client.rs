@@ -391,6 +391,11 @@ impl Ctx {
             return Outcome::Unavailable;
         };
         let deadline = tokio::time::Instant::from_std(l.queued + s.lookup_timeout);
+        if tokio::time::Instant::now() >= deadline {
+            // It waited its whole time in our own queue: nothing to ask Redis,
+            // and nothing Redis did wrong.
+            return Outcome::TimedOut;
+        }
         let key = l.req.key.as_bytes();
         let name = self.keys.name(key);
         s.count(&s.counters.tier_lookups);

@@ -500,3 +500,32 @@ fn a_three_master_redis_cluster_shares_sessions_over_its_shards() {
         assert!(got.resumed_nearly_all(), "round {r}: {got:?}");
     }
 }
+
+#[test]
+fn a_dead_cluster_shard_costs_its_share_of_full_handshakes_and_nothing_else() {
+    let mut cluster = RedisCluster::start();
+    let (backend, _) = responder();
+    let urls = cluster.urls();
+    let fleet = Fleet::start(
+        2,
+        &backend,
+        &["--cluster-url", &urls, "--cluster-mode", "cluster"],
+        &[],
+    );
+    fleet.wait_tier_up();
+    let devices = mixed_devices(&fleet.cert, 90);
+    assert_eq!(round(&devices, |_| fleet.addr(0)).full, 90);
+    assert!(wait_for(Duration::from_secs(10), || {
+        cluster.nodes.iter().map(RedisServer::dbsize).sum::<u64>() >= 90
+    }));
+    let lost = cluster.nodes[2].dbsize() as usize;
+    cluster.nodes[2].kill();
+    let moved = round(&devices, |_| fleet.addr(1));
+    assert_eq!(moved.failed, 0, "{moved:?}");
+    // The sessions on the dead shard do a full handshake; the rest resume.
+    assert!(
+        moved.resumed >= 90 - lost - 5 && moved.resumed < 90,
+        "{lost} sessions were on the dead shard: {moved:?}"
+    );
+    assert!(moved.slowest < Duration::from_secs(2), "{moved:?}");
+}
