@@ -25,7 +25,7 @@
 //! | `Piping` | bytes either way, idle timeout | close_notify sent and out → `Draining` |
 //! | `Draining` | our last bytes out, then the client's EOF (a short linger) | `Closing` |
 //! | `Closing` | operations still in flight to complete | freed |
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -763,16 +763,28 @@ impl Conn {
             // already taken) never gets here, and it bounds them by
             // `max_early_data_size` (≤ PIPE_LIMIT).
             if let Some(mut early) = tls.early_data() {
-                let out = self.backend.outbox.writer(env.pool);
-                let before = out.len();
-                let _ = early.read_to_end(out);
-                self.early_data += out.len() - before;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = early.read(&mut chunk) {
+                    self.backend.outbox.queue(&chunk[..n], env.pool);
+                    self.early_data += n;
+                }
             }
-            // Decrypted bytes for the backend.
-            let out = self.backend.outbox.writer(env.pool);
-            // Ok: close_notify; WouldBlock: nothing more for now.
-            if tls.reader().read_to_end(out).is_ok() {
-                self.client.eof = true;
+            // Decrypted bytes for the backend, copied straight from rustls' own
+            // buffer; an outbox buffer is taken only when there are some.
+            let mut reader = tls.reader();
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => {
+                        self.client.eof = true; // close_notify
+                        break;
+                    }
+                    Ok(bytes) => {
+                        let n = bytes.len();
+                        self.backend.outbox.queue(bytes, env.pool);
+                        reader.consume(n);
+                    }
+                    Err(_) => break, // WouldBlock: nothing more for now
+                }
             }
             if rd.is_empty() {
                 return Ok(());
