@@ -25,6 +25,8 @@
 //! | `Piping` | bytes either way, idle timeout | close_notify sent and out → `Draining` |
 //! | `Draining` | our last bytes out, then the client's EOF (a short linger) | `Closing` |
 //! | `Closing` | operations still in flight to complete | freed |
+#![deny(missing_docs)]
+
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -86,8 +88,11 @@ pub enum Action {
 /// Timeouts and options, the same for every connection of an endpoint.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// From accept to the client's Finished (`handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Between bytes once piping (`idle_timeout`).
     pub idle_timeout: Duration,
+    /// For the backend connect (`backend_connect_timeout`).
     pub backend_connect_timeout: Duration,
     /// Send a PROXY protocol v2 header to the backend first.
     pub proxy_protocol: bool,
@@ -95,11 +100,17 @@ pub struct Limits {
 
 /// What a connection needs from its worker while it handles an event.
 pub struct Env<'a> {
+    /// The driver's clock for this event.
     pub now: Instant,
+    /// The endpoint's timeouts and options.
     pub limits: &'a Limits,
+    /// The TLS configurations, chosen per ClientHello.
     pub tls: &'a ServerConfigs,
+    /// This worker's counters.
     pub metrics: &'a WorkerMetrics,
+    /// This worker's send buffers.
     pub pool: &'a mut BufPool,
+    /// This worker's backend failure log.
     pub backend_log: &'a mut BackendLog,
 }
 
@@ -193,7 +204,7 @@ enum Link {
 /// One socket's side of the connection: what waits to go out on it, and where
 /// its receive and write direction stand.
 #[derive(Debug, Default)]
-pub struct Half {
+struct Half {
     outbox: Outbox,
     recv_posted: bool,
     /// EOF (for the client: TCP FIN or close_notify) seen.
