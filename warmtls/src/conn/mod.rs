@@ -36,6 +36,7 @@ use rustls::{HandshakeKind, ServerConnection};
 
 use crate::metrics::{Metric, WorkerMetrics};
 use crate::store::SessionCache;
+use crate::tls::hello_rule::{self, HelloFeatures, TicketPolicy};
 use crate::tls::ServerConfigs;
 
 mod backend_log;
@@ -243,6 +244,9 @@ pub struct Conn {
     first_flight: Option<FirstFlight>,
     /// The device's address and ours, when the driver knows them (PROXY header).
     addresses: Option<(SocketAddr, SocketAddr)>,
+    /// The ClientHello's bytes when it came in more than one read and ticket
+    /// rules need them (empty, unallocated, otherwise).
+    hello_bytes: Vec<u8>,
 }
 
 impl Conn {
@@ -261,6 +265,7 @@ impl Conn {
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
             addresses,
+            hello_bytes: Vec::new(),
         }
     }
 
@@ -697,17 +702,52 @@ impl Conn {
     /// configuration for that ClientHello makes the connection, which takes
     /// whatever followed. Leaves in `rd` the bytes the connection has not read.
     fn accept_hello(&mut self, rd: &mut &[u8], env: &mut Env<'_>) -> Result<(), TlsFailure> {
-        if matches!(self.tls, Tls::Waiting) {
+        let first_read = matches!(self.tls, Tls::Waiting);
+        if first_read {
             self.tls = Tls::Accepting(Acceptor::default());
         }
         let Tls::Accepting(acceptor) = &mut self.tls else {
             return Ok(());
         };
+        // This read's bytes, for the ticket rules (`tls::hello_rule`): a
+        // ClientHello that came whole in its first read is read in place.
+        let this_read = *rd;
+        let reads_hellos = env.tls.reads_hellos();
+        let keep = |kept: &mut Vec<u8>, rd: &[u8]| {
+            let read = &this_read[..this_read.len() - rd.len()];
+            if reads_hellos && kept.len() + read.len() <= hello_rule::MAX_HELLO_BYTES {
+                kept.extend_from_slice(read);
+            }
+        };
         loop {
             match acceptor.accept() {
                 Ok(None) => {}
                 Ok(Some(accepted)) => {
-                    let config = env.tls.for_hello(&accepted.client_hello()).clone();
+                    let features = if !reads_hellos {
+                        None
+                    } else if first_read {
+                        HelloFeatures::parse(&this_read[..this_read.len() - rd.len()])
+                    } else {
+                        keep(&mut self.hello_bytes, rd);
+                        HelloFeatures::parse(&self.hello_bytes)
+                    };
+                    self.hello_bytes = Vec::new();
+                    let (policy, config) = env
+                        .tls
+                        .for_hello(&accepted.client_hello(), features.as_ref());
+                    match policy {
+                        TicketPolicy::Default => {}
+                        TicketPolicy::Tls12 => env.metrics.add(Metric::HelloRuleTls12, 1),
+                        TicketPolicy::NoTls13Tickets => {
+                            env.metrics.add(Metric::HelloRuleNoTickets, 1)
+                        }
+                    }
+                    if let Some(f) = &features {
+                        // What an operator needs to write a rule for a device's stack.
+                        tracing::debug!(extensions = ?f.extensions(), psk_modes = ?f.psk_modes(),
+                            tls12 = f.offers_tls12, tls13 = f.offers_tls13, ?policy, "ClientHello");
+                    }
+                    let config = config.clone();
                     // Resumption lookups happen here: lend the lineage slot.
                     let made = SessionCache::lineage_scope(&mut self.lineage, || {
                         accepted.into_connection(config)
@@ -744,10 +784,14 @@ impl Conn {
                 }
             }
             if rd.is_empty() {
+                keep(&mut self.hello_bytes, rd);
                 return Ok(());
             }
             match acceptor.read_tls(rd) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    keep(&mut self.hello_bytes, rd);
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.tls = Tls::Refused;

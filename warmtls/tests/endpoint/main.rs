@@ -11,6 +11,8 @@ mod early_data;
 mod faults;
 mod golden;
 mod hostile;
+mod interop;
+mod interop_support;
 mod load;
 mod no_io_uring;
 mod openssl;
