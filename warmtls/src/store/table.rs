@@ -323,8 +323,13 @@ impl SessionStore {
             path: path.to_path_buf(),
             source,
         })?;
-        // Lookups touch two random buckets: read-ahead would only waste page cache.
-        let _ = raw.advise(memmap2::Advice::Random);
+        // Lookups touch two random buckets anywhere in the file: with 4 KiB pages
+        // nearly every one is a TLB miss, and in a VM a nested page walk costs
+        // about as much as the memory access itself. Huge pages (2 MiB page-cache
+        // folios mapped by one entry, where the filesystem has large folios, e.g.
+        // ext4 on Linux 6.16+; a no-op elsewhere) make the whole table fit the
+        // TLB. Measured in bench/RESULTS.md.
+        let _ = raw.advise(memmap2::Advice::HugePage);
         let map = Mapping::new(raw, writable);
 
         let flags = map.atomic_u32(hdr::FLAGS).load(Ordering::Acquire);
