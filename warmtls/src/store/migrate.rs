@@ -104,6 +104,9 @@ pub(crate) struct Predecessor {
     retired: AtomicBool,
     /// No other process has the file open, so entries may move.
     movable: AtomicBool,
+    /// This process holds the directory lock already (an open finishing a
+    /// migration before it starts another): retiring must not take it again.
+    dir_held: AtomicBool,
     work: Mutex<Work>,
 }
 
@@ -132,6 +135,7 @@ impl Predecessor {
             store,
             retired: AtomicBool::new(false),
             movable: AtomicBool::new(movable),
+            dir_held: AtomicBool::new(false),
             work: Mutex::new(Work {
                 phase: Phase::Plan,
                 next_check: Instant::now() + Duration::from_secs(1),
@@ -270,9 +274,10 @@ pub(crate) fn open_or_migrate(
     if geo.capacity == want.capacity && geo.slot_size == want.slot_size {
         return Ok(current);
     }
-    if current.predecessor.is_some() {
+    if let Some(p) = &current.predecessor {
         // A migration into this file has not finished: finish it first, so
         // there is never more than one previous file.
+        p.dir_held.store(true, Ordering::Relaxed);
         current.finish_migration()?;
         current.predecessor = None;
     }
@@ -634,7 +639,7 @@ impl SessionStore {
     /// Unlink the emptied previous file and release its blocks, unless another
     /// process has opened it meanwhile.
     fn retire(&self, p: &Predecessor, started: Instant) -> MigrationState {
-        let _dir = DirLock::acquire(self.path());
+        let _dir = (!p.dir_held.load(Ordering::Relaxed)).then(|| DirLock::acquire(self.path()));
         if others_hold(p.store.file()) {
             p.movable.store(false, Ordering::Relaxed);
             return MigrationState::WaitingForOtherProcesses;

@@ -5,6 +5,7 @@ mod support;
 
 mod cache_cli;
 mod crash;
+mod migrate;
 mod rustls_adapter;
 mod sealed;
 mod table;
