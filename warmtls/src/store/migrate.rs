@@ -170,28 +170,56 @@ impl DirLock {
     }
 }
 
-/// Whether a process other than this one holds a flock on `file`, from
-/// `/proc/locks`. Unknown (no procfs) counts as yes: entries then stay where
-/// they are, and resumable.
+/// Whether a process other than this one holds a flock on `file`. Unknown (no
+/// procfs) counts as yes: entries then stay where they are, and resumable.
 pub(crate) fn others_hold(file: &File) -> bool {
-    let Ok(meta) = file.metadata() else {
-        return true;
-    };
-    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
-        return true;
-    };
+    other_holders(file).is_none_or(|pids| !pids.is_empty())
+}
+
+/// The processes other than this one that hold a flock on `file` (every process
+/// that has a cache file open does), from `/proc/locks`; `None` if unknown.
+pub(crate) fn other_holders(file: &File) -> Option<Vec<u32>> {
+    let meta = file.metadata().ok()?;
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
     let want = format!(
         "{:02x}:{:02x}:{}",
         libc::major(meta.dev()),
         libc::minor(meta.dev()),
         meta.ino()
     );
-    let me = std::process::id().to_string();
-    text.lines().any(|line| {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for line in text.lines() {
         // "1: FLOCK  ADVISORY  READ  1234 fd:01:5678 0 EOF"; waiters have "->".
         let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() >= 6 && f[1] == "FLOCK" && f[5] == want && f[4] != me
-    })
+        if f.len() >= 6 && f[1] == "FLOCK" && f[5] == want {
+            // A pid this namespace cannot see reads as unparsable: someone else.
+            let pid = f[4].parse::<u32>().unwrap_or(0);
+            if pid != me {
+                pids.push(pid);
+            }
+        }
+    }
+    Some(pids)
+}
+
+/// A process other than this one that has the cache file at `path` (or the
+/// previous file of its migration) open, if any: `warmtls-cache migrate` works
+/// only on files nobody has open.
+pub fn open_elsewhere(path: &Path) -> Result<Option<u32>, StoreError> {
+    for p in [path.to_path_buf(), previous_file_of(path)] {
+        let file = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(StoreError::Open { path: p, source }),
+        };
+        match other_holders(&file) {
+            Some(pids) if pids.is_empty() => {}
+            Some(pids) => return Ok(Some(pids[0])),
+            None => return Ok(Some(0)),
+        }
+    }
+    Ok(None)
 }
 
 fn exists(path: &Path) -> Result<bool, StoreError> {

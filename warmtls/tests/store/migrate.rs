@@ -243,7 +243,7 @@ fn a_kill_in_the_middle_of_a_migration_loses_nothing_and_duplicates_nothing() {
         }
     }
     child.wait().unwrap();
-    assert!(moved >= 6_000 && moved < 18_000, "killed mid-way ({moved})");
+    assert!((6_000..18_000).contains(&moved), "killed mid-way ({moved})");
     let prev = previous_file_of(&old.path);
     assert!(prev.exists(), "the migration was not finished");
 
