@@ -10,6 +10,7 @@ mod early_data;
 mod faults;
 mod hostile;
 mod load;
+mod migration;
 mod no_io_uring;
 mod openssl;
 mod pipe;

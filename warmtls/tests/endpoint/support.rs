@@ -56,7 +56,11 @@ impl Server {
         ])
         .arg("--cache")
         .arg(cache)
-        .args(["--cache-capacity", "20000"])
+        .args(if extra.contains(&"--cache-capacity") {
+            &[][..]
+        } else {
+            &["--cache-capacity", "20000"][..]
+        })
         .arg("--stats-file")
         .arg(&stats)
         .args(extra)
