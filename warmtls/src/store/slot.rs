@@ -181,8 +181,9 @@ pub(crate) fn slots_tagged(words: &[u64; SLOTS_PER_BUCKET / 4], tag: u16) -> u16
         // Bit 15 of a lane is set iff the lane is nonzero; no carry crosses lanes
         // (0x7fff + 0x7fff < 0x10000).
         let zero = !(((x & LOW) + LOW) | x) & HIGH;
-        let bits =
-            ((zero >> 15) & 1) | ((zero >> 30) & 2) | ((zero >> 45) & 4) | ((zero >> 60) & 8);
+        // Gather bits 15, 31, 47, 63 into bits 45..49 with one multiply: the
+        // products of the four bits land on distinct positions, so nothing carries.
+        let bits = ((zero >> 15).wrapping_mul(1 | 1 << 15 | 1 << 30 | 1 << 45) >> 45) & 0xf;
         mask |= (bits as u16) << (4 * k);
     }
     mask
@@ -210,6 +211,31 @@ mod tests {
                 .filter(|&i| tags[i] == probe)
                 .fold(0u16, |m, i| m | 1 << i);
             assert_eq!(slots_tagged(&words, probe), want, "tag {probe:#x}");
+        }
+    }
+
+    #[test]
+    fn tag_lanes_match_a_lane_by_lane_search_on_random_buckets() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            // Few distinct tags, so equal and zero lanes are common.
+            let tags: [u16; 16] =
+                std::array::from_fn(|_| [0, 1, 0x8000, 0xffff, 7][(next() % 5) as usize]);
+            let words: [u64; 4] = std::array::from_fn(|k| {
+                (0..4).fold(0u64, |w, l| w | (u64::from(tags[4 * k + l]) << (16 * l)))
+            });
+            for probe in [0u16, 1, 0x8000, 0xffff, 7, 2] {
+                let want = (0..16)
+                    .filter(|&i| tags[i] == probe)
+                    .fold(0u16, |m, i| m | 1 << i);
+                assert_eq!(slots_tagged(&words, probe), want);
+            }
         }
     }
 
