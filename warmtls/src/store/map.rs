@@ -44,6 +44,7 @@ impl Mapping {
         self.writable
     }
 
+    #[inline]
     fn check(&self, off: usize, len: usize, align: usize) {
         assert!(off % align == 0, "misaligned access at {off}");
         assert!(
@@ -53,6 +54,7 @@ impl Mapping {
         );
     }
 
+    #[inline]
     pub(crate) fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         self.check(off, 4, 4);
         // SAFETY: in bounds and 4-aligned (checked above); the mapping lives as
@@ -61,6 +63,7 @@ impl Mapping {
         unsafe { AtomicU32::from_ptr(self.raw.as_mut_ptr().add(off).cast()) }
     }
 
+    #[inline]
     pub(crate) fn atomic_u64(&self, off: usize) -> &AtomicU64 {
         self.check(off, 8, 8);
         // SAFETY: as for `atomic_u32`, 8-aligned.
@@ -69,6 +72,7 @@ impl Mapping {
 
     /// `n` consecutive 8-byte words at `off`, as atomics. Private: readers get
     /// copies ([`Mapping::load_bytes`]), writers go through a [`BucketGuard`].
+    #[inline]
     fn words(&self, off: usize, n: usize) -> &[AtomicU64] {
         self.check(off, n * 8, 8);
         // SAFETY: in bounds and 8-aligned (checked above); `AtomicU64` has the
@@ -82,6 +86,7 @@ impl Mapping {
     /// readers that do not hold the bucket lock and validate their copy with the
     /// bucket's sequence number and the slot checksum afterwards (a racing writer
     /// may change the bytes). `off` and `out.len()` must be multiples of 8.
+    #[inline]
     pub(crate) fn load_bytes(&self, off: usize, out: &mut [u8]) {
         assert!(out.len() % 8 == 0);
         let words = self.words(off, out.len() / 8);
@@ -91,12 +96,14 @@ impl Mapping {
     }
 
     /// One 8-byte word at `off`, relaxed (as [`Mapping::load_bytes`]).
+    #[inline]
     pub(crate) fn load_word(&self, off: usize) -> u64 {
         self.atomic_u64(off).load(Ordering::Relaxed)
     }
 
     /// The tag words of `bucket`: slot `i`'s 16-bit tag is bits `16 * (i % 4)..`
     /// of word `i / 4`; 0 marks an empty slot.
+    #[inline]
     pub(crate) fn tag_words(&self, geo: &Geometry, bucket: u64) -> [u64; TAG_WORDS] {
         let w = self.words(geo.bucket_header_offset(bucket) + 8, TAG_WORDS);
         std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
@@ -238,6 +245,7 @@ impl Mapping {
 
     /// Start an optimistic read of a bucket: the sequence number to validate
     /// against, or `None` if a writer is active right now.
+    #[inline]
     pub(crate) fn read_begin(&self, geo: &Geometry, bucket: u64) -> Option<u32> {
         let s = self
             .atomic_u32(geo.bucket_header_offset(bucket) + 4)
@@ -273,6 +281,7 @@ impl Mapping {
     /// Whether nothing was written to `bucket` since `read_begin` returned `seq`.
     /// The acquire fence orders every relaxed load of the copy before this
     /// re-read of the sequence number.
+    #[inline]
     pub(crate) fn read_validate(&self, geo: &Geometry, bucket: u64, seq: u32) -> bool {
         fence(Ordering::Acquire);
         self.atomic_u32(geo.bucket_header_offset(bucket) + 4)
@@ -316,17 +325,20 @@ impl BucketGuard<'_> {
         self.stolen
     }
 
+    #[inline]
     fn tag_word(&self, slot: usize) -> &AtomicU64 {
         assert!(slot < SLOTS_PER_BUCKET);
         &self.map.words(self.header + 8, TAG_WORDS)[slot / 4]
     }
 
     /// All tags of this bucket (see [`Mapping::tag_words`]).
+    #[inline]
     pub(crate) fn tag_words(&self) -> [u64; TAG_WORDS] {
         let w = self.map.words(self.header + 8, TAG_WORDS);
         std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
     }
 
+    #[inline]
     pub(crate) fn tag(&self, slot: usize) -> u16 {
         (self.tag_word(slot).load(Ordering::Relaxed) >> (16 * (slot % 4))) as u16
     }
@@ -334,6 +346,7 @@ impl BucketGuard<'_> {
     /// Set slot `slot`'s tag. Release: a tag made nonzero is stored after the
     /// slot bytes it announces, in program order, which is also the order a
     /// killed process leaves them in.
+    #[inline]
     pub(crate) fn set_tag(&mut self, slot: usize, tag: u16) {
         let word = self.tag_word(slot);
         let shift = 16 * (slot % 4);
@@ -346,6 +359,7 @@ impl BucketGuard<'_> {
         fence(Ordering::Release);
     }
 
+    #[inline]
     fn slot_atomics(&self, slot: usize) -> &[AtomicU64] {
         assert!(slot < SLOTS_PER_BUCKET);
         self.map
@@ -353,6 +367,7 @@ impl BucketGuard<'_> {
     }
 
     /// Copy slot `slot`'s bytes into `out` (exactly one slot long).
+    #[inline]
     pub(crate) fn load_slot(&self, slot: usize, out: &mut [u8]) {
         let words = self.slot_atomics(slot);
         assert_eq!(out.len(), words.len() * 8);
@@ -362,11 +377,13 @@ impl BucketGuard<'_> {
     }
 
     /// Word `word` (8 bytes, little-endian) of slot `slot`.
+    #[inline]
     pub(crate) fn slot_word(&self, slot: usize, word: usize) -> u64 {
         self.slot_atomics(slot)[word].load(Ordering::Relaxed)
     }
 
     /// Store `bytes` (exactly one slot long) into slot `slot`.
+    #[inline]
     pub(crate) fn store_slot(&mut self, slot: usize, bytes: &[u8]) {
         let words = self.slot_atomics(slot);
         assert_eq!(bytes.len(), words.len() * 8);
@@ -378,11 +395,13 @@ impl BucketGuard<'_> {
 
     /// Store one word of slot `slot`: an aligned 8-byte store, which a crash
     /// cannot tear.
+    #[inline]
     pub(crate) fn store_slot_word(&mut self, slot: usize, word: usize, value: u64) {
         self.slot_atomics(slot)[word].store(value, Ordering::Relaxed);
     }
 
     /// Zero every byte of slot `slot`.
+    #[inline]
     pub(crate) fn zero_slot(&mut self, slot: usize) {
         for w in self.slot_atomics(slot) {
             w.store(0, Ordering::Relaxed);
