@@ -30,8 +30,8 @@ pub struct DemoArgs {
     /// Simulated devices (the default finishes in about two minutes on 2 cores).
     #[arg(long, default_value_t = 100_000)]
     pub devices: u32,
-    /// TLS versions of the devices: 1.2, 1.3, or mix (half each).
-    #[arg(long, default_value = "mix")]
+    /// TLS versions of the devices (mix: half each).
+    #[arg(long, value_enum, default_value_t = TlsMix::Mix)]
     pub tls: TlsMix,
     /// Sessions the cache file holds (default: the devices plus headroom).
     #[arg(long)]
@@ -51,12 +51,8 @@ const MIN_RESUMED_PCT_AFTER_RESTART: f64 = 99.0;
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A socket or process call failed.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {io}")]
+    Io { what: String, io: std::io::Error },
     /// The endpoint exited or stayed silent instead of printing its readiness line.
     #[error("the endpoint did not become ready ({reason}); its log:\n{log}")]
     NotReady { reason: String, log: String },
@@ -67,7 +63,7 @@ pub enum DemoError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     let what = what.into();
-    move |source| DemoError::Io { what, source }
+    move |io| DemoError::Io { what, io }
 }
 
 /// The demo's plaintext backend: a few threads answering each HTTP/1.0 request
@@ -418,9 +414,15 @@ pub struct DemoReport {
     pub tls: String,
     /// Live sessions in the cache file while the endpoint was down.
     pub sessions_stored: u64,
+    /// Sessions the cache file was sized for.
+    pub cache_capacity: u64,
     pub cache_file_bytes: u64,
-    /// Cache file size / sessions stored.
+    /// Cache file size / sessions stored: what each stored session cost.
     pub bytes_per_session: Option<f64>,
+    /// Cache file size / capacity: what each session of capacity costs (the
+    /// figure `warmtls-cache stats` and the README give; a file is sized
+    /// before it fills).
+    pub bytes_per_session_of_capacity: f64,
     pub resumed_pct_before_restart: f64,
     pub resumed_pct_after_restart: f64,
     /// Mean bytes on the wire per connection, by handshake kind.
@@ -437,6 +439,19 @@ pub struct DemoReport {
     pub phases: Vec<PhaseReport>,
 }
 
+/// What the demo shows, in plain words, before anything runs.
+pub fn intro(devices: u32) -> String {
+    format!(
+        "warmtls demo: {devices} simulated devices connect over TLS, reconnect, and \
+         reconnect again after the endpoint restarts.\n\
+         A device that resumes skips the full TLS handshake: it presents the session \
+         from its last connection, so it downloads no certificate and checks no \
+         signature, and each reconnect costs it fewer radio bytes and less CPU, i.e. \
+         less battery and data. warmtls keeps those sessions in a file, so devices \
+         still resume after a restart.\n"
+    )
+}
+
 impl DemoReport {
     fn text(&self) -> String {
         let b = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
@@ -445,10 +460,13 @@ impl DemoReport {
             self.devices, self.tls
         );
         s += &format!(
-            "  sessions stored        {} in a {:.1} MiB file: {} bytes per session\n",
+            "  sessions stored        {} in a {:.1} MiB file sized for {}: {} bytes per stored \
+             session ({:.0} per session of capacity)\n",
             self.sessions_stored,
             self.cache_file_bytes as f64 / (1024.0 * 1024.0),
-            b(self.bytes_per_session)
+            self.cache_capacity,
+            b(self.bytes_per_session),
+            self.bytes_per_session_of_capacity
         );
         s += &format!(
             "  resumed                {:.2}% before the restart, {:.2}% after\n",
@@ -462,7 +480,9 @@ impl DemoReport {
             );
         }
         s += &format!(
-            "  bytes per connection   full {} up / {} down, resumed {} up / {} down\n",
+            "  bytes per connection   full {} up / {} down, resumed {} up / {} down\n\
+             \x20                        (a resumed ClientHello carries the session's ticket or ID,\n\
+             \x20                        so a little more goes up; far less comes down: no certificate)\n",
             b(self.bytes_per_full_connection.c2s),
             b(self.bytes_per_full_connection.s2c),
             b(self.bytes_per_resumed_connection.c2s),
@@ -549,6 +569,8 @@ fn kind_bytes(phases: &[PhaseReport], resumed: bool) -> KindBytes {
 /// Run the demo and print its report; fails when too few devices resume after
 /// the restart.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
+    print!("{}", intro(a.devices));
+    let _ = std::io::stdout().flush();
     let report = demo(&a)?;
     print!("{}", report.text());
     if let Some(path) = &a.json {
@@ -650,9 +672,11 @@ fn demo(a: &DemoArgs) -> anyhow::Result<DemoReport> {
         devices: a.devices,
         tls: a.tls.to_string(),
         sessions_stored,
+        cache_capacity: capacity,
         cache_file_bytes,
         bytes_per_session: (sessions_stored > 0)
             .then(|| cache_file_bytes as f64 / sessions_stored as f64),
+        bytes_per_session_of_capacity: cache_file_bytes as f64 / capacity.max(1) as f64,
         resumed_pct_before_restart: pct(false),
         resumed_pct_after_restart: pct(true),
         bytes_per_full_connection: kind_bytes(&report.phases, false),

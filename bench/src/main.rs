@@ -7,10 +7,13 @@
 //! - `economy`: what a reconnect costs a device, per handshake kind and profile.
 //! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
 //! - `sleep`: devices sleeping days to months, on simulated time (src/fleet/sleep.rs).
+//! - `hold`: server memory per idle or half-open connection.
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 mod cmd;
-use cmd::{economy, fleet, rtt, sleep, store};
+use cmd::{economy, fleet, hold, rtt, sleep, store};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +42,8 @@ enum Cmd {
     Rtt(rtt::RttArgs),
     /// Which device sleep patterns resume, per TLS mode, on simulated time.
     Sleep(sleep::SleepArgs),
+    /// Server memory per open idle or half-open connection.
+    Hold(hold::HoldArgs),
     /// Run the endpoint itself: `warmtls-bench endpoint serve ...` is exactly
     /// `warmtls serve ...` (the same library code), so the demo and the
     /// harnesses need no second binary.
@@ -63,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Economy(a) => economy::main(a),
         Cmd::Rtt(a) => rtt::main(a),
         Cmd::Sleep(a) => sleep::main(a),
+        Cmd::Hold(a) => hold::main(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

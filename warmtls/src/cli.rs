@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{CertConfig, Config};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -23,11 +23,9 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Create a cache key file (32 random bytes, mode 0600) for `--cache-key`; never overwrites.
     Keygen { file: PathBuf },
-    /// Validate a configuration file (and its certificates) and exit.
-    Check {
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Validate a configuration (file and flags, as `serve` takes them) and its
+    /// certificates and cache key, then exit, like `nginx -t`.
+    Check(Box<ServeArgs>),
     /// The demo lives in warmtls-bench (`cargo run --release -- demo` in the source
     /// tree): this runs `warmtls-bench demo` from beside this binary.
     #[command(hide = true)]
@@ -37,143 +35,53 @@ enum Cmd {
     },
 }
 
-/// Command-line overrides of the configuration file.
+/// `serve`'s command line: the configuration file, then every setting of
+/// [`Config`] as a flag that overrides it.
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML configuration file (flags below override it).
-    #[arg(long)]
+    /// TOML configuration file; the flags below override it.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on (IP:PORT; port 0 picks one, printed when ready).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Backend: HOST:PORT or unix:PATH.
-    #[arg(long)]
-    backend: Option<String>,
-    /// Session cache file.
-    #[arg(long)]
-    cache: Option<PathBuf>,
-    /// Sessions the cache file holds (used when the file is created).
-    #[arg(long)]
-    cache_capacity: Option<u64>,
-    /// Key file sealing cached session values at rest (make one with `warmtls keygen`).
-    #[arg(long)]
-    cache_key: Option<PathBuf>,
-    /// Certificate chain (PEM); with --key.
-    #[arg(long, requires = "key")]
+    /// Certificate chain (PEM), with --key; replaces the file's [[certs]].
+    /// Default: a self-signed ECDSA P-256 certificate kept beside the cache file.
+    #[arg(long, value_name = "PEM", requires = "key")]
     cert: Option<PathBuf>,
-    /// Private key (PEM); with --cert.
-    #[arg(long, requires = "cert")]
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
     key: Option<PathBuf>,
-    /// Worker threads (0: one per core).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Open client connections, all workers together.
-    #[arg(long)]
-    max_connections: Option<usize>,
-    /// Handshake timeout, e.g. 10s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    handshake_timeout: Option<std::time::Duration>,
-    /// Backend connect timeout, e.g. 3s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    backend_connect_timeout: Option<std::time::Duration>,
-    /// Idle timeout between bytes once piping, e.g. 60s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    idle_timeout: Option<std::time::Duration>,
-    /// How long SIGTERM/SIGINT waits for open connections, e.g. 5s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    drain_timeout: Option<std::time::Duration>,
-    /// Send a PROXY protocol v2 header (client address, SNI, TLS details,
-    /// resumed / 0-RTT flags) to the backend before the plaintext.
-    #[arg(long)]
-    proxy_protocol: bool,
-    /// Accept up to this many bytes of TLS 1.3 0-RTT early data (0: off).
-    #[arg(long)]
-    early_data: Option<u32>,
-    /// TCP Fast Open queue length per listener (0: off).
-    #[arg(long)]
-    tcp_fastopen: Option<u32>,
-    /// Write counters as JSON to this file every stats interval and at exit.
-    #[arg(long)]
-    stats_file: Option<PathBuf>,
-    /// Seconds between stats lines / stats file writes.
-    #[arg(long)]
-    stats_interval: Option<u64>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
-    #[arg(long, default_value = "info")]
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    settings: Config,
 }
 
 impl ServeArgs {
-    fn config(&self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        if let Some(v) = &self.listen {
-            c.listen = v.clone();
-        }
-        if let Some(v) = &self.backend {
-            c.backend = v.clone();
-        }
-        if let Some(v) = &self.cache {
-            c.cache.path = v.clone();
-        }
-        if let Some(v) = self.cache_capacity {
-            c.cache.capacity = v;
-        }
-        if let Some(v) = &self.cache_key {
-            c.cache.key_file = Some(v.clone());
-        }
+    /// The file's settings (or the defaults) with the flags given in `matches` on top.
+    fn config(&self, matches: &ArgMatches) -> anyhow::Result<Config> {
+        let mut c = Config::layered(self.config.as_deref(), &self.settings, matches)?;
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             c.certs = vec![CertConfig {
                 cert: cert.clone(),
                 key: key.clone(),
             }];
         }
-        if let Some(v) = self.workers {
-            c.workers = v;
-        }
-        if let Some(v) = self.max_connections {
-            c.max_connections = v;
-        }
-        if let Some(v) = self.handshake_timeout {
-            c.handshake_timeout = v;
-        }
-        if let Some(v) = self.backend_connect_timeout {
-            c.backend_connect_timeout = v;
-        }
-        if let Some(v) = self.idle_timeout {
-            c.idle_timeout = v;
-        }
-        if let Some(v) = self.drain_timeout {
-            c.drain_timeout = v;
-        }
-        if self.proxy_protocol {
-            c.proxy_protocol = true;
-        }
-        if let Some(v) = self.early_data {
-            c.early_data = v;
-        }
-        if let Some(v) = self.tcp_fastopen {
-            c.tcp_fastopen = v;
-        }
-        if let Some(v) = &self.stats_file {
-            c.stats_file = Some(v.clone());
-        }
-        if let Some(v) = self.stats_interval {
-            c.stats_interval = std::time::Duration::from_secs(v.max(1));
-        }
         Ok(c)
     }
 }
 
-/// Log to stderr at `level` (RUST_LOG overrides).
+/// Log to stderr at `level` (RUST_LOG overrides), in colour only when stderr is
+/// a terminal and NO_COLOR is unset: a log file or a journal gets plain text.
 pub fn init_logs(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 
@@ -183,24 +91,30 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
+    let matches = Cli::command().get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = match matches.subcommand() {
+        Some((_, m)) => m.clone(),
+        None => ArgMatches::default(),
+    };
     let result = match cli.cmd {
         Cmd::Serve(a) => {
             init_logs(&a.log);
-            a.config()
+            a.config(&sub)
                 .and_then(|c| crate::server::serve(c).map_err(anyhow::Error::from))
         }
-        Cmd::Check { config } => Config::from_file(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| c.validate().map(|_| c).map_err(anyhow::Error::from))
-            .and_then(|c| {
-                if !c.certs.is_empty() {
-                    crate::tls::load_certs(&c)?;
-                }
-                crate::server::value_key(&c)?;
-                println!("{}: OK", config.display());
-                Ok(())
-            }),
+        Cmd::Check(a) => a.config(&sub).and_then(|c| {
+            c.validate()?;
+            if !c.certs.is_empty() {
+                crate::tls::load_certs(&c)?;
+            }
+            crate::server::value_key(&c)?;
+            match &a.config {
+                Some(p) => println!("{}: OK", p.display()),
+                None => println!("configuration OK"),
+            }
+            Ok(())
+        }),
         Cmd::Keygen { file } => crate::store::ValueKey::generate(&file)
             .map(|()| println!("{}: new cache key (mode 0600)", file.display()))
             .map_err(anyhow::Error::from),

@@ -1,14 +1,26 @@
-//! The endpoint's configuration: a TOML file, then command-line overrides.
+//! The endpoint's configuration: one struct, [`Config`], that both the TOML file
+//! (serde) and the `serve` command line (clap) fill.
 //!
-//! Every field has a default that works on loopback, so `warmtls serve` with no
-//! file runs. Unknown keys are errors: a typo must not silently mean "default".
+//! Every setting has a TOML key and a flag of the same name (`stats_interval`,
+//! `--stats-interval`; `[cache] slot_size`, `--cache-slot-size`) that parse the
+//! same way, and a default that works on loopback, so `warmtls serve` with no
+//! file runs. The defaults are written once, in the `#[arg]` attributes below:
+//! `serve --help` shows them and [`Config::default`] is built from them. Layers:
+//! the defaults, then the file, then the flags given on the command line
+//! ([`Config::layered`]). Unknown keys are errors: a typo must not silently mean
+//! "default".
+//!
+//! This module owns the names of things (groups, cipher suites, durations) and
+//! what a valid configuration is; it never builds TLS or opens the cache.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
+use rustls::crypto::aws_lc_rs as provider;
+use serde::{Deserialize, Serialize};
 
-use crate::store::{DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
+use crate::store::{StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
 
 /// The most 0-RTT bytes `early_data` may allow: what the backend outbox holds
 /// while the backend connects, so early data never needs a second buffer.
@@ -48,146 +60,330 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// The session cache file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub path: PathBuf,
-    pub capacity: u64,
-    pub slot_size: u32,
-    /// Key file (32 bytes, 0600, kept apart from the cache) sealing values at rest.
-    pub key_file: Option<PathBuf>,
+/// A duration as the TOML file and the command line both write it: a number
+/// and a unit, `"10s"`, `"250ms"`, `"5m"`, `"7d"`, `"1h 30m"` (humantime). A
+/// bare number is refused in both places, with the fix: is `10` seconds or
+/// milliseconds?
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{t} has no unit: write \"{t}s\" for seconds (units: ms, s, m, h, d)"
+        ));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{t:?} is not a duration ({e}); write e.g. \"10s\", \"5m\" or \"7d\""))
 }
 
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            path: PathBuf::from("warmtls.cache"),
-            capacity: DEFAULT_CAPACITY,
-            slot_size: DEFAULT_SLOT_SIZE,
-            key_file: None,
+/// serde for [`Duration`] fields, through [`parse_duration`].
+mod duration {
+    use std::time::Duration;
+
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"10s\", \"5m\" or \"7d\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                super::parse_duration(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                self.visit_str(&v.to_string())
+            }
         }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A key exchange group, by its configuration name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum KxGroup {
+    X25519,
+    #[serde(alias = "p-256", alias = "p256")]
+    #[value(alias = "p-256", alias = "p256")]
+    Secp256r1,
+    #[serde(alias = "p-384", alias = "p384")]
+    #[value(alias = "p-384", alias = "p384")]
+    Secp384r1,
+    /// Post-quantum hybrid; ≈ +1.2 KB per full handshake.
+    X25519mlkem768,
+}
+
+impl KxGroup {
+    /// The rustls implementation.
+    pub fn rustls(self) -> &'static dyn rustls::crypto::SupportedKxGroup {
+        use provider::kx_group::*;
+        match self {
+            KxGroup::X25519 => X25519,
+            KxGroup::Secp256r1 => SECP256R1,
+            KxGroup::Secp384r1 => SECP384R1,
+            KxGroup::X25519mlkem768 => X25519MLKEM768,
+        }
+    }
+}
+
+/// A cipher suite rustls offers, by its IANA name (`TLS13_AES_128_GCM_SHA256`).
+#[derive(Clone, Copy, PartialEq)]
+pub struct CipherSuite(pub rustls::SupportedCipherSuite);
+
+impl CipherSuite {
+    /// The IANA name.
+    pub fn name(&self) -> &'static str {
+        self.0.suite().as_str().unwrap_or("unnamed")
+    }
+
+    /// Every suite there is a name for, comma separated (for error messages).
+    pub fn names() -> String {
+        let names: Vec<&str> = provider::DEFAULT_CIPHER_SUITES
+            .iter()
+            .filter_map(|s| s.suite().as_str())
+            .collect();
+        names.join(", ")
+    }
+}
+
+impl std::str::FromStr for CipherSuite {
+    type Err = String;
+    fn from_str(name: &str) -> Result<CipherSuite, String> {
+        provider::DEFAULT_CIPHER_SUITES
+            .iter()
+            .find(|s| s.suite().as_str() == Some(name))
+            .map(|s| CipherSuite(*s))
+            .ok_or_else(|| {
+                format!(
+                    "unknown cipher suite {name:?} (known: {})",
+                    CipherSuite::names()
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for CipherSuite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Debug for CipherSuite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for CipherSuite {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for CipherSuite {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CipherSuite, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
 /// How TLS 1.3 tickets are issued. Either way the session state stays in the store
 /// and a ticket is single use; TLS 1.2 session IDs are the same in both.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Tls13Tickets {
     /// rustls' stateful tickets: a fixed 24 h lifetime (rustls clients drop them
     /// after a day); the only mode in which rustls accepts 0-RTT.
     #[default]
     Stateful,
-    /// Tickets from [`crate::store::StoreTicketer`]: up to 7 days (capped by
-    /// `session_lifetime` and `max_session_age`), for devices that sleep longer
+    /// Tickets from the store's ticketer: up to 7 days (capped by
+    /// session_lifetime and max_session_age), for devices that sleep longer
     /// than a day; rustls refuses 0-RTT with a ticketer.
     StoreTicketer,
 }
 
 /// A certificate chain and its private key, PEM files.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CertConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
+/// The session cache file (`[cache]` in the file, `--cache-*` flags).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Session cache file (created on first start, 0600).
+    #[arg(
+        id = "cache.path",
+        long = "cache",
+        value_name = "PATH",
+        default_value = "warmtls.cache"
+    )]
+    pub path: PathBuf,
+    /// Sessions the cache file holds (fixed when the file is created; ≈ 151
+    /// bytes of file per session at the default slot size).
+    #[arg(id = "cache.capacity", long = "cache-capacity", value_name = "N", default_value_t = DEFAULT_CAPACITY)]
+    pub capacity: u64,
+    /// Bytes per slot: a multiple of 64 from 128 to 4096 (fixed when the file is
+    /// created); 192 with --cache-key for TLS 1.2 or named devices.
+    #[arg(id = "cache.slot_size", long = "cache-slot-size", value_name = "BYTES", default_value_t = DEFAULT_SLOT_SIZE)]
+    pub slot_size: u32,
+    /// Key file sealing cached session values at rest (32 bytes, 0600, kept
+    /// apart from the cache; make one with `warmtls keygen`). Default: none.
+    #[arg(id = "cache.key_file", long = "cache-key", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        defaults_from_args()
+    }
+}
+
 /// Everything `warmtls serve` needs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Address to listen on (IP:PORT; port 0 picks one, printed when ready).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     pub listen: String,
+    /// Backend the plaintext goes to: HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub backend: String,
     /// Certificates; several (e.g. ECDSA + RSA) are chosen per client. Empty: a
     /// self-signed ECDSA P-256 certificate is made and kept beside the cache file.
+    /// On the command line: one pair, `--cert` and `--key`.
+    #[arg(skip)]
     pub certs: Vec<CertConfig>,
+    #[command(flatten, next_help_heading = "Session cache")]
     pub cache: CacheConfig,
     /// How long an unused session stays resumable.
-    #[serde(with = "humantime_serde")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7d", help_heading = "Sessions")]
+    #[serde(with = "duration")]
     pub session_lifetime: Duration,
     /// Cap on a chain of resumptions since its full handshake (RFC 8446 §4.6.1).
-    #[serde(with = "humantime_serde")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "90d", help_heading = "Sessions")]
+    #[serde(with = "duration")]
     pub max_session_age: Duration,
-    /// Worker threads (one ring and listener each); 0 = one per core.
+    /// TLS 1.3 tickets: stateful (24 h, 0-RTT possible) or store-ticketer (7 days, no 0-RTT).
+    #[arg(long, value_enum, default_value_t = Tls13Tickets::Stateful, help_heading = "Sessions")]
+    pub tls13_tickets: Tls13Tickets,
+    /// TLS 1.3 tickets issued per handshake (at most 8; a second one is an orphan in the store).
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Sessions")]
+    pub tickets_per_handshake: usize,
+    /// TLS 1.3 0-RTT: the most early-data bytes accepted from a resuming device
+    /// (0 = off). Only for requests the backend may see from a client whose
+    /// handshake then fails: the request is not covered by the client's Finished.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 0,
+        help_heading = "Sessions"
+    )]
+    pub early_data: u32,
+    /// Key exchange groups in preference order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [KxGroup::X25519, KxGroup::Secp256r1], help_heading = "TLS")]
+    pub groups: Vec<KxGroup>,
+    /// Cipher suites in preference order, by IANA name (e.g.
+    /// TLS13_AES_128_GCM_SHA256). Default: every suite, AES-128-GCM/SHA-256 first.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        help_heading = "TLS"
+    )]
+    pub cipher_suites: Vec<CipherSuite>,
+    /// Worker threads, one ring and listener each (0 = one per core).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Connections"
+    )]
     pub workers: usize,
     /// Open client connections, all workers together.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8_192,
+        help_heading = "Connections"
+    )]
     pub max_connections: usize,
-    #[serde(with = "humantime_serde")]
+    /// Time a client has to complete its handshake.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = "Connections")]
+    #[serde(with = "duration")]
     pub handshake_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    /// Idle time between bytes once piping.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s", help_heading = "Connections")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    /// Time the backend has to accept a connection.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s", help_heading = "Connections")]
+    #[serde(with = "duration")]
     pub backend_connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    /// How long SIGTERM/SIGINT waits for open connections.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s", help_heading = "Connections")]
+    #[serde(with = "duration")]
     pub drain_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub flush_interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub stats_interval: Duration,
-    pub tickets_per_handshake: usize,
-    /// TLS 1.3 0-RTT: the most early-data bytes accepted from a resuming client
-    /// (0 = off). Accepted early data goes to the backend before the handshake
-    /// completes, and the backend's answer goes out as 0.5-RTT data. Replays are
-    /// refused by the store's single-use tickets, but the request itself is not
-    /// protected by the client's Finished: only turn this on for requests the
-    /// backend may safely see from a client whose handshake then fails.
-    pub early_data: u32,
-    /// Cipher suites in the server's order of preference, by IANA name (e.g.
-    /// "TLS13_AES_128_GCM_SHA256"). Empty: every suite rustls has, cheapest
-    /// first (AES-128-GCM/SHA-256 before AES-256-GCM/SHA-384 and ChaCha20).
-    pub cipher_suites: Vec<String>,
     /// Send a PROXY protocol v2 header to the backend before the plaintext: the
     /// device's address, SNI, TLS version and suite, resumed and 0-RTT flags.
+    #[arg(long, help_heading = "Connections")]
     pub proxy_protocol: bool,
-    /// `"stateful"` (24 h, 0-RTT possible) or `"store-ticketer"` (7 days, no 0-RTT).
-    pub tls13_tickets: Tls13Tickets,
-    /// Key exchange groups in preference order: x25519, secp256r1, secp384r1, x25519mlkem768.
-    pub groups: Vec<String>,
-    /// Write counters as JSON here every stats interval and at exit.
-    pub stats_file: Option<PathBuf>,
-    /// TCP Fast Open queue length per listener (pending SYNs with data); 0 = off.
-    /// The kernel also needs bit 0x2 in `sysctl net.ipv4.tcp_fastopen`.
+    /// TCP Fast Open queue length per listener (0 = off); the kernel also needs
+    /// bit 0x2 in `sysctl net.ipv4.tcp_fastopen`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        help_heading = "Connections"
+    )]
     pub tcp_fastopen: u32,
+    /// How often the cache file is fdatasync'ed (bounds what a power cut loses).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = "Operations")]
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
+    /// How often a stats line is logged (and --stats-file written).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = "Operations")]
+    #[serde(with = "duration")]
+    pub stats_interval: Duration,
+    /// Write the counters as JSON to this file every stats interval and at exit.
+    /// Default: none.
+    #[arg(long, value_name = "FILE", help_heading = "Operations")]
+    pub stats_file: Option<PathBuf>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:8443".into(),
-            backend: "127.0.0.1:8080".into(),
-            certs: Vec::new(),
-            cache: CacheConfig::default(),
-            session_lifetime: Duration::from_secs(7 * 86_400),
-            max_session_age: crate::store::DEFAULT_MAX_SESSION_AGE,
-            workers: 0,
-            max_connections: 8_192,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            backend_connect_timeout: Duration::from_secs(3),
-            drain_timeout: Duration::from_secs(5),
-            flush_interval: Duration::from_secs(10),
-            stats_interval: Duration::from_secs(10),
-            tickets_per_handshake: 1,
-            early_data: 0,
-            cipher_suites: Vec::new(),
-            proxy_protocol: false,
-            tls13_tickets: Tls13Tickets::Stateful,
-            groups: vec!["x25519".into(), "secp256r1".into()],
-            stats_file: None,
-            tcp_fastopen: 256,
-        }
+        defaults_from_args()
     }
+}
+
+/// `T` as its flags' defaults make it: the one place defaults are written is
+/// the `#[arg]` attributes, which `--help` shows.
+fn defaults_from_args<T: Args + FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
+    let matches = cmd
+        .try_get_matches_from(std::iter::empty::<&str>())
+        .expect("every setting has a default");
+    T::from_arg_matches(&matches).expect("the defaults in the #[arg] attributes parse")
 }
 
 /// A configuration that could not be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {io}")]
+    Read { path: PathBuf, io: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid {field}: {message}")]
@@ -195,14 +391,16 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Cache(crate::store::StoreError),
 }
 
 impl Config {
     /// Read a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|io| ConfigError::Read {
             path: path.into(),
-            source,
+            io,
         })?;
         Config::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
@@ -215,7 +413,61 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Check everything that can be checked without serving.
+    /// The configuration `serve` runs with: the settings of `file` (or the
+    /// defaults), then each setting whose flag `matches` saw on the command line,
+    /// with its value from `flags` (what clap parsed from the same matches).
+    pub fn layered(
+        file: Option<&Path>,
+        flags: &Config,
+        matches: &ArgMatches,
+    ) -> Result<Config, ConfigError> {
+        let base = match file {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        let given: Vec<String> = Config::flags()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| {
+                matches!(
+                    matches.value_source(id),
+                    Some(clap::parser::ValueSource::CommandLine)
+                )
+            })
+            .collect();
+        if given.is_empty() {
+            return Ok(base);
+        }
+        let as_table = |c: &Config| {
+            toml::Table::try_from(c).map_err(|e| ConfigError::Invalid {
+                field: "command line",
+                message: e.to_string(),
+            })
+        };
+        let mut table = as_table(&base)?;
+        let from_flags = as_table(flags)?;
+        for id in &given {
+            let path: Vec<&str> = id.split('.').collect();
+            let Some(value) = lookup(&from_flags, &path) else {
+                continue;
+            };
+            insert(&mut table, &path, value.clone());
+        }
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                field: "command line",
+                message: e.to_string(),
+            })
+    }
+
+    /// The settings' flags, as `serve` has them (for `--help` and layering).
+    pub fn flags() -> clap::Command {
+        Config::augment_args(clap::Command::new("serve"))
+    }
+
+    /// Check everything that can be checked without serving; `warmtls check`
+    /// and `warmtls serve` both run this.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
         if self.listen_addr().is_err() {
@@ -251,39 +503,32 @@ impl Config {
                 ),
             );
         }
-        if !crate::store::Geometry::slot_size_is_valid(self.cache.slot_size) {
-            return invalid(
-                "cache.slot_size",
-                format!(
-                    "{} must be a multiple of 64 from 128 to 4096",
-                    self.cache.slot_size
-                ),
-            );
+        for (field, d) in [
+            ("session_lifetime", self.session_lifetime),
+            ("max_session_age", self.max_session_age),
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("backend_connect_timeout", self.backend_connect_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(field, "must be longer than 0".into());
+            }
         }
-        if self.cache.capacity == 0 {
-            return invalid("cache.capacity", "must be at least 1".into());
-        }
-        for g in &self.groups {
-            if crate::tls::group_by_name(g).is_none() {
+        for (field, d) in [
+            ("flush_interval", self.flush_interval),
+            ("stats_interval", self.stats_interval),
+        ] {
+            if d < Duration::from_secs(1) {
                 return invalid(
-                    "groups",
+                    field,
                     format!(
-                        "unknown group {g:?} (known: x25519, secp256r1, secp384r1, x25519mlkem768)"
+                        "{} is too short: at least 1s",
+                        humantime::format_duration(d)
                     ),
                 );
             }
         }
-        for c in &self.cipher_suites {
-            if crate::tls::suite_by_name(c).is_none() {
-                return invalid(
-                    "cipher_suites",
-                    format!(
-                        "unknown cipher suite {c:?} (known: {})",
-                        crate::tls::suite_names()
-                    ),
-                );
-            }
-        }
+        self.store_config().validate().map_err(ConfigError::Cache)?;
         if self.groups.is_empty() {
             return invalid("groups", "at least one key exchange group is needed".into());
         }
@@ -305,6 +550,15 @@ impl Config {
         self.backend.parse()
     }
 
+    /// The cache file's location and shape, as the store takes it.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            path: self.cache.path.clone(),
+            capacity: self.cache.capacity,
+            slot_size: self.cache.slot_size,
+        }
+    }
+
     /// Worker count, resolving 0 to the number of cores.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
@@ -317,9 +571,60 @@ impl Config {
     }
 }
 
+fn lookup<'t>(table: &'t toml::Table, path: &[&str]) -> Option<&'t toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(*p)?.as_table()?;
+    }
+    t.get(*last)
+}
+
+fn insert(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let Some(next) = entry.as_table_mut() else {
+            return;
+        };
+        t = next;
+    }
+    t.insert(last.to_string(), value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Config,
+    }
+
+    /// `serve`'s layering, as cli.rs does it.
+    fn layered(args: &[&str]) -> Result<Config, ConfigError> {
+        let matches = Flags::command()
+            .try_get_matches_from(std::iter::once("warmtls").chain(args.iter().copied()))
+            .map_err(|e| ConfigError::Invalid {
+                field: "command line",
+                message: e.to_string(),
+            })?;
+        let f = Flags::from_arg_matches(&matches).unwrap();
+        Config::layered(f.config.as_deref(), &f.settings, &matches)
+    }
 
     #[test]
     fn defaults_work_on_loopback() {
@@ -330,6 +635,16 @@ mod tests {
             c.backend_addr().unwrap(),
             Backend::Tcp("127.0.0.1:8080".parse().unwrap())
         );
+        assert_eq!(c.max_session_age, crate::store::DEFAULT_MAX_SESSION_AGE);
+        assert_eq!(c.session_lifetime, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.groups, [KxGroup::X25519, KxGroup::Secp256r1]);
+        assert_eq!(c.cache.capacity, DEFAULT_CAPACITY);
+        assert_eq!(
+            Config::from_toml("").unwrap(),
+            c,
+            "an empty file is the defaults"
+        );
+        assert_eq!(layered(&[]).unwrap(), c, "no flags are the defaults");
     }
 
     #[test]
@@ -354,25 +669,131 @@ mod tests {
     }
 
     #[test]
+    fn every_duration_reads_the_same_in_the_file_and_on_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields = [
+            "session_lifetime",
+            "max_session_age",
+            "handshake_timeout",
+            "idle_timeout",
+            "backend_connect_timeout",
+            "drain_timeout",
+            "flush_interval",
+            "stats_interval",
+        ];
+        for field in fields {
+            let flag = format!("--{}", field.replace('_', "-"));
+            for (text, want) in [
+                ("10s", Duration::from_secs(10)),
+                ("1500ms", Duration::from_millis(1500)),
+                ("5m", Duration::from_secs(300)),
+                ("1h 30m", Duration::from_secs(5400)),
+                ("7d", Duration::from_secs(7 * 86_400)),
+            ] {
+                let file = dir.path().join("c.toml");
+                std::fs::write(&file, format!("{field} = \"{text}\"\n")).unwrap();
+                let from_file = layered(&["--config", file.to_str().unwrap()]).unwrap();
+                let from_flag = layered(&[&flag, text]).unwrap();
+                assert_eq!(from_file, from_flag, "{field} = {text:?}");
+                let t = toml::Table::try_from(&from_flag).unwrap();
+                assert_eq!(
+                    parse_duration(t[field].as_str().unwrap()).unwrap(),
+                    want,
+                    "{field} = {text:?}"
+                );
+            }
+            // A bare number is refused in both places, with the fix.
+            let e = Config::from_toml(&format!("{field} = 10")).unwrap_err();
+            assert!(e.contains("write \"10s\""), "{field}: {e}");
+            let e = layered(&[&flag, "10"]).unwrap_err().to_string();
+            assert!(e.contains("write \"10s\""), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_only_the_flags_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9443\"\nworkers = 3\nproxy_protocol = true\nstats_interval = \"30s\"\n\
+             groups = [\"secp256r1\"]\n[cache]\ncapacity = 5000\nslot_size = 192\n",
+        )
+        .unwrap();
+        let c = layered(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--cache-slot-size",
+            "256",
+            "--cache",
+            "/tmp/x.cache",
+            "--groups",
+            "x25519,p-256",
+        ])
+        .unwrap();
+        assert_eq!(c.workers, 2, "flag over file");
+        assert_eq!(c.cache.slot_size, 256, "flag over file, nested");
+        assert_eq!(c.cache.path, PathBuf::from("/tmp/x.cache"));
+        assert_eq!(c.groups, [KxGroup::X25519, KxGroup::Secp256r1]);
+        assert_eq!(c.listen, "127.0.0.1:9443", "file over default");
+        assert_eq!(c.cache.capacity, 5000, "file over default, nested");
+        assert!(c.proxy_protocol);
+        assert_eq!(c.stats_interval, Duration::from_secs(30));
+        assert_eq!(c.max_connections, 8_192, "default");
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_and_serve_help_shows_every_default() {
+        let mut cmd = Config::flags();
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        let mut keys: Vec<String> = Vec::new();
+        for (k, v) in &table {
+            match v.as_table() {
+                Some(t) => keys.extend(t.keys().map(|k2| format!("{k}.{k2}"))),
+                None if k != "certs" => keys.push(k.clone()),
+                None => {} // --cert/--key: serve's own pair of flags
+            }
+        }
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for k in &keys {
+            assert!(ids.contains(k), "setting {k} has no flag");
+        }
+        for a in cmd.get_arguments() {
+            let says_default = a
+                .get_long_help()
+                .or(a.get_help())
+                .is_some_and(|h| h.to_string().contains("Default: "));
+            let switch = !a.get_action().takes_values();
+            assert!(
+                !a.get_default_values().is_empty() || says_default || switch,
+                "--{} shows no default",
+                a.get_long().unwrap_or_default()
+            );
+        }
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("[default: 10s]"), "{help}");
+        assert!(help.contains("[default: x25519 secp256r1]"), "{help}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(Config::from_toml("lisen = \"x\"")
             .unwrap_err()
             .contains("lisen"));
-        let c = Config {
-            groups: vec!["x448".into()],
-            ..Config::default()
-        };
-        assert!(c.validate().unwrap_err().to_string().contains("x448"));
+        assert!(Config::from_toml("groups = [\"x448\"]")
+            .unwrap_err()
+            .contains("x448"));
         let c = Config {
             listen: "nope".into(),
             ..Config::default()
         };
         assert!(c.validate().is_err());
-        let c = Config {
-            cipher_suites: vec!["TLS13_AES_128_CCM_SHA256".into()],
-            ..Config::default()
-        };
-        let e = c.validate().unwrap_err().to_string();
+        let e = Config::from_toml("cipher_suites = [\"TLS13_AES_128_CCM_SHA256\"]").unwrap_err();
         assert!(
             e.contains("TLS13_AES_128_CCM_SHA256") && e.contains("TLS13_AES_128_GCM_SHA256"),
             "{e}"
@@ -388,5 +809,28 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("early_data"));
+        let c = Config {
+            stats_interval: Duration::from_millis(10),
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("stats_interval"));
+    }
+
+    #[test]
+    fn a_capacity_the_store_refuses_is_refused_by_validate() {
+        let mut c = Config::default();
+        c.cache.capacity = 1 << 40;
+        let e = c.validate().unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert!(chain.contains("capacity"), "{chain}");
+        c.cache.capacity = 0;
+        assert!(c.validate().is_err());
+        c.cache.capacity = 1000;
+        c.cache.slot_size = 100;
+        assert!(c.validate().is_err());
     }
 }

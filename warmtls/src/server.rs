@@ -3,13 +3,13 @@
 //! certificates) and write the periodic stats.
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::{self, WorkerMetrics};
 use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, Flusher, SessionStore, StoreConfig, ValueKey};
+use crate::store::{check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, ValueKey};
 use crate::tls::{self, CertResolver};
 
 /// Why the endpoint could not start.
@@ -21,17 +21,30 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {io}{}", listen_hint(.io))]
+    Listen { addr: String, io: std::io::Error },
     #[error(transparent)]
     Ring(#[from] crate::runtime::ring::RingError),
     #[error("worker {0} could not start: {1}")]
     Worker(usize, String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+}
+
+/// What to do about a listen address the kernel refused.
+fn listen_hint(io: &std::io::Error) -> &'static str {
+    match io.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            "; another process listens there (`ss -ltnp` shows which): stop it, or choose \
+             another address (--listen, `listen` in the file)"
+        }
+        Some(libc::EACCES) => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE \
+             (AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit)"
+        }
+        Some(libc::EADDRNOTAVAIL) => "; no interface of this host has that address",
+        _ => "",
+    }
 }
 
 /// Raise RLIMIT_NOFILE to cover `max_connections` (a client and a backend socket
@@ -53,22 +66,23 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// TCP Fast Open is configured but the kernel will ignore it: say so once, with
-/// the fix. Not an error: connections still work, one round trip slower.
-fn warn_if_fastopen_disabled(queue: u32) {
+/// TCP Fast Open is on (it is by default) but the kernel will ignore it: say so
+/// once, at info level, with the fix. Most kernels ship servers without TFO, so
+/// this is the ordinary case, not a fault: connections work, one round trip slower.
+fn note_if_fastopen_disabled(queue: u32) {
     if queue == 0 {
         return;
     }
     match crate::runtime::sockopt::server_fastopen_allowed() {
         Some(true) => {}
-        Some(false) => tracing::warn!(
-            "tcp_fastopen = {queue} is configured but TCP Fast Open is disabled for servers by \
-             the kernel (net.ipv4.tcp_fastopen lacks bit 0x2): devices pay one more round trip \
-             per connection. Enable it with `sysctl -w net.ipv4.tcp_fastopen=3` (per network \
-             namespace; persist it in /etc/sysctl.d/), or set tcp_fastopen = 0 to silence this"
+        Some(false) => tracing::info!(
+            "TCP Fast Open is off for servers in this kernel (net.ipv4.tcp_fastopen lacks \
+             bit 0x2): devices pay one more round trip per connection; `sysctl -w \
+             net.ipv4.tcp_fastopen=3` turns it on (per network namespace; persist it in \
+             /etc/sysctl.d/), tcp_fastopen = 0 stops this note"
         ),
-        None => tracing::warn!(
-            "tcp_fastopen = {queue} is configured but {} cannot be read: TCP Fast Open may be off",
+        None => tracing::info!(
+            "TCP Fast Open may be off: {} cannot be read",
             crate::runtime::sockopt::FASTOPEN_SYSCTL
         ),
     }
@@ -85,21 +99,20 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     raise_fd_limit(cfg.max_connections);
 
     let value_key = value_key(&cfg)?;
-    let mut store = SessionStore::open_or_create(&StoreConfig {
-        path: cfg.cache.path.clone(),
-        capacity: cfg.cache.capacity,
-        slot_size: cfg.cache.slot_size,
-    })?;
+    let mut store = SessionStore::open_or_create(&cfg.store_config())?;
     if let Some(k) = value_key {
         store = store.seal_values_with(k);
         log_sealed_room(&store);
     }
+    // Before any session is stored: which rustls session encoding the file holds,
+    // and whether this build can read it (loud if not).
+    let encoding = encoding::check_at_startup(&store, cfg.session_lifetime);
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), cfg.flush_interval);
     let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
     let server_cfg =
         tls::server_config(&cfg, resolver.clone(), store.clone(), cfg.session_lifetime)?;
-    let tls_cfg = Arc::new(RwLock::new(server_cfg));
+    let tls_cfgs = Arc::new(tls::ServerConfigs::new(server_cfg));
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
@@ -111,7 +124,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
 
     let listen = cfg.listen_addr().map_err(|e| ServeError::Listen {
         addr: cfg.listen.clone(),
-        source: std::io::Error::other(e),
+        io: std::io::Error::other(e),
     })?;
     let backend = cfg
         .backend_addr()
@@ -119,9 +132,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             field: "backend",
             message: m,
         })?;
-    let listen_err = |source| ServeError::Listen {
+    let listen_err = |io| ServeError::Listen {
         addr: cfg.listen.clone(),
-        source,
+        io,
     };
     let tfo = cfg.tcp_fastopen;
     let first = listener::bind(listen, 4096, tfo).map_err(listen_err)?;
@@ -130,7 +143,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     for _ in 1..workers {
         listeners.push(listener::bind(bound, 4096, tfo).map_err(listen_err)?);
     }
-    warn_if_fastopen_disabled(tfo);
+    note_if_fastopen_disabled(tfo);
 
     let metrics: Arc<Vec<WorkerMetrics>> =
         Arc::new((0..workers).map(|_| WorkerMetrics::default()).collect());
@@ -143,14 +156,16 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         let setup = worker::WorkerSetup {
             index,
             listener: l,
-            tls: tls_cfg.clone(),
+            tls: tls_cfgs.clone(),
             backend: backend.clone(),
             max_connections: per_worker,
-            handshake_timeout: cfg.handshake_timeout,
-            idle_timeout: cfg.idle_timeout,
-            backend_connect_timeout: cfg.backend_connect_timeout,
+            limits: crate::conn::Limits {
+                handshake_timeout: cfg.handshake_timeout,
+                idle_timeout: cfg.idle_timeout,
+                backend_connect_timeout: cfg.backend_connect_timeout,
+                proxy_protocol: cfg.proxy_protocol,
+            },
             drain_timeout: cfg.drain_timeout,
-            proxy_protocol: cfg.proxy_protocol,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
@@ -207,7 +222,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         if last_stats.elapsed() >= cfg.stats_interval {
             last_stats = Instant::now();
-            report(&metrics, &store, cfg.stats_file.as_deref(), true);
+            report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
         }
     }
     tracing::info!(
@@ -220,8 +235,8 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     drop(flusher);
     store.flush()?;
-    report(&metrics, &store, cfg.stats_file.as_deref(), true);
-    drop(tls_cfg);
+    report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+    drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
     }
@@ -247,7 +262,7 @@ fn log_sealed_room(store: &SessionStore) {
     let tls12_sni = room.saturating_sub(72);
     let tls13_sni = room.saturating_sub(56);
     if tls12_sni < 32 {
-        tracing::warn!(room, "cache values sealed at rest: TLS 1.2 sessions with server names longer than {tls12_sni} characters (TLS 1.3 AES-128: {tls13_sni}) do not fit and will do full handshakes; set cache.slot_size = 192 (a new cache file) to fit them");
+        tracing::warn!(room, "cache values sealed at rest: TLS 1.2 sessions with server names longer than {tls12_sni} characters (TLS 1.3 AES-128: {tls13_sni}) do not fit and will do full handshakes; to fit them, use 192-byte slots (--cache-slot-size 192, `[cache] slot_size = 192`; a new cache file)");
     } else {
         tracing::info!(room, "cache values sealed at rest");
     }
@@ -256,6 +271,7 @@ fn log_sealed_room(store: &SessionStore) {
 fn report(
     metrics: &[WorkerMetrics],
     store: &SessionStore,
+    encoding: &EncodingStatus,
     stats_file: Option<&std::path::Path>,
     log: bool,
 ) {
@@ -263,14 +279,16 @@ fn report(
     let s = store.counters();
     if log {
         tracing::info!(
-            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {}",
+            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
             m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
-            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions
+            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
         );
     }
     if let Some(path) = stats_file {
         let mut v = serde_json::to_value(m).unwrap_or_default();
         v["store"] = serde_json::to_value(s).unwrap_or_default();
+        // As found at start-up, before this build recorded its own generation.
+        v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, v.to_string())
             .and_then(|_| std::fs::rename(&tmp, path))

@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::crypto::aws_lc_rs as provider;
-use rustls::crypto::SupportedKxGroup;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -29,29 +28,18 @@ pub enum TlsError {
     Key { path: PathBuf, message: String },
     #[error("cannot generate a self-signed certificate: {0}")]
     SelfSigned(String),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {io}")]
+    Write { path: PathBuf, io: std::io::Error },
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-    #[error("unknown key exchange group {0:?}")]
-    Group(String),
-    #[error("unknown cipher suite {0:?}")]
-    Suite(String),
+    Rustls(rustls::Error),
 }
 
-/// A key exchange group by its configuration name.
-pub fn group_by_name(name: &str) -> Option<&'static dyn SupportedKxGroup> {
-    use provider::kx_group::*;
-    Some(match name.to_ascii_lowercase().as_str() {
-        "x25519" => X25519,
-        "secp256r1" | "p-256" | "p256" => SECP256R1,
-        "secp384r1" | "p-384" | "p384" => SECP384R1,
-        "x25519mlkem768" => X25519MLKEM768,
-        _ => return None,
-    })
+/// Not `#[from]`: that would make rustls' error both part of the message and its
+/// `source()`, and a chain printer would say it twice.
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e)
+    }
 }
 
 /// Every cipher suite rustls has, AES-128-GCM/SHA-256 first: the cheapest for
@@ -68,23 +56,6 @@ fn cheapest_first() -> Vec<rustls::SupportedCipherSuite> {
         _ => 4,
     });
     suites
-}
-
-/// A cipher suite by its IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
-pub fn suite_by_name(name: &str) -> Option<rustls::SupportedCipherSuite> {
-    provider::DEFAULT_CIPHER_SUITES
-        .iter()
-        .find(|s| s.suite().as_str() == Some(name))
-        .copied()
-}
-
-/// The names [`suite_by_name`] knows, for error messages.
-pub fn suite_names() -> String {
-    let names: Vec<&str> = provider::DEFAULT_CIPHER_SUITES
-        .iter()
-        .filter_map(|s| s.suite().as_str())
-        .collect();
-    names.join(", ")
 }
 
 /// Load one certificate chain and key from PEM files.
@@ -159,9 +130,9 @@ pub fn ensure_self_signed(cache: &Path) -> Result<CertConfig, TlsError> {
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
+    let err = |io| TlsError::Write {
         path: path.to_path_buf(),
-        source,
+        io,
     };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -209,6 +180,31 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// The rustls configurations an endpoint serves, built once at start-up, and
+/// which one a ClientHello gets. Every worker holds one (no lock, no per-accept
+/// refcount traffic beyond the `Arc<ServerConfig>` rustls itself needs).
+#[derive(Debug, Clone)]
+pub struct ServerConfigs {
+    default: Arc<rustls::ServerConfig>,
+}
+
+impl ServerConfigs {
+    /// One configuration for every client.
+    pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
+        ServerConfigs { default }
+    }
+
+    /// The configuration for the connection that sent `hello`.
+    pub fn for_hello(&self, _hello: &ClientHello<'_>) -> &Arc<rustls::ServerConfig> {
+        &self.default
+    }
+
+    /// The configuration most clients get.
+    pub fn default_config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.default
+    }
+}
+
 /// Load the configured certificates (or the self-signed one).
 pub fn load_certs(cfg: &Config) -> Result<Vec<Arc<CertifiedKey>>, TlsError> {
     if cfg.certs.is_empty() {
@@ -243,14 +239,8 @@ pub fn server_config_with_time(
     session_lifetime: Duration,
     time: Arc<dyn rustls::time_provider::TimeProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut groups = Vec::new();
-    for g in &cfg.groups {
-        groups.push(group_by_name(g).ok_or_else(|| TlsError::Group(g.clone()))?);
-    }
-    let mut suites = Vec::new();
-    for name in &cfg.cipher_suites {
-        suites.push(suite_by_name(name).ok_or_else(|| TlsError::Suite(name.clone()))?);
-    }
+    let groups = cfg.groups.iter().map(|g| g.rustls()).collect();
+    let mut suites: Vec<_> = cfg.cipher_suites.iter().map(|s| s.0).collect();
     if suites.is_empty() {
         suites = cheapest_first();
     }

@@ -16,8 +16,8 @@ pub struct FleetArgs {
     /// Simulated devices, each with its own session.
     #[arg(long, default_value_t = 1000)]
     devices: u32,
-    /// TLS versions: 1.2, 1.3, or mix (half each).
-    #[arg(long, default_value = "1.3")]
+    /// TLS versions of the devices (mix: half each).
+    #[arg(long, value_enum, default_value_t = TlsMix::Tls13)]
     tls: TlsMix,
     /// Fixed connection rate for the fleet, connections per second.
     #[arg(long, conflicts_with = "mean_interval")]
@@ -45,10 +45,8 @@ pub struct FleetArgs {
     /// Send up to BYTES of the request as TLS 1.3 0-RTT when resuming.
     #[arg(long, default_value_t = 0)]
     early_data: usize,
-    /// ClientHello profile: standard (a stock rustls client), uncompressed
-    /// (standard minus certificate compression), lean (fewest bytes: one suite,
-    /// X25519, ECDSA P-256 only, no SNI; see README "Device profiles").
-    #[arg(long, default_value = "standard")]
+    /// ClientHello profile (see the README's "device economy").
+    #[arg(long, value_enum, default_value = "standard")]
     hello: warmtls_bench::fleet::HelloProfile,
     /// TCP Fast Open: the ClientHello rides in the SYN once the kernel holds the
     /// server's cookie (the report counts the connections that did).

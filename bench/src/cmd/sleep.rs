@@ -16,19 +16,19 @@ pub struct SleepArgs {
     /// Connections per device after its first, each after one sleep.
     #[arg(long, default_value_t = 1)]
     wakes: u32,
-    /// Modes, comma-separated: 1.2, 1.2-ticketer (TLS 1.2 devices, server in
-    /// store-ticketer mode), 1.3-stateful, 1.3-ticketer.
+    /// Modes, comma-separated.
     #[arg(
         long,
+        value_enum,
         default_value = "1.2,1.2-ticketer,1.3-stateful,1.3-ticketer",
         value_delimiter = ','
     )]
     mode: Vec<SleepMode>,
     /// The server's session_lifetime (default: the endpoint's default).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = warmtls::config::parse_duration)]
     session_lifetime: Option<Duration>,
     /// The server's max_session_age (default: the endpoint's default).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = warmtls::config::parse_duration)]
     max_session_age: Option<Duration>,
     /// Write the results as JSON here.
     #[arg(long)]

@@ -30,46 +30,38 @@ pub enum Verify {
     Insecure,
 }
 
-/// Which TLS versions the fleet speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Which TLS versions the fleet speaks (`--tls 1.2|1.3|mix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsMix {
     /// Every device speaks TLS 1.2 only.
-    #[serde(rename = "1.2")]
+    #[value(name = "1.2")]
     Tls12,
     /// Every device speaks TLS 1.3 only.
-    #[serde(rename = "1.3")]
+    #[value(name = "1.3")]
     Tls13,
     /// Even devices TLS 1.3, odd devices TLS 1.2.
     Mix,
 }
 
-impl std::str::FromStr for TlsMix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "1.2" => Ok(TlsMix::Tls12),
-            "1.3" => Ok(TlsMix::Tls13),
-            "mix" => Ok(TlsMix::Mix),
-            other => Err(format!(
-                "unknown TLS profile {other:?}: use 1.2, 1.3 or mix"
-            )),
+/// Its command-line name, also in reports.
+impl std::fmt::Display for TlsMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => write!(f, "{self:?}"),
         }
     }
 }
 
-impl std::fmt::Display for TlsMix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TlsMix::Tls12 => "1.2",
-            TlsMix::Tls13 => "1.3",
-            TlsMix::Mix => "mix",
-        })
+impl serde::Serialize for TlsMix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
-/// What the devices put in their ClientHello.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+/// What the devices put in their ClientHello (`--hello standard|uncompressed|lean`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum HelloProfile {
     /// What a stock rustls client offers (with the groups above): every
@@ -87,20 +79,6 @@ pub enum HelloProfile {
     /// ticket extension). Needs a server with an ECDSA P-256 certificate that
     /// serves it without SNI, such as warmtls.
     Lean,
-}
-
-impl std::str::FromStr for HelloProfile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "standard" => Ok(HelloProfile::Standard),
-            "uncompressed" => Ok(HelloProfile::Uncompressed),
-            "lean" => Ok(HelloProfile::Lean),
-            other => Err(format!(
-                "unknown ClientHello profile {other:?}: use standard, uncompressed or lean"
-            )),
-        }
-    }
 }
 
 /// The two configurations a fleet may use, indexed by protocol version.

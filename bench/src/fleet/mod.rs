@@ -21,6 +21,7 @@
 //!   (in process against warmtls' own connection driver: the one warmtls-specific part).
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,20 +58,31 @@ pub enum FleetError {
     ServerName(String),
     /// rustls refused the client configuration.
     #[error("TLS client configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
     /// A setting is out of range.
     #[error("{0}")]
     Setting(&'static str),
     /// The restart hook failed.
     #[error("restarting the server: {0}")]
-    Restart(#[source] BoxError),
+    Restart(BoxError),
     /// The server did not come back after a restart.
     #[error("{addr} did not accept TCP within {secs} s of the restart")]
     NotAccepting { addr: SocketAddr, secs: u64 },
 }
 
+/// Not `#[from]`: rustls' error is part of the message, so it is not also a
+/// `source()` that a chain printer would repeat.
+impl From<rustls::Error> for FleetError {
+    fn from(e: rustls::Error) -> FleetError {
+        FleetError::Tls(e)
+    }
+}
+
 /// The error a restart hook may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often a phase prints a progress line when stderr is not a terminal.
+pub const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a restarted server has to accept TCP again.
 const RESTART_WAIT: Duration = Duration::from_secs(60);
@@ -104,7 +116,8 @@ pub struct FleetConfig {
     pub tfo: bool,
     /// Per-connection limits.
     pub limits: Limits,
-    /// Show a progress bar on stderr (hidden when it's not a terminal).
+    /// Show progress on stderr: a bar on a terminal, else a line every
+    /// [`PROGRESS_LINE_EVERY`] (a log or a pipe must not sit silent for a minute).
     pub progress: bool,
     /// Seed of the device order and arrival times.
     pub seed: u64,
@@ -247,15 +260,23 @@ impl Fleet {
             self.cfg.phase_limit,
         );
         let bar = self.progress_bar(name);
+        let lines = self.progress_lines();
+        let done = AtomicU64::new(0);
+        let finished = AtomicBool::new(false);
         let cpu_before = server_pid.and_then(probe::cpu_time);
         let mem_before = server_pid.and_then(probe::tree_memory_bytes);
         let start = Instant::now();
         let workers = self.cfg.concurrency.min(self.cfg.devices as usize).max(1);
         let this = &*self;
         let tallies: Vec<report::Tally> = std::thread::scope(|sc| {
+            if lines {
+                let (done, finished) = (&done, &finished);
+                let total = self.cfg.devices;
+                sc.spawn(move || progress_lines(name, total, start, done, finished));
+            }
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
-                    let (sched, bar) = (&sched, &bar);
+                    let (sched, bar, done) = (&sched, &bar, &done);
                     sc.spawn(move || {
                         let mut tally = report::Tally::default();
                         while let Some((device, at)) = sched.next() {
@@ -275,15 +296,18 @@ impl Fleet {
                             );
                             tally.record(&o);
                             bar.inc(1);
+                            done.fetch_add(1, Ordering::Relaxed);
                         }
                         tally
                     })
                 })
                 .collect();
-            handles
+            let tallies = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_default())
-                .collect()
+                .collect();
+            finished.store(true, Ordering::Relaxed);
+            tallies
         });
         let elapsed = start.elapsed();
         bar.finish_and_clear();
@@ -300,6 +324,13 @@ impl Fleet {
             rss_before: mem_before,
         };
         PhaseReport::new(name, after_restart, &total, sched.skipped(), elapsed, usage)
+    }
+
+    /// Whether this phase prints progress lines: long phases, when stderr is
+    /// not a terminal (where the bar would be hidden).
+    fn progress_lines(&self) -> bool {
+        use std::io::IsTerminal;
+        self.cfg.progress && self.cfg.devices >= 5_000 && !std::io::stderr().is_terminal()
     }
 
     fn progress_bar(&self, name: &str) -> indicatif::ProgressBar {
@@ -385,6 +416,31 @@ pub fn run_rounds(
         report.phases.push(p);
     }
     Ok(report)
+}
+
+/// A line on stderr every [`PROGRESS_LINE_EVERY`] until `finished`: how far
+/// the phase `name` is, for logs and pipes where no bar is drawn.
+fn progress_lines(
+    name: &str,
+    total: DeviceId,
+    start: Instant,
+    done: &AtomicU64,
+    finished: &AtomicBool,
+) {
+    let mut next = start + PROGRESS_LINE_EVERY;
+    while !finished.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() < next {
+            continue;
+        }
+        next += PROGRESS_LINE_EVERY;
+        let n = done.load(Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "  {name}: {n}/{total} connections after {secs:.0} s ({:.0}/s)",
+            n as f64 / secs.max(1e-3)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -9,23 +9,24 @@
 //! [`ManualClock`], moved from one wake-up to the next.
 //!
 //! Unlike the rest of the fleet simulator this is warmtls-specific, because it must
-//! move the server's clock: the server is warmtls' own connection driver
-//! ([`Conn`]) with its rustls config and a real store file, in process; bytes go
+//! move the server's clock: the server is warmtls' own connection state machine
+//! (`warmtls::conn::Conn`, driven in memory) with its rustls config and a real store file, in process; bytes go
 //! between client and server in memory instead of over a socket. Everything else
 //! — handshakes, store calls, lineage, ticket lifetimes — is the real code.
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::{ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig};
 
 use super::client::{DeviceConfigs, TlsMix, Verify};
 use super::devices::{CurrentDevice, DeviceId, DeviceTable};
 use warmtls::config::{Config, Tls13Tickets};
-use warmtls::conn::{Conn, Fed, RECV_BUF};
-use warmtls::store::{Clock, ManualClock, SessionStore, StoreConfig};
-use warmtls::tls;
+use warmtls::conn::memory::MemoryDriver;
+use warmtls::conn::{Limits, Side};
+use warmtls::store::{Clock, ManualClock, SessionStore};
+use warmtls::tls::{self, ServerConfigs};
 
 /// Why a sleep simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,7 @@ pub fn parse_profiles(s: &str) -> Result<Vec<SleepProfile>, SleepError> {
         if !(percent > 0.0 && percent <= 100.0) {
             return Err(bad(format!("{part:?}: the percentage must be in (0, 100]")));
         }
-        let sleep = humantime::parse_duration(sleep.trim())
+        let sleep = warmtls::config::parse_duration(sleep)
             .map_err(|e| bad(format!("{part:?}: sleep {sleep:?}: {e}")))?;
         if sleep.is_zero() {
             return Err(bad(format!("{part:?}: the sleep must be longer than 0")));
@@ -102,17 +103,22 @@ pub fn parse_profiles(s: &str) -> Result<Vec<SleepProfile>, SleepError> {
     Ok(out)
 }
 
-/// How the server lets devices resume, and which TLS version they speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the server lets devices resume, and which TLS version they speak
+/// (`--mode`; [`Display`](std::fmt::Display) is the table's longer label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SleepMode {
     /// TLS 1.2 session IDs.
+    #[value(name = "1.2")]
     Tls12,
     /// TLS 1.2 session IDs, the server in store-ticketer mode (must not change
     /// anything for TLS 1.2).
+    #[value(name = "1.2-ticketer")]
     Tls12TicketerServer,
     /// TLS 1.3, stateful tickets (24 h).
+    #[value(name = "1.3-stateful", alias = "1.3")]
     Tls13Stateful,
     /// TLS 1.3, the store's 7-day tickets.
+    #[value(name = "1.3-ticketer", alias = "1.3-store-ticketer")]
     Tls13StoreTicketer,
 }
 
@@ -138,21 +144,6 @@ impl SleepMode {
                 Tls13Tickets::StoreTicketer
             }
             _ => Tls13Tickets::Stateful,
-        }
-    }
-}
-
-impl std::str::FromStr for SleepMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<SleepMode, String> {
-        match s {
-            "1.2" => Ok(SleepMode::Tls12),
-            "1.2-ticketer" => Ok(SleepMode::Tls12TicketerServer),
-            "1.3" | "1.3-stateful" => Ok(SleepMode::Tls13Stateful),
-            "1.3-ticketer" | "1.3-store-ticketer" => Ok(SleepMode::Tls13StoreTicketer),
-            other => Err(format!(
-                "unknown mode {other:?}: use 1.2, 1.2-ticketer, 1.3-stateful or 1.3-ticketer"
-            )),
         }
     }
 }
@@ -273,11 +264,7 @@ pub fn simulate(sim: &SleepSim) -> Result<Vec<ProfileResult>, SleepError> {
         ..Config::default()
     };
     let store = Arc::new(SessionStore::open_or_create_with_clock(
-        &StoreConfig {
-            path: cfg.cache.path.clone(),
-            capacity: cfg.cache.capacity,
-            slot_size: cfg.cache.slot_size,
-        },
+        &cfg.store_config(),
         clock.clone(),
     )?);
     let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg)?));
@@ -342,21 +329,18 @@ pub fn simulate(sim: &SleepSim) -> Result<Vec<ProfileResult>, SleepError> {
 }
 
 /// One connection between an in-memory rustls client and warmtls' connection
-/// driver, with a backend answering `pong` to `ping`. `None` if the connection
-/// failed or did not complete.
+/// state machine (the endpoint's, driven in memory), with a backend answering
+/// `pong` to `ping`. `None` if the connection failed or did not complete.
 pub fn connect(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> Option<HandshakeKind> {
     let name = ServerName::try_from("localhost").ok()?;
     let mut c = ClientConnection::new(client.clone(), name).ok()?;
-    // The driver wants a client socket it never touches here.
-    let devnull = std::fs::File::open("/dev/null").ok()?.into();
-    let mut s = Conn::new(
-        1,
-        devnull,
-        ServerConnection::new(server.clone()).ok()?,
-        vec![0u8; RECV_BUF].into_boxed_slice(),
-        Instant::now(),
-    );
-    s.backend_rx = Some(vec![0u8; RECV_BUF].into_boxed_slice());
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        backend_connect_timeout: Duration::from_secs(60),
+        proxy_protocol: false,
+    };
+    let mut s = MemoryDriver::new(ServerConfigs::new(server.clone()), limits);
     c.writer().write_all(b"ping").ok()?;
     let mut got = Vec::new();
     let mut answered = false;
@@ -365,27 +349,19 @@ pub fn connect(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> Option
         while c.wants_write() {
             c.write_tls(&mut out).ok()?;
         }
-        for chunk in out.chunks(RECV_BUF) {
-            s.client_rx[..chunk.len()].copy_from_slice(chunk);
-            if let Fed::Failed(_) = s.feed_client(chunk.len()) {
-                return None;
-            }
+        s.deliver(Side::Client, &out);
+        if s.posted().connect {
+            s.connected(Ok(()));
         }
-        if !answered && !s.to_backend.is_empty() {
-            if let Some(rx) = s.backend_rx.as_deref_mut() {
-                rx[..4].copy_from_slice(b"pong");
-            }
-            s.feed_backend(4);
+        if !answered && !s.take_to_backend().is_empty() {
+            s.deliver(Side::Backend, b"pong");
             answered = true;
         }
-        while let Some(bytes) = s.to_client.next_send() {
-            let mut rd: &[u8] = bytes;
-            let n = rd.len();
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).ok()?;
-                c.process_new_packets().ok()?;
-            }
-            s.to_client.sent(n);
+        let to_client = s.take_to_client();
+        let mut rd: &[u8] = &to_client;
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).ok()?;
+            c.process_new_packets().ok()?;
         }
         let mut buf = [0u8; 64];
         if let Ok(n) = c.reader().read(&mut buf) {

@@ -5,14 +5,15 @@
 //! a file nobody has open, with the same code the endpoint uses when its cache
 //! configuration changes. Never prints secret bytes: entries are identified by a
 //! prefix of their keyed fingerprint.
+#![forbid(unsafe_code)]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use warmtls::store::{
-    open_elsewhere, previous_file_of, Access, Counters, ScanTotals, SessionStore, SlotInfo,
-    SlotState, StoreConfig, StoreError, ValueKey,
+    open_elsewhere, previous_file_of, Access, Counters, EncodingStatus, ScanTotals, SessionStore,
+    SlotInfo, SlotState, StoreConfig, StoreError, ValueKey,
 };
 
 #[derive(Parser)]
@@ -28,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Capacity, live entries, bytes per session, age/expiry histograms, counters.
+    /// Capacity, live entries, bytes per session, age/expiry histograms, counters,
+    /// and the session encoding of the values (and whether this build reads it).
     Stats {
         file: PathBuf,
         #[arg(long)]
@@ -115,11 +117,16 @@ struct Stats {
     torn: u64,
     empty: u64,
     load_factor: f64,
+    /// File size / capacity: what a session of capacity costs.
     bytes_per_session: f64,
+    /// File size / live entries: what each stored session costs today.
     bytes_per_live_session: Option<f64>,
     created_at: u64,
     writer_open_or_crashed: bool,
     last_clean_close: u64,
+    /// Which rustls session encoding the values are in, and whether this build
+    /// (and so the endpoint of the same release) can decode it.
+    session_encoding: EncodingStatus,
     age_histogram: Histogram,
     expiry_histogram: Histogram,
     counters: Counters,
@@ -288,6 +295,7 @@ fn stats(s: &SessionStore, file: &std::path::Path) -> anyhow::Result<Stats> {
         created_at: s.created_at(),
         writer_open_or_crashed: s.open_flag(),
         last_clean_close: s.last_clean_close(),
+        session_encoding: s.encoding_status(),
         age_histogram: age,
         expiry_histogram: expiry,
         counters: s.counters(),
@@ -384,10 +392,12 @@ fn print_stats(s: &Stats) {
         s.capacity, s.slots, s.slot_size, s.max_value_bytes
     );
     println!(
-        "bytes per session {:.1} (file / capacity); {} per stored session (file / live)",
+        "bytes per session {:.1} per session of capacity (file / capacity){}",
         s.bytes_per_session,
-        s.bytes_per_live_session
-            .map_or_else(|| "-".to_string(), |b| format!("{b:.1}"))
+        match s.bytes_per_live_session {
+            Some(v) => format!(", {v:.1} per stored session (file / live)"),
+            None => String::new(),
+        }
     );
     println!(
         "live              {} (load {:.1}% of slots), {} sealed (encrypted at rest)",
@@ -407,10 +417,11 @@ fn print_stats(s: &Stats) {
             "closed cleanly"
         }
     );
+    print_encoding(&s.session_encoding);
     let c = &s.counters;
     println!(
-        "counters          hits {} misses {} puts {} takes {} evictions {} (live sessions) displacements {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {} migrated {} migration_dropped {}",
-        c.hits, c.misses, c.puts, c.takes, c.evictions, c.displacements, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures, c.migrated, c.migration_dropped
+        "counters          hits {} misses {} puts {} takes {} evictions {} (live sessions) displacements {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {} undecodable {} migrated {} migration_dropped {}",
+        c.hits, c.misses, c.puts, c.takes, c.evictions, c.displacements, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures, c.undecodable, c.migrated, c.migration_dropped
     );
     if let Some(m) = &s.migrating_from {
         println!(
@@ -424,6 +435,35 @@ fn print_stats(s: &Stats) {
     ] {
         let line: Vec<String> = h.0.iter().map(|(l, n)| format!("{l} {n}")).collect();
         println!("{name:<17} {}", line.join("  "));
+    }
+}
+
+fn print_encoding(e: &EncodingStatus) {
+    println!(
+        "session encoding  generation {} ({}): {}",
+        e.generation,
+        e.generation_name,
+        if e.readable {
+            "this build reads it".to_string()
+        } else {
+            format!(
+                "THIS BUILD CANNOT READ IT (it reads generation {}, {}): those sessions will be full handshakes; see README \"Upgrading warmtls\"",
+                e.this_build, e.this_build_name
+            )
+        }
+    );
+    if e.previous != 0 {
+        println!(
+            "                  before unix time {}: generation {} ({}), {}",
+            e.since,
+            e.previous,
+            e.previous_name,
+            if e.previous_readable {
+                "this build reads it"
+            } else {
+                "this build cannot read it"
+            }
+        );
     }
 }
 

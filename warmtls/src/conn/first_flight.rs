@@ -15,8 +15,10 @@ const MAX_PLAINTEXT: usize = 1 << 14;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 const APPLICATION_DATA: u8 = 23;
 
-/// A fatal record_overflow alert record, in the clear.
-pub const RECORD_OVERFLOW_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 22];
+/// A fatal alert record, in the clear (before the server has said anything).
+pub fn fatal_alert(desc: rustls::AlertDescription) -> [u8; 7] {
+    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(desc)]
+}
 
 /// Where the scan is in the client's record stream.
 #[derive(Debug, Default)]

@@ -1,60 +1,106 @@
-//! One client connection: the TLS state machine driven by hand, the plaintext on
-//! its way to and from the backend, and where the connection is in its life.
+//! One client connection as a sans-I/O state machine: it owns the connection's
+//! whole life — the ClientHello, the TLS handshake driven by hand, the backend
+//! connection, the plaintext both ways, half-closes, timeouts, draining — and
+//! never touches a socket.
 //!
-//! This module never does I/O: the worker (`runtime::worker`) feeds it received
-//! bytes and sends what it queues. It must never panic on client bytes; a TLS
-//! error queues the alert rustls made and moves the connection to `Draining`.
+//! A driver (the io_uring worker in `runtime::worker`; the sleep simulator and
+//! the fuzz target in memory) feeds it events (`on_recv`, `on_sent`,
+//! `on_connected`, `on_timeout`) and carries out the [`Action`]s that
+//! [`Conn::poll`] hands back, one at a time, until it says there is nothing to
+//! do. The machine assumes every action it hands out is carried out and
+//! completes exactly once (a cancelled operation completes too, with an error);
+//! the driver frees the connection when [`Conn::is_finished`].
+//!
+//! It must never panic on client bytes: a TLS error queues the alert rustls made
+//! and moves the connection to `Draining`. What happens is counted here (one
+//! place, whichever driver runs it).
+//!
+//! States (see docs/ARCHITECTURE.md for the diagram):
+//!
+//! | state | waits for | ends by |
+//! |---|---|---|
+//! | `Hello` | the whole ClientHello (rustls' `Acceptor`) | the config is chosen, TLS starts; or an alert |
+//! | `Handshaking` | the handshake to complete | backend connect starts; or an alert |
+//! | `Connecting` | the backend connect (0-RTT: the handshake may still run) | `Piping`; or close_notify if the backend is down |
+//! | `Piping` | bytes either way, idle timeout | close_notify sent and out → `Draining` |
+//! | `Draining` | our last bytes out, then the client's EOF (a short linger) | `Closing` |
+//! | `Closing` | operations still in flight to complete | freed |
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use rustls::ServerConnection;
+use rustls::server::Acceptor;
+use rustls::{HandshakeKind, ServerConnection};
 
-use crate::metrics::Metric;
+use crate::metrics::{Metric, WorkerMetrics};
 use crate::store::SessionCache;
+use crate::tls::ServerConfigs;
 
+mod backend_log;
 mod first_flight;
+pub mod memory;
 mod outbox;
 pub mod proxy;
-use first_flight::{FirstFlight, RECORD_OVERFLOW_ALERT};
-pub use outbox::Outbox;
+pub use backend_log::{BackendFailure, BackendLog};
+use first_flight::FirstFlight;
+pub use outbox::{BufPool, Outbox, POOLED_CAPACITY};
 
 /// Bytes buffered toward one side before we stop reading the other side.
 pub const PIPE_LIMIT: usize = 64 * 1024;
-/// Size of each receive buffer: one maximum-size TLS plaintext fragment, so a
-/// backend read goes out as one record.
+/// Largest receive a driver hands in at once: one maximum-size TLS plaintext
+/// fragment, so a backend read goes out as one record.
 pub const RECV_BUF: usize = 16 * 1024;
+/// How long a connection that sent its alert or close_notify waits for the
+/// client's EOF before it is closed anyway.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
-/// Where a connection is in its life.
+/// Which socket of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// TLS handshake in progress (bounded by `handshake_timeout`).
-    Handshaking,
-    /// Handshake done; connecting to the backend (bounded by `backend_connect_timeout`).
-    ConnectingBackend,
-    /// Forwarding plaintext both ways (bounded by `idle_timeout` between events).
-    Piping,
-    /// Our last bytes (an alert or close_notify) are going out; then half-close
-    /// and wait briefly for the client's EOF so the alert is not lost to a reset.
-    Draining,
-    /// Done: sockets shut down, waiting for the operations still in flight to
-    /// complete; the slab slot is freed when none is left.
-    Closing,
+pub enum Side {
+    /// The device.
+    Client,
+    /// The plaintext backend.
+    Backend,
 }
 
-/// The outcome of feeding received client bytes to rustls.
-#[derive(Debug)]
-pub enum Fed {
-    /// Nothing new of note.
-    Progress,
-    /// The handshake completed with these bytes.
-    HandshakeDone,
-    /// A resuming client's 0-RTT data was accepted and is queued for the
-    /// backend, whose connection has not been started yet: start it now, before
-    /// the handshake completes.
-    EarlyData,
-    /// The client sent a fatal error or bad TLS; an alert is queued.
-    Failed(TlsFailure),
+/// What the driver must do next for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Post a receive on this side's socket; report it with [`Conn::on_recv`].
+    Recv(Side),
+    /// Post a send of [`Conn::send_buf`] for this side, which stays put until
+    /// [`Conn::on_sent`].
+    Send(Side),
+    /// Open the backend connection (socket + connect); report it with
+    /// [`Conn::on_connected`].
+    Connect,
+    /// Give up the backend connect in flight (it still completes, cancelled).
+    CancelConnect,
+    /// Half-close this side's socket for writing (a FIN after what was sent).
+    ShutdownWrite(Side),
+    /// Cancel every operation still in flight; the connection is freed once
+    /// [`Conn::is_finished`].
+    Cancel,
+}
+
+/// Timeouts and options, the same for every connection of an endpoint.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub backend_connect_timeout: Duration,
+    /// Send a PROXY protocol v2 header to the backend first.
+    pub proxy_protocol: bool,
+}
+
+/// What a connection needs from its worker while it handles an event.
+pub struct Env<'a> {
+    pub now: Instant,
+    pub limits: &'a Limits,
+    pub tls: &'a ServerConfigs,
+    pub metrics: &'a WorkerMetrics,
+    pub pool: &'a mut BufPool,
+    pub backend_log: &'a mut BackendLog,
 }
 
 /// Why a client's TLS stream was rejected.
@@ -96,204 +142,736 @@ impl TlsFailure {
     }
 }
 
-/// A client connection and everything it owns. Buffers are boxed so they stay put
-/// while the kernel uses them, even when the slab holding this struct grows; the
-/// receive buffers come from (and go back to) the worker's pool.
+/// Where the connection is in its life; each state carries its own deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the whole ClientHello.
+    Hello,
+    /// Handshaking, no backend yet.
+    Handshaking,
+    /// The backend connect is in flight (posted or about to be).
+    Connecting { deadline: Instant },
+    /// Forwarding plaintext both ways.
+    Piping { idle_deadline: Instant },
+    /// Our last bytes (an alert or close_notify) are going out; then half-close
+    /// and wait briefly for the client's EOF so the alert is not lost to a reset.
+    Draining { deadline: Instant },
+    /// Done: waiting for the operations still in flight to complete.
+    Closing { cancelled: bool },
+}
+
+/// The TLS side: nothing until the first byte (an idle connection allocates
+/// nothing), then rustls' `Acceptor` until the ClientHello is whole, then the
+/// connection made with the configuration chosen for that ClientHello.
+enum Tls {
+    Waiting,
+    Accepting(Acceptor),
+    Established(ServerConnection),
+    /// The ClientHello was refused; only its alert is left to send.
+    Refused,
+}
+
+/// The backend connection's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not asked for yet.
+    None,
+    /// Asked for: `Action::Connect` not handed out yet.
+    Wanted,
+    /// `Action::Connect` handed out, not completed.
+    Connecting,
+    /// Connected.
+    Open,
+    /// Down (connect failed or timed out, or an I/O error). `cancel` while a
+    /// connect is still in flight and `Action::CancelConnect` is still to go.
+    Failed {
+        connect_in_flight: bool,
+        cancel: bool,
+    },
+}
+
+/// One socket's side of the connection: what waits to go out on it, and where
+/// its receive and write direction stand.
+#[derive(Debug, Default)]
+pub struct Half {
+    outbox: Outbox,
+    recv_posted: bool,
+    /// EOF (for the client: TCP FIN or close_notify) seen.
+    eof: bool,
+    /// We shut its write direction.
+    shut: bool,
+}
+
+impl Half {
+    /// Operations of this half the kernel holds.
+    fn in_flight(&self) -> u32 {
+        u32::from(self.recv_posted) + u32::from(self.outbox.posted())
+    }
+}
+
+/// A client connection and everything it knows; its sockets are the driver's.
 pub struct Conn {
-    pub gen: u32,
-    pub client: OwnedFd,
-    pub backend: Option<OwnedFd>,
-    pub backend_addr: Box<nix::sys::socket::SockaddrStorage>,
-    pub tls: ServerConnection,
-    pub phase: Phase,
-    pub deadline: Instant,
-    /// The timer-wheel tick of this connection's live timer entry.
-    pub timer_tick: u64,
-    /// Operations handed to the kernel and not yet completed.
-    pub inflight: u32,
-    pub client_rx: Box<[u8]>,
-    /// Only from the backend connect on.
-    pub backend_rx: Option<Box<[u8]>>,
-    pub to_client: Outbox,
-    pub to_backend: Outbox,
-    pub client_recv_posted: bool,
-    pub backend_recv_posted: bool,
-    pub connect_posted: bool,
-    pub client_eof: bool,
-    pub backend_eof: bool,
-    pub backend_shut: bool,
-    pub close_notify_sent: bool,
-    pub client_shut: bool,
-    /// Start of this connection's session lineage, once the store has told us
-    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
-    pub lineage: Option<u64>,
+    state: State,
+    tls: Tls,
+    client: Half,
+    backend: Half,
+    link: Link,
     /// When the handshake must be done: a 0-RTT connection pipes before its
     /// handshake completes, and this still bounds it.
-    pub handshake_deadline: Instant,
+    handshake_deadline: Instant,
+    close_notify_sent: bool,
+    /// Start of this connection's session lineage, once the store has told us
+    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
+    lineage: Option<u64>,
     /// 0-RTT bytes accepted from the client and queued for the backend.
-    pub early_data: usize,
+    early_data: usize,
+    /// The backend was started on accepted 0-RTT data, before the handshake
+    /// completed (the resumption is counted then).
+    zero_rtt: bool,
     /// Record-size checks until we have sent the client anything.
     first_flight: Option<FirstFlight>,
+    /// The device's address and ours, when the driver knows them (PROXY header).
+    addresses: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Conn {
-    pub fn new(
-        gen: u32,
-        client: OwnedFd,
-        tls: ServerConnection,
-        client_rx: Box<[u8]>,
-        deadline: Instant,
-    ) -> Conn {
+    /// A connection just accepted at `now`.
+    pub fn new(now: Instant, limits: &Limits, addresses: Option<(SocketAddr, SocketAddr)>) -> Conn {
         Conn {
-            gen,
-            client,
-            backend: None,
-            backend_addr: Box::new(nix::sys::socket::SockaddrStorage::from(
-                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            )),
-            tls,
-            phase: Phase::Handshaking,
-            deadline,
-            timer_tick: u64::MAX,
-            inflight: 0,
-            client_rx,
-            backend_rx: None,
-            to_client: Outbox::with_capacity(RECV_BUF + 1024),
-            to_backend: Outbox::with_capacity(RECV_BUF),
-            client_recv_posted: false,
-            backend_recv_posted: false,
-            connect_posted: false,
-            client_eof: false,
-            backend_eof: false,
-            backend_shut: false,
+            state: State::Hello,
+            tls: Tls::Waiting,
+            client: Half::default(),
+            backend: Half::default(),
+            link: Link::None,
+            handshake_deadline: now + limits.handshake_timeout,
             close_notify_sent: false,
-            client_shut: false,
             lineage: None,
-            handshake_deadline: deadline,
             early_data: 0,
+            zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
+            addresses,
         }
     }
 
-    /// Feed `n` bytes just received into `client_rx` to rustls; queue what it
-    /// wants to send and the plaintext it releases.
-    pub fn feed_client(&mut self, n: usize) -> Fed {
-        let was_handshaking = self.tls.is_handshaking();
-        // Lend the buffer out of `self` (a pointer swap) so rustls can be driven
-        // while we read from it; it is put back before returning.
-        let buf = std::mem::take(&mut self.client_rx);
+    // ---- what the driver asks ----
+
+    /// Operations the kernel holds for this connection (derived, never counted
+    /// separately, so it cannot drift from the flags).
+    pub fn in_flight(&self) -> u32 {
+        let connect = matches!(
+            self.link,
+            Link::Connecting
+                | Link::Failed {
+                    connect_in_flight: true,
+                    ..
+                }
+        );
+        self.client.in_flight() + self.backend.in_flight() + u32::from(connect)
+    }
+
+    /// Closed and nothing in flight: the driver may free it (and close its sockets).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Closing { .. }) && self.in_flight() == 0
+    }
+
+    /// When [`Conn::on_timeout`] must be called, if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        let handshaking = self.handshaking();
+        let hs = self.handshake_deadline;
+        match self.state {
+            State::Hello | State::Handshaking => Some(hs),
+            State::Connecting { deadline } => Some(if handshaking {
+                deadline.min(hs)
+            } else {
+                deadline
+            }),
+            State::Piping { idle_deadline } => Some(if handshaking {
+                idle_deadline.min(hs)
+            } else {
+                idle_deadline
+            }),
+            State::Draining { deadline } => Some(deadline),
+            State::Closing { .. } => None,
+        }
+    }
+
+    /// The bytes of the send posted for `side` (valid until its `on_sent`).
+    pub fn send_buf(&self, side: Side) -> &[u8] {
+        self.half(side).outbox.lent()
+    }
+
+    /// The TLS connection, once the ClientHello has been accepted.
+    pub fn tls(&self) -> Option<&ServerConnection> {
+        match &self.tls {
+            Tls::Established(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Give pooled buffers back; call once, when the connection is freed.
+    pub fn release(&mut self, pool: &mut BufPool) {
+        debug_assert!(self.is_finished());
+        self.client.outbox.release(pool);
+        self.backend.outbox.release(pool);
+    }
+
+    /// The next thing the driver must do, or `None`. Call until `None` after
+    /// every event.
+    pub fn poll(&mut self, env: &mut Env<'_>) -> Option<Action> {
+        let action = self.next_action(env);
+        debug_assert!(self.invariants_hold(), "{self:?}");
+        action
+    }
+
+    // ---- events ----
+
+    /// A receive on `side` completed: `Ok(bytes)` (empty: EOF) or `Err(errno)`.
+    pub fn on_recv(&mut self, side: Side, got: Result<&[u8], i32>, env: &mut Env<'_>) {
+        let half = self.half_mut(side);
+        debug_assert!(half.recv_posted);
+        half.recv_posted = false;
+        if matches!(self.state, State::Closing { .. }) {
+            return;
+        }
+        match (side, got) {
+            (Side::Client, Err(_)) => self.close(), // reset: nobody is left to answer
+            (Side::Client, Ok([])) => self.client_eof(),
+            (Side::Client, Ok(bytes)) => {
+                env.metrics
+                    .add(Metric::BytesFromClients, bytes.len() as u64);
+                if matches!(self.state, State::Draining { .. }) {
+                    return; // discard while we linger
+                }
+                self.feed_client(bytes, env);
+            }
+            (Side::Backend, Err(e)) => {
+                // The backend reset mid-answer: close without close_notify, so
+                // the device sees a truncation, not a complete answer.
+                env.metrics.add(Metric::BackendErrors, 1);
+                env.backend_log.failed(BackendFailure::Io(e), env.now);
+                self.close();
+            }
+            (Side::Backend, Ok([])) => {
+                self.backend.eof = true;
+                self.backend_closed(env);
+            }
+            (Side::Backend, Ok(bytes)) => {
+                if self.close_notify_sent {
+                    return; // our last bytes to the client are already queued
+                }
+                if let Tls::Established(tls) = &mut self.tls {
+                    // The writer takes everything (buffered in rustls if need be).
+                    let _ = tls.writer().write_all(bytes);
+                }
+                self.flush_tls(env);
+                self.touch(env);
+            }
+        }
+    }
+
+    /// A send on `side` completed: `Ok(bytes written)` or `Err(errno)`.
+    pub fn on_sent(&mut self, side: Side, done: Result<usize, i32>, env: &mut Env<'_>) {
+        let closing = matches!(self.state, State::Closing { .. });
+        match done {
+            Ok(n) => {
+                self.half_mut(side).outbox.sent(n, env.pool);
+                if side == Side::Client {
+                    env.metrics.add(Metric::BytesToClients, n as u64);
+                }
+                if !closing {
+                    self.touch(env);
+                }
+            }
+            Err(e) => {
+                self.half_mut(side).outbox.failed();
+                if closing {
+                    return;
+                }
+                if side == Side::Backend {
+                    env.metrics.add(Metric::BackendErrors, 1);
+                    env.backend_log.failed(BackendFailure::Io(e), env.now);
+                }
+                self.close();
+            }
+        }
+    }
+
+    /// The backend connect completed: `Ok(())` or `Err(errno)`.
+    pub fn on_connected(&mut self, done: Result<(), i32>, env: &mut Env<'_>) {
+        match self.link {
+            Link::Connecting => {}
+            Link::Failed { .. } => {
+                // Already given up (timed out): this is the cancelled connect.
+                self.link = Link::Failed {
+                    connect_in_flight: false,
+                    cancel: false,
+                };
+                return;
+            }
+            other => {
+                debug_assert!(false, "connect completion in {other:?}");
+                return;
+            }
+        }
+        if matches!(self.state, State::Closing { .. }) {
+            self.link = Link::Failed {
+                connect_in_flight: false,
+                cancel: false,
+            };
+            return;
+        }
+        match done {
+            Ok(()) => {
+                self.link = Link::Open;
+                self.state = State::Piping {
+                    idle_deadline: env.now + env.limits.idle_timeout,
+                };
+                // The backend may have been waited for by a 0-RTT handshake that
+                // has completed since, with nothing more to say.
+                if self.backend.eof {
+                    self.backend_closed(env);
+                }
+            }
+            Err(e) => {
+                self.link = Link::Failed {
+                    connect_in_flight: false,
+                    cancel: false,
+                };
+                self.backend_failed(BackendFailure::Connect(e), env);
+            }
+        }
+    }
+
+    /// The driver's clock passed [`Conn::deadline`] (it may call early: nothing
+    /// happens then).
+    pub fn on_timeout(&mut self, env: &mut Env<'_>) {
+        let Some(deadline) = self.deadline() else {
+            return;
+        };
+        if env.now < deadline {
+            return;
+        }
+        match self.state {
+            State::Connecting { deadline: d } if env.now >= d => {
+                let in_flight = self.link == Link::Connecting;
+                self.link = Link::Failed {
+                    connect_in_flight: in_flight,
+                    cancel: in_flight,
+                };
+                self.backend_failed(
+                    BackendFailure::ConnectTimeout(env.limits.backend_connect_timeout),
+                    env,
+                );
+            }
+            State::Hello | State::Handshaking | State::Connecting { .. } | State::Piping { .. } => {
+                env.metrics.add(Metric::Timeouts, 1);
+                self.close();
+            }
+            State::Draining { .. } => self.close(),
+            State::Closing { .. } => {}
+        }
+    }
+
+    /// The endpoint is shutting down and its drain time is up: close now.
+    pub fn abort(&mut self) {
+        self.close();
+    }
+
+    // ---- the machine ----
+
+    fn next_action(&mut self, env: &mut Env<'_>) -> Option<Action> {
+        if let State::Closing { cancelled } = self.state {
+            if !cancelled && self.in_flight() > 0 {
+                self.state = State::Closing { cancelled: true };
+                return Some(Action::Cancel);
+            }
+            return None;
+        }
+        if let Link::Failed {
+            connect_in_flight: true,
+            cancel: cancel @ true,
+        } = &mut self.link
+        {
+            *cancel = false;
+            return Some(Action::CancelConnect);
+        }
+        // Piping: pass the client's half-close on; close_notify out → drain.
+        if let State::Piping { .. } = self.state {
+            if self.client.eof
+                && self.backend.outbox.is_empty()
+                && !self.backend.outbox.posted()
+                && !self.backend.shut
+            {
+                self.backend.shut = true;
+                return Some(Action::ShutdownWrite(Side::Backend));
+            }
+            if self.backend.eof && self.close_notify_sent && self.client.outbox.is_empty() {
+                self.state = State::Draining {
+                    deadline: env.now + DRAIN_LINGER,
+                };
+            }
+        }
+        // Draining and our last bytes are out: if the client is done too, close
+        // (a plain close sends the FIN); else half-close and linger for its EOF,
+        // so an alert is not destroyed by a reset.
+        if let State::Draining { .. } = self.state {
+            if self.client.outbox.is_empty() && !self.client.outbox.posted() {
+                if self.client.eof {
+                    self.close();
+                    return self.next_action(env);
+                }
+                if !self.client.shut {
+                    self.client.shut = true;
+                    return Some(Action::ShutdownWrite(Side::Client));
+                }
+            }
+        }
+        if self.client.outbox.lend() {
+            return Some(Action::Send(Side::Client));
+        }
+        // Receive from the client unless the backend side is backed up.
+        if !self.client.recv_posted && !self.client.eof && self.backend.outbox.len() < PIPE_LIMIT {
+            self.client.recv_posted = true;
+            return Some(Action::Recv(Side::Client));
+        }
+        match self.link {
+            Link::Wanted => {
+                self.link = Link::Connecting;
+                return Some(Action::Connect);
+            }
+            Link::Open if matches!(self.state, State::Piping { .. }) => {}
+            _ => return None,
+        }
+        if !self.backend.shut && self.backend.outbox.lend() {
+            return Some(Action::Send(Side::Backend));
+        }
+        if !self.backend.recv_posted && !self.backend.eof && self.client.outbox.len() < PIPE_LIMIT {
+            self.backend.recv_posted = true;
+            return Some(Action::Recv(Side::Backend));
+        }
+        None
+    }
+
+    fn invariants_hold(&self) -> bool {
+        let closing = matches!(self.state, State::Closing { .. });
+        // No new work once closing; a send is only ever posted with bytes lent.
+        (!self.client.outbox.posted() || !self.client.outbox.lent().is_empty() || closing)
+            // Plaintext toward the backend stays bounded (one receive past the limit at most).
+            && self.backend.outbox.len() <= PIPE_LIMIT + RECV_BUF + 2 * POOLED_CAPACITY
+            // Backend I/O only over an open link.
+            && (self.link == Link::Open || self.backend.in_flight() == 0)
+            // The TLS side is past the ClientHello once anything but `Hello` is reached.
+            && (matches!(self.state, State::Hello | State::Draining { .. } | State::Closing { .. })
+                || matches!(self.tls, Tls::Established(_)))
+    }
+
+    fn half(&self, side: Side) -> &Half {
+        match side {
+            Side::Client => &self.client,
+            Side::Backend => &self.backend,
+        }
+    }
+
+    fn half_mut(&mut self, side: Side) -> &mut Half {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Backend => &mut self.backend,
+        }
+    }
+
+    fn handshaking(&self) -> bool {
+        match &self.tls {
+            Tls::Established(c) => c.is_handshaking(),
+            _ => true,
+        }
+    }
+
+    /// Activity while piping pushes the idle deadline out.
+    fn touch(&mut self, env: &Env<'_>) {
+        if let State::Piping { idle_deadline } = &mut self.state {
+            *idle_deadline = env.now + env.limits.idle_timeout;
+        }
+    }
+
+    /// Stop: nothing new is posted; what is in flight is cancelled.
+    fn close(&mut self) {
+        if !matches!(self.state, State::Closing { .. }) {
+            self.state = State::Closing { cancelled: false };
+        }
+    }
+
+    fn client_eof(&mut self) {
+        self.client.eof = true;
+        // A FIN after the handshake is a half-close: the request already read
+        // still goes to the backend and its answer comes back.
+        if matches!(
+            self.state,
+            State::Hello | State::Handshaking | State::Draining { .. }
+        ) || self.handshaking()
+        {
+            self.close();
+        }
+    }
+
+    /// Feed bytes from the client to rustls; queue what it wants to send and
+    /// the plaintext it releases, and move on when the handshake does.
+    fn feed_client(&mut self, bytes: &[u8], env: &mut Env<'_>) {
         if let Some(f) = &mut self.first_flight {
-            if !f.check(&buf[..n]) {
-                self.client_rx = buf;
-                self.to_client.queue(&RECORD_OVERFLOW_ALERT);
-                return self.fail(TlsFailure::RecordOverflow);
+            if !f.check(bytes) {
+                self.client.outbox.queue(
+                    &first_flight::fatal_alert(rustls::AlertDescription::RecordOverflow),
+                    env.pool,
+                );
+                return self.fail(TlsFailure::RecordOverflow, env);
             }
         }
-        let outcome = self.feed_bytes(&buf[..n]);
-        self.client_rx = buf;
-        if let Err(why) = outcome {
-            return self.fail(why);
+        let was_handshaking = self.handshaking();
+        let mut rd = bytes;
+        if let Err(why) = self.accept_hello(&mut rd, env) {
+            return self.fail(why, env);
         }
-        self.flush_tls();
-        if was_handshaking && !self.tls.is_handshaking() {
-            Fed::HandshakeDone
-        } else if self.early_data > 0 && self.backend.is_none() {
-            Fed::EarlyData
-        } else {
-            Fed::Progress
+        if let Err(why) = self.feed_established(rd, env) {
+            return self.fail(why, env);
+        }
+        self.flush_tls(env);
+        let Tls::Established(tls) = &self.tls else {
+            return; // the ClientHello is not whole yet
+        };
+        let handshaking = tls.is_handshaking();
+        let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+        if self.state == State::Hello {
+            self.state = State::Handshaking;
+        }
+        let done = was_handshaking && !handshaking;
+        if self.early_data > 0 && self.link == Link::None && handshaking {
+            // 0-RTT: start the backend now, before the handshake completes, with
+            // the early data queued first. Only a resumption carries early data;
+            // count it now, as the backend may answer and close before the
+            // client's Finished arrives.
+            env.metrics.add(Metric::ResumedHandshakes, 1);
+            env.metrics.add(Metric::EarlyDataAccepted, 1);
+            self.zero_rtt = true;
+            self.start_backend(env);
+        }
+        if done {
+            if self.zero_rtt {
+                env.metrics
+                    .add(Metric::EarlyDataBytes, self.early_data as u64);
+                // The backend may have finished while the handshake ran.
+                if self.backend.eof || matches!(self.link, Link::Failed { .. }) {
+                    self.backend_closed(env);
+                }
+            } else {
+                env.metrics.add(
+                    if resumed {
+                        Metric::ResumedHandshakes
+                    } else {
+                        Metric::FullHandshakes
+                    },
+                    1,
+                );
+                if self.early_data > 0 {
+                    // Early data and Finished came in one read.
+                    env.metrics.add(Metric::EarlyDataAccepted, 1);
+                    env.metrics
+                        .add(Metric::EarlyDataBytes, self.early_data as u64);
+                }
+                self.start_backend(env);
+            }
+        }
+        self.touch(env);
+    }
+
+    /// Until the ClientHello is whole, bytes go to rustls' `Acceptor`; then the
+    /// configuration for that ClientHello makes the connection, which takes
+    /// whatever followed. Leaves in `rd` the bytes the connection has not read.
+    fn accept_hello(&mut self, rd: &mut &[u8], env: &mut Env<'_>) -> Result<(), TlsFailure> {
+        if matches!(self.tls, Tls::Waiting) {
+            self.tls = Tls::Accepting(Acceptor::default());
+        }
+        let Tls::Accepting(acceptor) = &mut self.tls else {
+            return Ok(());
+        };
+        loop {
+            match acceptor.accept() {
+                Ok(None) => {}
+                Ok(Some(accepted)) => {
+                    let config = env.tls.for_hello(&accepted.client_hello()).clone();
+                    // Resumption lookups happen here: lend the lineage slot.
+                    let made = SessionCache::lineage_scope(&mut self.lineage, || {
+                        accepted.into_connection(config)
+                    });
+                    return match made {
+                        Ok(conn) => {
+                            self.tls = Tls::Established(conn);
+                            Ok(())
+                        }
+                        Err((e, mut alert)) => {
+                            let _ = alert.write_all(self.client.outbox.writer(env.pool));
+                            self.tls = Tls::Refused;
+                            Err(TlsFailure::Protocol(e))
+                        }
+                    };
+                }
+                Err((e, mut alert)) => {
+                    let out = self.client.outbox.writer(env.pool);
+                    match &e {
+                        // rustls' Acceptor answers every undecodable ClientHello
+                        // with decode_error, where a ServerConnection would say
+                        // what was wrong (illegal_parameter for a duplicate
+                        // extension): say what the protocol says.
+                        rustls::Error::InvalidMessage(m) => {
+                            let desc = rustls::AlertDescription::from(*m);
+                            out.extend_from_slice(&first_flight::fatal_alert(desc));
+                        }
+                        _ => {
+                            let _ = alert.write_all(out);
+                        }
+                    }
+                    self.tls = Tls::Refused;
+                    return Err(TlsFailure::Protocol(e));
+                }
+            }
+            if rd.is_empty() {
+                return Ok(());
+            }
+            match acceptor.read_tls(rd) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    self.tls = Tls::Refused;
+                    return Err(TlsFailure::Records(e));
+                }
+            }
         }
     }
 
-    fn feed_bytes(&mut self, mut rd: &[u8]) -> Result<(), TlsFailure> {
-        while !rd.is_empty() {
-            match self.tls.read_tls(&mut rd) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => return Err(TlsFailure::Records(e)),
-            }
-            let tls = &mut self.tls;
+    /// Feed bytes to the established connection (and what rustls buffered from
+    /// the ClientHello's read), taking out early data and plaintext.
+    fn feed_established(&mut self, mut rd: &[u8], env: &mut Env<'_>) -> Result<(), TlsFailure> {
+        let Tls::Established(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        loop {
             let processed =
                 SessionCache::lineage_scope(&mut self.lineage, || tls.process_new_packets());
             if let Err(e) = processed {
                 return Err(TlsFailure::Protocol(e));
             }
-            self.take_early_data();
-            self.take_plaintext();
-        }
-        Ok(())
-    }
-
-    fn fail(&mut self, why: TlsFailure) -> Fed {
-        // rustls has queued the matching alert; send it, then drain.
-        self.flush_tls();
-        self.phase = Phase::Draining;
-        self.close_notify_sent = true;
-        Fed::Failed(why)
-    }
-
-    /// Move accepted 0-RTT bytes to the backend's outbox. rustls only yields them
-    /// for a resumption whose ticket it just took from the store, so a replayed
-    /// ClientHello (its ticket already taken) never gets here, and it bounds them
-    /// by `max_early_data_size` (≤ [`PIPE_LIMIT`]).
-    fn take_early_data(&mut self) {
-        let Some(mut early) = self.tls.early_data() else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = early.read(&mut buf) {
-            self.to_backend.queue(&buf[..n]);
-            self.early_data += n;
-        }
-    }
-
-    /// Move decrypted client bytes to the backend's outbox.
-    fn take_plaintext(&mut self) {
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.tls.reader().read(&mut buf) {
-                Ok(0) => {
-                    self.client_eof = true; // close_notify
-                    return;
-                }
-                Ok(n) => self.to_backend.queue(&buf[..n]),
-                Err(_) => return, // WouldBlock: nothing more for now
+            // 0-RTT bytes: rustls only yields them for a resumption whose ticket
+            // it just took from the store, so a replayed ClientHello (its ticket
+            // already taken) never gets here, and it bounds them by
+            // `max_early_data_size` (≤ PIPE_LIMIT).
+            if let Some(mut early) = tls.early_data() {
+                let out = self.backend.outbox.writer(env.pool);
+                let before = out.len();
+                let _ = early.read_to_end(out);
+                self.early_data += out.len() - before;
+            }
+            // Decrypted bytes for the backend.
+            let out = self.backend.outbox.writer(env.pool);
+            // Ok: close_notify; WouldBlock: nothing more for now.
+            if tls.reader().read_to_end(out).is_ok() {
+                self.client.eof = true;
+            }
+            if rd.is_empty() {
+                return Ok(());
+            }
+            match tls.read_tls(&mut rd) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(TlsFailure::Records(e)),
             }
         }
     }
 
-    /// Encrypt bytes the backend sent, as one record when they fit (a receive
-    /// is at most [`RECV_BUF`], rustls' maximum fragment).
-    pub fn feed_backend(&mut self, n: usize) {
-        let Some(rx) = self.backend_rx.as_deref() else {
-            return;
+    fn fail(&mut self, why: TlsFailure, env: &mut Env<'_>) {
+        env.metrics.add(Metric::TlsErrors, 1);
+        env.metrics.add(why.reason(), 1);
+        tracing::debug!("TLS error from client: {why}");
+        // rustls has queued the matching alert; send it, then drain.
+        self.flush_tls(env);
+        self.close_notify_sent = true;
+        self.state = State::Draining {
+            deadline: env.now + DRAIN_LINGER,
         };
-        // The writer accepts everything (buffered in rustls when needed).
-        let _ = self.tls.writer().write_all(&rx[..n]);
-        self.flush_tls();
-    }
-
-    /// The backend closed: say close_notify to the client. A 0-RTT connection's
-    /// backend may be done before the client's Finished arrives: then nothing
-    /// happens yet, and the caller calls again once the handshake is complete,
-    /// so the device's next ticket goes out before the close_notify.
-    pub fn backend_closed(&mut self) {
-        if self.tls.is_handshaking() {
-            return;
-        }
-        if !self.close_notify_sent {
-            self.tls.send_close_notify();
-            self.close_notify_sent = true;
-            self.flush_tls();
-        }
     }
 
     /// Move everything rustls wants to send into the client outbox.
-    pub fn flush_tls(&mut self) {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.to_client.writer()) {
+    fn flush_tls(&mut self, env: &mut Env<'_>) {
+        let Tls::Established(tls) = &mut self.tls else {
+            return;
+        };
+        while tls.wants_write() {
+            match tls.write_tls(self.client.outbox.writer(env.pool)) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => self.first_flight = None, // we have spoken: records may be encrypted from now on
             }
         }
+    }
+
+    /// Ask for the backend connection, with the PROXY header first if configured.
+    fn start_backend(&mut self, env: &mut Env<'_>) {
+        debug_assert_eq!(self.link, Link::None);
+        if env.limits.proxy_protocol {
+            if let Tls::Established(tls) = &self.tls {
+                let mut header = env.pool.take();
+                proxy::ProxyInfo::of(tls, self.addresses, self.early_data > 0)
+                    .encode_into(&mut header);
+                // In front of the early data already queued.
+                self.backend.outbox.prepend(&header, env.pool);
+                env.pool.give(header);
+            }
+        }
+        self.link = Link::Wanted;
+        self.state = State::Connecting {
+            deadline: env.now + env.limits.backend_connect_timeout,
+        };
+    }
+
+    /// The backend is down: tell the device with close_notify (once its
+    /// handshake is complete) rather than a bare EOF, and count it.
+    fn backend_failed(&mut self, why: BackendFailure, env: &mut Env<'_>) {
+        env.metrics.add(Metric::BackendErrors, 1);
+        env.backend_log.failed(why, env.now);
+        self.backend.eof = true;
+        self.backend_closed(env);
+    }
+
+    /// The backend is done (EOF, or down): say close_notify to the client once
+    /// everything it sent is out. A 0-RTT connection's backend may be done
+    /// before the client's Finished arrives: then nothing happens yet, and this
+    /// is called again once the handshake is complete, so the device's next
+    /// ticket goes out before the close_notify.
+    fn backend_closed(&mut self, env: &mut Env<'_>) {
+        if self.handshaking() || matches!(self.state, State::Closing { .. }) {
+            return;
+        }
+        if !self.close_notify_sent {
+            if let Tls::Established(tls) = &mut self.tls {
+                tls.send_close_notify();
+            }
+            self.close_notify_sent = true;
+            self.flush_tls(env);
+        }
+        if !matches!(self.state, State::Piping { .. } | State::Draining { .. }) {
+            // Never connected: nothing else will come; drain what we said.
+            self.state = State::Draining {
+                deadline: env.now + DRAIN_LINGER,
+            };
+        }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("state", &self.state)
+            .field("link", &self.link)
+            .field("client", &self.client)
+            .field("backend", &self.backend)
+            .field("close_notify_sent", &self.close_notify_sent)
+            .field("early_data", &self.early_data)
+            .finish_non_exhaustive()
     }
 }

@@ -36,29 +36,29 @@ pub const FLAG_EARLY_DATA: u8 = 0x02;
 
 /// What the header says about one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyInfo {
+pub struct ProxyInfo<'a> {
     /// The device's address, and ours as it connected to (`None` when the
     /// socket could not tell, e.g. already reset).
     pub addresses: Option<(SocketAddr, SocketAddr)>,
-    pub sni: Option<String>,
+    pub sni: Option<&'a str>,
     pub tls_version: Option<&'static str>,
     pub cipher: Option<&'static str>,
     pub resumed: bool,
     pub early_data: bool,
 }
 
-impl ProxyInfo {
+impl<'a> ProxyInfo<'a> {
     /// What a connection's TLS state says (called when the backend connect
     /// starts: the handshake is done, or a 0-RTT one is far enough along that
     /// the version, suite and resumption are decided).
     pub fn of(
-        tls: &ServerConnection,
+        tls: &'a ServerConnection,
         addresses: Option<(SocketAddr, SocketAddr)>,
         early_data: bool,
-    ) -> ProxyInfo {
+    ) -> ProxyInfo<'a> {
         ProxyInfo {
             addresses,
-            sni: tls.server_name().map(str::to_owned),
+            sni: tls.server_name(),
             tls_version: tls.protocol_version().and_then(|v| match v {
                 rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
                 rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
@@ -73,53 +73,71 @@ impl ProxyInfo {
         }
     }
 
-    /// The header bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(128);
+    /// Append the header to `out` (no allocation beyond `out`'s own growth).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&SIGNATURE);
+        out.push(VERSION_PROXY);
+        let family_at = out.len();
+        out.push(AF_UNSPEC);
+        let len_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        let body_at = out.len();
         let family = match self.addresses {
             Some((SocketAddr::V4(src), SocketAddr::V4(dst))) => {
-                body.extend_from_slice(&src.ip().octets());
-                body.extend_from_slice(&dst.ip().octets());
-                body.extend_from_slice(&src.port().to_be_bytes());
-                body.extend_from_slice(&dst.port().to_be_bytes());
+                out.extend_from_slice(&src.ip().octets());
+                out.extend_from_slice(&dst.ip().octets());
+                out.extend_from_slice(&src.port().to_be_bytes());
+                out.extend_from_slice(&dst.port().to_be_bytes());
                 TCP_IPV4
             }
             Some((SocketAddr::V6(src), SocketAddr::V6(dst))) => {
-                body.extend_from_slice(&src.ip().octets());
-                body.extend_from_slice(&dst.ip().octets());
-                body.extend_from_slice(&src.port().to_be_bytes());
-                body.extend_from_slice(&dst.port().to_be_bytes());
+                out.extend_from_slice(&src.ip().octets());
+                out.extend_from_slice(&dst.ip().octets());
+                out.extend_from_slice(&src.port().to_be_bytes());
+                out.extend_from_slice(&dst.port().to_be_bytes());
                 TCP_IPV6
             }
             // Unknown or mixed families: the receiver ignores the addresses.
             _ => AF_UNSPEC,
         };
-        if let Some(sni) = &self.sni {
-            tlv(&mut body, PP2_TYPE_AUTHORITY, sni.as_bytes());
+        out[family_at] = family;
+        if let Some(sni) = self.sni {
+            tlv(out, PP2_TYPE_AUTHORITY, sni.as_bytes());
         }
-        let mut ssl = vec![PP2_CLIENT_SSL];
-        // "verify": zero only when a client certificate was verified; there is none.
-        ssl.extend_from_slice(&1u32.to_be_bytes());
+        // PP2_TYPE_SSL: client flags, "verify" (zero only when a client
+        // certificate was verified; there is none), then sub-TLVs.
+        out.push(PP2_TYPE_SSL);
+        let ssl_len_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        let ssl_at = out.len();
+        out.push(PP2_CLIENT_SSL);
+        out.extend_from_slice(&1u32.to_be_bytes());
         if let Some(v) = self.tls_version {
-            tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, v.as_bytes());
+            tlv(out, PP2_SUBTYPE_SSL_VERSION, v.as_bytes());
         }
         if let Some(c) = self.cipher {
-            tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, c.as_bytes());
+            tlv(out, PP2_SUBTYPE_SSL_CIPHER, c.as_bytes());
         }
-        tlv(&mut body, PP2_TYPE_SSL, &ssl);
+        patch_len(out, ssl_len_at, ssl_at);
         let flags = if self.resumed { FLAG_RESUMED } else { 0 }
             | if self.early_data { FLAG_EARLY_DATA } else { 0 };
-        tlv(&mut body, PP2_TYPE_WARMTLS, &[flags]);
-
-        let mut out = Vec::with_capacity(16 + body.len());
-        out.extend_from_slice(&SIGNATURE);
-        out.push(VERSION_PROXY);
-        out.push(family);
+        tlv(out, PP2_TYPE_WARMTLS, &[flags]);
         // Bounded: SNI ≤ 255 bytes (rustls' limit on a DNS name), the rest fixed.
-        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        out.extend_from_slice(&body);
+        patch_len(out, len_at, body_at);
+    }
+
+    /// The header bytes on their own.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.encode_into(&mut out);
         out
     }
+}
+
+/// Write the length of `out[from..]` as a big-endian u16 at `at`.
+fn patch_len(out: &mut [u8], at: usize, from: usize) {
+    let len = (out.len() - from) as u16;
+    out[at..at + 2].copy_from_slice(&len.to_be_bytes());
 }
 
 fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
@@ -139,7 +157,7 @@ mod tests {
                 "10.1.2.3:40000".parse().unwrap(),
                 "192.0.2.1:443".parse().unwrap(),
             )),
-            sni: Some("localhost".into()),
+            sni: Some("localhost"),
             tls_version: Some("TLSv1.3"),
             cipher: Some("TLS13_AES_128_GCM_SHA256"),
             resumed: true,

@@ -1,9 +1,8 @@
 //! The per-core runtime: one io_uring, one SO_REUSEPORT listener and one slab of
 //! connections per worker thread. `unsafe` lives here (and in `store::map`)
-//! only: handing buffers and descriptors to the kernel.
-#![allow(unsafe_code)]
+//! only: handing buffers and descriptors to the kernel. The crate denies it;
+//! each file that needs it (`ring`, `sockopt`, `worker`) allows it for itself.
 
-pub mod buffers;
 pub mod listener;
 pub mod ring;
 pub mod sockopt;

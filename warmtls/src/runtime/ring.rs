@@ -1,12 +1,17 @@
 //! One io_uring per worker, and the only code that hands memory to the kernel.
 //!
-//! Every `push_*` that passes a buffer is `unsafe`: the caller promises the buffer
-//! stays alive and unmoved until the operation's completion is reaped. The
-//! worker keeps that promise by giving each connection boxed buffers and never
-//! freeing a connection with operations in flight.
+//! Receives take a buffer from the worker's provided-buffer ring
+//! ([`RecvBuffers`]) only when bytes arrive, so a connection waiting for its
+//! device holds none. Every `push_*` that passes a buffer of ours is `unsafe`:
+//! the caller promises the buffer stays alive and unmoved until the operation's
+//! completion is reaped. The worker keeps that promise by never freeing a
+//! connection (and the outbox buffers it lent) with operations in flight.
 #![allow(unsafe_code)]
 
+use std::alloc::Layout;
 use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -24,6 +29,9 @@ pub enum RingError {
 /// The period of the worker's tick (timeouts, drain, accept re-arm).
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The buffer group of the worker's receive buffers (one group per ring).
+const RECV_GROUP: u16 = 0;
+
 /// A worker's ring.
 pub struct Ring {
     ring: IoUring,
@@ -31,6 +39,142 @@ pub struct Ring {
     tick: Box<types::Timespec>,
     /// IOSQE_CQE_SKIP_SUCCESS is supported (Linux 5.17+).
     skip_success: bool,
+    /// Registered with the ring by [`Ring::with_recv_buffers`].
+    recv: Option<RecvBuffers>,
+}
+
+/// The worker's receive buffers: `count` buffers of `size` bytes in one
+/// allocation, lent to the kernel through a provided-buffer ring
+/// (IORING_REGISTER_PBUF_RING, Linux 5.19+). A receive posted with buffer
+/// selection takes one only when bytes arrive; its completion names it, and it
+/// goes back to the ring once its bytes are consumed ([`RecvBuffers::recycle`]).
+pub struct RecvBuffers {
+    /// The ring of `count` entries shared with the kernel (page-aligned).
+    entries: NonNull<types::BufRingEntry>,
+    /// The buffers themselves.
+    memory: NonNull<u8>,
+    count: u16,
+    size: usize,
+    /// Our copy of the ring's tail (the kernel only reads it).
+    tail: u16,
+}
+
+impl RecvBuffers {
+    fn entries_layout(count: u16) -> Layout {
+        Layout::from_size_align(
+            usize::from(count) * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .expect("a valid ring layout")
+    }
+
+    fn memory_layout(count: u16, size: usize) -> Layout {
+        Layout::from_size_align(usize::from(count) * size, 64).expect("a valid buffer layout")
+    }
+
+    fn new(count: u16, size: usize) -> RecvBuffers {
+        assert!(count.is_power_of_two() && count <= 32_768 && size > 0);
+        let el = Self::entries_layout(count);
+        let ml = Self::memory_layout(count, size);
+        // SAFETY: both layouts have a non-zero size (count, size > 0).
+        let (entries, memory) = unsafe { (std::alloc::alloc_zeroed(el), std::alloc::alloc(ml)) };
+        let (Some(entries), Some(memory)) = (NonNull::new(entries), NonNull::new(memory)) else {
+            std::alloc::handle_alloc_error(el);
+        };
+        let mut b = RecvBuffers {
+            entries: entries.cast(),
+            memory,
+            count,
+            size,
+            tail: 0,
+        };
+        for bid in 0..count {
+            b.put(bid);
+        }
+        b.publish();
+        b
+    }
+
+    /// Write buffer `bid` into the ring entry at our tail (not yet visible).
+    fn put(&mut self, bid: u16) {
+        let slot = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `slot` < count, the ring has `count` entries, and the kernel
+        // never writes entries (it only reads those before the published tail,
+        // and this one is past it).
+        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
+        // SAFETY: `bid` < count, so the offset stays inside the allocation.
+        let addr = unsafe { self.memory.as_ptr().add(usize::from(bid) * self.size) };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Make the entries written so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the ring base is valid and initialised; the tail field sits in
+        // the first entry's reserved field and is a naturally aligned u16 the
+        // kernel reads with acquire semantics.
+        let tail =
+            unsafe { &*(types::BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The first `len` bytes the kernel wrote into buffer `bid`.
+    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(bid < self.count && len <= self.size);
+        // SAFETY: a completion named `bid`, so the kernel is done with it and
+        // no longer owns it until `recycle`; it lies inside the allocation.
+        unsafe {
+            std::slice::from_raw_parts(self.memory.as_ptr().add(usize::from(bid) * self.size), len)
+        }
+    }
+
+    /// Give buffer `bid` back to the kernel once its bytes have been consumed.
+    pub fn recycle(&mut self, bid: u16) {
+        debug_assert!(bid < self.count);
+        self.put(bid);
+        self.publish();
+    }
+
+    /// Size of each buffer.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl Drop for RecvBuffers {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts; the ring unregistered
+        // them first (see `Drop for Ring`), so the kernel no longer uses them.
+        unsafe {
+            std::alloc::dealloc(
+                self.entries.as_ptr().cast(),
+                Self::entries_layout(self.count),
+            );
+            std::alloc::dealloc(
+                self.memory.as_ptr(),
+                Self::memory_layout(self.count, self.size),
+            );
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if let Some(bufs) = self.recv.take() {
+            if self
+                .ring
+                .submitter()
+                .unregister_buf_ring(RECV_GROUP)
+                .is_err()
+            {
+                // The kernel may still hold them: leak rather than free memory it
+                // could write into (only at exit).
+                std::mem::forget(bufs);
+            }
+        }
+    }
 }
 
 impl Ring {
@@ -59,6 +203,7 @@ impl Ring {
                         ring,
                         tick: Box::new(types::Timespec::from(TICK)),
                         skip_success,
+                        recv: None,
                     });
                 }
                 Err(e)
@@ -75,6 +220,51 @@ impl Ring {
         Err(RingError::Setup(
             last.unwrap_or_else(|| std::io::Error::other("no attempt")),
         ))
+    }
+
+    /// Register `count` receive buffers of `size` bytes (a power of two count,
+    /// at most 32768) for [`Ring::push_recv_select`].
+    pub fn with_recv_buffers(mut self, count: u16, size: usize) -> std::io::Result<Ring> {
+        let bufs = RecvBuffers::new(count, size);
+        // SAFETY: the ring memory stays valid until unregistered in `Drop for
+        // Ring`, which runs before the buffers are freed.
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                bufs.entries.as_ptr() as u64,
+                count,
+                RECV_GROUP,
+                0,
+            )?;
+        }
+        self.recv = Some(bufs);
+        Ok(self)
+    }
+
+    /// The registered receive buffers.
+    pub fn recv_buffers(&mut self) -> &mut RecvBuffers {
+        self.recv
+            .as_mut()
+            .expect("receive buffers registered at start-up")
+    }
+
+    /// Receive on `fd` into one of the ring's buffers, taken when bytes arrive
+    /// (the completion names it: [`buffer_id`]).
+    pub fn push_recv_select(&mut self, fd: RawFd, token: ConnToken) {
+        let size = self.recv.as_ref().map_or(0, |b| b.size);
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size as u32)
+            .buf_group(RECV_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// Cancel every operation in flight on `fd` (each completes, cancelled).
+    pub fn push_cancel_fd(&mut self, fd: RawFd, token: ConnToken) {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(token.encode());
+        self.push(e);
     }
 
     fn push(&mut self, e: squeue::Entry) {
@@ -105,17 +295,6 @@ impl Ring {
         let e = opcode::Timeout::new(&*self.tick)
             .build()
             .user_data(ConnToken::new(u32::MAX as usize, 0, Op::Tick).encode());
-        self.push(e);
-    }
-
-    /// Receive into `buf`.
-    ///
-    /// # Safety
-    /// `buf` must stay alive, unmoved and unread until this operation completes.
-    pub unsafe fn push_recv(&mut self, fd: RawFd, buf: &mut [u8], token: ConnToken) {
-        let e = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32)
-            .build()
-            .user_data(token.encode());
         self.push(e);
     }
 
@@ -201,4 +380,9 @@ impl Ring {
 /// Whether a multishot completion will be followed by more.
 pub fn more(flags: u32) -> bool {
     cqueue::more(flags)
+}
+
+/// The receive buffer a completion filled, if it took one.
+pub fn buffer_id(flags: u32) -> Option<u16> {
+    cqueue::buffer_select(flags)
 }

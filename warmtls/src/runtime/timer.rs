@@ -10,6 +10,9 @@
 //! re-filed the same way. Firing touches only due entries, not every connection.
 use std::time::{Duration, Instant};
 
+/// Entries each slot has room for from the start.
+const SLOT_ROOM: usize = 64;
+
 /// A connection's entry: slab key and generation.
 pub type Entry = (u32, u32);
 
@@ -28,7 +31,8 @@ impl TimerWheel {
         let tick_nanos = tick.as_nanos().max(1);
         let n = (horizon.as_nanos().div_ceil(tick_nanos) as usize).max(2) + 1;
         TimerWheel {
-            slots: (0..n).map(|_| Vec::new()).collect(),
+            // Room made now, so filing a deadline does not allocate once warm.
+            slots: (0..n).map(|_| Vec::with_capacity(SLOT_ROOM)).collect(),
             origin,
             tick_nanos,
             next: 0,

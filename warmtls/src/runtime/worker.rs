@@ -1,10 +1,13 @@
 //! The per-core event loop: a slab of connections, one ring, one listener.
 //!
 //! Shape (as in io-uring's tcp_echo): push SQEs, submit and wait, drain CQEs,
-//! dispatch on the token, then `pump` the connection, which posts whatever I/O its
-//! state now allows. A connection is freed only when none of its operations is in
-//! flight, so the kernel never writes into a freed buffer; a completion whose
-//! token names an older occupant of the slot is dropped.
+//! dispatch on the token, hand the event to the connection's state machine
+//! (`conn::Conn`), then carry out the actions it asks for. The loop owns the
+//! sockets, the ring, the timers and the buffers; the machine owns everything
+//! the connection knows. A connection is freed only when the machine says none
+//! of its operations is in flight, so the kernel never writes into a freed
+//! buffer; a completion whose token names an older occupant of the slot is
+//! dropped (its receive buffer, if it took one, goes back to the ring).
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -15,80 +18,119 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{
     self, shutdown, AddressFamily, Shutdown, SockFlag, SockType, SockaddrStorage, UnixAddr,
 };
-use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 use slab::Slab;
 
-use super::buffers::BufferPool;
-use super::ring::{more, Ring, TICK};
+use super::ring::{buffer_id, more, Ring, TICK};
 use super::timer::TimerWheel;
 use super::token::{ConnToken, Op};
 use crate::config::Backend;
-use crate::conn::proxy::ProxyInfo;
-use crate::conn::{Conn, Fed, Phase, PIPE_LIMIT, RECV_BUF};
+use crate::conn::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, RECV_BUF};
 use crate::metrics::{Metric, WorkerMetrics};
+use crate::tls::ServerConfigs;
 
-/// How long a connection that sent its alert or close_notify waits for the
-/// client's EOF before it is closed anyway.
-const DRAIN_LINGER: Duration = Duration::from_secs(1);
 /// How far ahead the timer wheel files deadlines; later ones are re-filed.
 const TIMER_HORIZON: Duration = Duration::from_secs(64);
-/// Receive buffers made at start-up (more are made, then reused, up to the bound).
-const WARM_BUFFERS: usize = 64;
+/// Receive buffers in the worker's provided-buffer ring: a buffer is held only
+/// from the moment bytes arrive until the machine has consumed them (in the
+/// same loop iteration), so this bounds receives completing in one batch, not
+/// open connections.
+const RECV_BUFFERS: u16 = 256;
+/// Send buffers made at start-up (more are made, then reused, up to the bound).
+const WARM_SEND_BUFFERS: usize = 64;
 
 /// What a worker needs; all shared state is behind `Arc`s.
 pub struct WorkerSetup {
     pub index: usize,
     pub listener: OwnedFd,
-    pub tls: Arc<std::sync::RwLock<Arc<ServerConfig>>>,
+    pub tls: Arc<ServerConfigs>,
     pub backend: Backend,
     pub max_connections: usize,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub backend_connect_timeout: Duration,
+    pub limits: Limits,
     pub drain_timeout: Duration,
-    pub proxy_protocol: bool,
     pub metrics: Arc<Vec<WorkerMetrics>>,
     pub shutdown: Arc<AtomicBool>,
 }
 
-/// The worker's copy of its settings (the listener is owned separately, so that
-/// dropping it at drain time really closes it).
-struct Settings {
+/// A connection and the resources the loop holds for it.
+struct Slot {
+    conn: Conn,
+    /// The slab slot's incarnation, in every token of this connection.
+    gen: u32,
+    client: OwnedFd,
+    backend: Option<OwnedFd>,
+    /// The timer-wheel tick of this connection's live timer entry.
+    timer_tick: u64,
+}
+
+impl Slot {
+    fn fd(&self, side: Side) -> Option<RawFd> {
+        match side {
+            Side::Client => Some(self.client.as_raw_fd()),
+            Side::Backend => self.backend.as_ref().map(|b| b.as_raw_fd()),
+        }
+    }
+}
+
+/// What every connection's machine borrows while it handles an event.
+struct Shared {
     index: usize,
-    tls: Arc<std::sync::RwLock<Arc<ServerConfig>>>,
-    backend: (AddressFamily, SockaddrStorage),
-    max_connections: usize,
-    handshake_timeout: Duration,
-    idle_timeout: Duration,
-    backend_connect_timeout: Duration,
-    drain_timeout: Duration,
-    proxy_protocol: bool,
+    tls: Arc<ServerConfigs>,
+    limits: Limits,
     metrics: Arc<Vec<WorkerMetrics>>,
-    shutdown: Arc<AtomicBool>,
+    pool: BufPool,
+    backend_log: BackendLog,
+}
+
+impl Shared {
+    fn env(&mut self, now: Instant) -> Env<'_> {
+        Env {
+            now,
+            limits: &self.limits,
+            tls: &self.tls,
+            metrics: &self.metrics[self.index],
+            pool: &mut self.pool,
+            backend_log: &mut self.backend_log,
+        }
+    }
+
+    fn m(&self) -> &WorkerMetrics {
+        &self.metrics[self.index]
+    }
 }
 
 struct Worker {
     ring: Ring,
-    conns: Slab<Conn>,
-    buffers: BufferPool,
+    slots: Slab<Slot>,
+    shared: Shared,
     timers: TimerWheel,
     next_gen: u32,
-    s: Settings,
+    max_connections: usize,
+    /// The backend's family and address, resolved once; boxed so the connect
+    /// SQEs can point at it while the worker moves.
+    backend: (AddressFamily, Box<SockaddrStorage>),
+    drain_timeout: Duration,
+    shutdown: Arc<AtomicBool>,
     listener: Option<OwnedFd>,
     accept_armed: bool,
     drain_deadline: Option<Instant>,
     /// The time of the current batch of completions (one clock read per batch).
     now: Instant,
     due: Vec<(u64, super::timer::Entry)>,
+    /// Receives that found the buffer ring empty, to post again once buffers
+    /// come back.
+    starved: Vec<ConnToken>,
 }
 
 /// Set up the ring (on this thread, as SINGLE_ISSUER requires) and report the
 /// outcome through `ready`, then run until shutdown.
 pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
-    let ring = match Ring::new(1024) {
+    let ring = match Ring::new(1024).map_err(|e| e.to_string()).and_then(|r| {
+        r.with_recv_buffers(RECV_BUFFERS, RECV_BUF)
+            .map_err(|e| format!("cannot register receive buffers with io_uring: {e}"))
+    }) {
         Ok(r) => r,
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -103,36 +145,36 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     let cap = s.max_connections;
     let mut w = Worker {
         ring,
-        conns: Slab::with_capacity(cap.min(65_536)),
-        buffers: BufferPool::new(RECV_BUF, 2 * cap, WARM_BUFFERS),
-        timers: TimerWheel::new(now, TICK, TIMER_HORIZON),
-        next_gen: 0,
-        listener: Some(s.listener),
-        s: Settings {
+        slots: Slab::with_capacity(cap.min(65_536)),
+        shared: Shared {
             index: s.index,
             tls: s.tls,
-            backend,
-            max_connections: cap,
-            handshake_timeout: s.handshake_timeout,
-            idle_timeout: s.idle_timeout,
-            backend_connect_timeout: s.backend_connect_timeout,
-            drain_timeout: s.drain_timeout,
-            proxy_protocol: s.proxy_protocol,
+            limits: s.limits,
             metrics: s.metrics,
-            shutdown: s.shutdown,
+            // Two outboxes of two buffers per connection at most.
+            pool: BufPool::new(4 * cap, WARM_SEND_BUFFERS),
+            backend_log: BackendLog::new(s.backend.to_string(), s.index),
         },
+        timers: TimerWheel::new(now, TICK, TIMER_HORIZON),
+        next_gen: 0,
+        max_connections: cap,
+        backend: (backend.0, Box::new(backend.1)),
+        drain_timeout: s.drain_timeout,
+        shutdown: s.shutdown,
+        listener: Some(s.listener),
         accept_armed: false,
         drain_deadline: None,
         now,
         due: Vec::new(),
+        starved: Vec::with_capacity(usize::from(RECV_BUFFERS)),
     };
     let _ = ready.send(Ok(()));
     w.arm_accept();
     w.ring.push_tick();
-    let mut cqes = Vec::with_capacity(1024);
+    let mut cqes = Vec::with_capacity(4096);
     loop {
         if let Err(e) = w.ring.submit_and_wait() {
-            tracing::error!(worker = w.s.index, "io_uring_enter failed: {e}");
+            tracing::error!(worker = w.shared.index, "io_uring_enter failed: {e}");
             std::thread::sleep(Duration::from_millis(10));
         }
         w.now = Instant::now();
@@ -140,26 +182,36 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         for &(ud, res, flags) in &cqes {
             w.complete(ud, res, flags);
         }
+        if !w.starved.is_empty() {
+            // Every buffer taken in this batch has been consumed and given back.
+            w.retry_starved();
+        }
         if w.finished() {
             break;
         }
     }
     if let Err(e) = w.ring.submit() {
-        tracing::warn!(worker = w.s.index, "last io_uring submit failed: {e}");
+        tracing::warn!(worker = w.shared.index, "last io_uring submit failed: {e}");
     }
-    let stuck = w.conns.iter().filter(|(_, c)| c.inflight > 0).count();
+    let stuck = w
+        .slots
+        .iter()
+        .filter(|(_, s)| s.conn.in_flight() > 0)
+        .count();
     if stuck > 0 {
         // The drain deadline passed with operations still in flight. The kernel
         // may still use their buffers until the ring is torn down, so leak them
-        // rather than free memory it could write into; the process is exiting.
+        // (and the ring, with its receive buffers) rather than free memory it
+        // could write into; the process is exiting.
         tracing::warn!(
-            worker = w.s.index,
+            worker = w.shared.index,
             stuck,
             "exiting with operations in flight"
         );
-        std::mem::forget(std::mem::take(&mut w.conns));
+        std::mem::forget(std::mem::take(&mut w.slots));
+        std::mem::forget(w.ring);
     }
-    tracing::debug!(worker = w.s.index, "worker stopped");
+    tracing::debug!("worker stopped");
 }
 
 /// The backend's socket family and address, resolved once per worker.
@@ -190,34 +242,12 @@ fn accept_token() -> ConnToken {
     ConnToken::new(u32::MAX as usize, 0, Op::Accept)
 }
 
-/// Set a connection's deadline; file a timer entry when it is earlier than the
-/// live one (a later deadline is found when the live entry fires).
-fn set_deadline(timers: &mut TimerWheel, key: usize, c: &mut Conn, at: Instant) {
-    c.deadline = at;
-    let tick = timers.tick_for(at);
-    if tick < c.timer_tick {
-        c.timer_tick = tick;
-        timers.insert(tick, (key as u32, c.gen));
-    }
-}
-
-/// Push a piping connection's deadline out to `at`, except that a 0-RTT
-/// connection, which pipes before its handshake is done, stays bound by its
-/// handshake deadline until then.
-fn set_idle_deadline(timers: &mut TimerWheel, key: usize, c: &mut Conn, at: Instant) {
-    let at = if c.tls.is_handshaking() {
-        at.min(c.handshake_deadline)
-    } else {
-        at
-    };
-    set_deadline(timers, key, c, at);
+/// Token of operations that belong to no live connection (cancels, closes).
+fn detached_token(op: Op) -> ConnToken {
+    ConnToken::new(u32::MAX as usize, 0, op)
 }
 
 impl Worker {
-    fn m(&self) -> &WorkerMetrics {
-        &self.s.metrics[self.s.index]
-    }
-
     fn arm_accept(&mut self) {
         if let Some(l) = &self.listener {
             if !self.accept_armed {
@@ -230,7 +260,7 @@ impl Worker {
 
     fn finished(&self) -> bool {
         match self.drain_deadline {
-            Some(d) => self.conns.is_empty() || (self.now > d + Duration::from_secs(2)),
+            Some(d) => self.slots.is_empty() || (self.now > d + Duration::from_secs(2)),
             None => false,
         }
     }
@@ -239,24 +269,59 @@ impl Worker {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
-        match t.op {
-            Op::Accept => self.accepted(res, flags),
-            Op::Tick => self.tick(),
-            Op::Cancel | Op::Close => {}
-            _ => {
-                let key = t.key as usize;
-                let Some(c) = self.conns.get_mut(key) else {
-                    return;
-                };
-                if c.gen != t.gen {
-                    return; // a completion for a previous occupant of this slot
-                }
-                debug_assert!(c.inflight > 0);
-                c.inflight -= 1;
-                self.on_conn_event(key, t.op, res);
-                self.pump(key);
+        let side = match t.op {
+            Op::Accept => return self.accepted(res, flags),
+            Op::Tick => return self.tick(),
+            Op::Cancel | Op::Close => return,
+            Op::ClientRecv | Op::ClientSend => Side::Client,
+            Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
+        };
+        let bid = buffer_id(flags);
+        let key = t.key as usize;
+        let live = self.slots.get(key).is_some_and(|s| s.gen == t.gen);
+        if !live {
+            // A completion for a previous occupant of this slot.
+            if let Some(bid) = bid {
+                self.ring.recv_buffers().recycle(bid);
             }
+            return;
         }
+        let slot = &mut self.slots[key];
+        let mut env = self.shared.env(self.now);
+        match t.op {
+            Op::ClientRecv | Op::BackendRecv => {
+                if res == -libc::ENOBUFS {
+                    // The buffer ring ran dry: post it again once buffers return.
+                    self.starved.push(t);
+                    return;
+                }
+                let got = if res < 0 {
+                    Err(-res)
+                } else {
+                    match bid {
+                        Some(bid) => Ok(self.ring.recv_buffers().get(bid, res as usize)),
+                        None => Ok(&[][..]),
+                    }
+                };
+                slot.conn.on_recv(side, got, &mut env);
+                if let Some(bid) = bid {
+                    self.ring.recv_buffers().recycle(bid);
+                }
+            }
+            Op::ClientSend | Op::BackendSend => {
+                let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
+                slot.conn.on_sent(side, done, &mut env);
+            }
+            Op::BackendConnect => {
+                if res < 0 && res != -libc::ECANCELED {
+                    tracing::debug!("backend connect failed: {}", errno(res));
+                }
+                slot.conn
+                    .on_connected(if res < 0 { Err(-res) } else { Ok(()) }, &mut env);
+            }
+            Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
+        }
+        self.carry_out(key);
     }
 
     fn accepted(&mut self, res: i32, flags: u32) {
@@ -264,436 +329,224 @@ impl Worker {
             self.accept_armed = false; // re-armed on the next tick (a back-off on EMFILE)
         }
         if res < 0 {
-            let e = errno(res);
             if res != -libc::ECANCELED {
-                self.m().add(Metric::AcceptErrors, 1);
+                self.shared.m().add(Metric::AcceptErrors, 1);
                 tracing::warn!(
-                    worker = self.s.index,
-                    "accept failed: {e}; backing off until the next tick"
+                    worker = self.shared.index,
+                    "accept failed: {}; backing off until the next tick",
+                    errno(res)
                 );
             }
             return;
         }
         let fd = owned_fd(res);
-        if self.conns.len() >= self.s.max_connections || self.drain_deadline.is_some() {
-            self.m().add(Metric::Refused, 1);
+        if self.slots.len() >= self.max_connections || self.drain_deadline.is_some() {
+            self.shared.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
-        let cfg = self.s.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let Ok(tls) = ServerConnection::new(cfg) else {
-            return;
+        let addresses = if self.shared.limits.proxy_protocol {
+            client_addresses(&fd)
+        } else {
+            None
         };
         self.next_gen = self.next_gen.wrapping_add(1) & ConnToken::GEN_MASK;
-        let deadline = self.now + self.s.handshake_timeout;
-        let rx = self.buffers.take();
-        let key = self
-            .conns
-            .insert(Conn::new(self.next_gen, fd, tls, rx, deadline));
-        set_deadline(&mut self.timers, key, &mut self.conns[key], deadline);
-        self.m().add(Metric::Connections, 1);
-        self.m().add(Metric::Active, 1);
-        self.pump(key);
+        let key = self.slots.insert(Slot {
+            conn: Conn::new(self.now, &self.shared.limits, addresses),
+            gen: self.next_gen,
+            client: fd,
+            backend: None,
+            timer_tick: u64::MAX,
+        });
+        self.shared.m().add(Metric::Connections, 1);
+        self.shared.m().add(Metric::Active, 1);
+        self.carry_out(key);
     }
 
-    fn on_conn_event(&mut self, key: usize, op: Op, res: i32) {
-        let now = self.now;
-        let idle = self.s.idle_timeout;
-        let metrics = self.s.metrics.clone();
-        let m = &metrics[self.s.index];
-        let c = &mut self.conns[key];
-        if c.phase == Phase::Closing {
-            return;
-        }
-        match op {
-            Op::ClientRecv => {
-                c.client_recv_posted = false;
-                if res < 0 {
-                    // Reset or error: nobody is left to answer.
-                    self.begin_close(key);
-                    return;
-                }
-                if res == 0 {
-                    c.client_eof = true;
-                    // A FIN after the handshake is a half-close: the request already
-                    // read still goes to the backend and its answer comes back.
-                    if matches!(c.phase, Phase::Handshaking | Phase::Draining)
-                        || c.tls.is_handshaking()
-                    {
-                        self.begin_close(key);
+    /// Carry out what the connection asks for until it asks for nothing; free
+    /// it if it is finished, else make sure its deadline is on the wheel.
+    fn carry_out(&mut self, key: usize) {
+        loop {
+            let Some(slot) = self.slots.get_mut(key) else {
+                return;
+            };
+            let mut env = self.shared.env(self.now);
+            let Some(action) = slot.conn.poll(&mut env) else {
+                break;
+            };
+            let gen = slot.gen;
+            let token = move |op| ConnToken::new(key, gen, op);
+            match action {
+                Action::Recv(side) => {
+                    let op = match side {
+                        Side::Client => Op::ClientRecv,
+                        Side::Backend => Op::BackendRecv,
+                    };
+                    if let Some(fd) = slot.fd(side) {
+                        self.ring.push_recv_select(fd, token(op));
                     }
-                    return;
                 }
-                m.add(Metric::BytesFromClients, res as u64);
-                if c.phase == Phase::Draining {
-                    return; // discard while we linger
+                Action::Send(side) => {
+                    let op = match side {
+                        Side::Client => Op::ClientSend,
+                        Side::Backend => Op::BackendSend,
+                    };
+                    if let Some(fd) = slot.fd(side) {
+                        // SAFETY: the bytes are the outbox's lent buffer, which is
+                        // neither touched nor freed until this send completes
+                        // (`on_sent`), and the connection is not freed while an
+                        // operation is in flight.
+                        unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
+                    }
                 }
-                match c.feed_client(res as usize) {
-                    Fed::Progress => {}
-                    Fed::Failed(why) => {
-                        m.add(Metric::TlsErrors, 1);
-                        m.add(why.reason(), 1);
-                        tracing::debug!("TLS error from client: {why}");
-                        set_deadline(&mut self.timers, key, c, now + DRAIN_LINGER);
-                        return;
-                    }
-                    Fed::EarlyData => {
-                        // Only a resumption carries early data; count it now, as
-                        // the backend may answer and close before the client's
-                        // Finished arrives.
-                        m.add(Metric::ResumedHandshakes, 1);
-                        m.add(Metric::EarlyDataAccepted, 1);
-                        self.connect_backend(key);
-                        return;
-                    }
-                    Fed::HandshakeDone if c.backend.is_some() => {
-                        // A 0-RTT connection, already counted and piping.
-                        m.add(Metric::EarlyDataBytes, c.early_data as u64);
-                        if c.backend_eof && c.phase == Phase::Piping {
-                            c.backend_closed();
+                Action::Connect => {
+                    let (family, addr) = (self.backend.0, &*self.backend.1);
+                    match backend_socket(family) {
+                        Ok(fd) => {
+                            let raw = fd.as_raw_fd();
+                            slot.backend = Some(fd);
+                            // SAFETY: the address is boxed in the worker and lives
+                            // as long as the ring.
+                            unsafe { self.ring.push_connect(raw, addr, token(Op::BackendConnect)) };
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot create a backend socket: {e}");
+                            slot.conn.on_connected(Err(e as i32), &mut env);
                         }
                     }
-                    Fed::HandshakeDone => {
-                        let kind = c.tls.handshake_kind();
-                        m.add(
-                            if kind == Some(HandshakeKind::Resumed) {
-                                Metric::ResumedHandshakes
-                            } else {
-                                Metric::FullHandshakes
-                            },
-                            1,
-                        );
-                        if c.early_data > 0 {
-                            // Early data and Finished came in one read: the
-                            // backend starts now, with the early data queued first.
-                            m.add(Metric::EarlyDataAccepted, 1);
-                            m.add(Metric::EarlyDataBytes, c.early_data as u64);
+                }
+                Action::CancelConnect => {
+                    if let Some(fd) = slot.fd(Side::Backend) {
+                        self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
+                    }
+                }
+                Action::ShutdownWrite(side) => {
+                    // shutdown(2), not IORING_OP_SHUTDOWN: the kernel always punts
+                    // the latter to an io-wq thread, dearer than the syscall.
+                    if let Some(fd) = slot.fd(side) {
+                        let _ = shutdown(fd, Shutdown::Write);
+                    }
+                }
+                Action::Cancel => {
+                    for side in [Side::Client, Side::Backend] {
+                        if let Some(fd) = slot.fd(side) {
+                            self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
                         }
-                        self.connect_backend(key);
-                        return;
                     }
                 }
-                if c.phase == Phase::Piping {
-                    set_idle_deadline(&mut self.timers, key, c, now + idle);
-                }
             }
-            Op::ClientSend => {
-                if res < 0 {
-                    c.to_client.failed();
-                    self.begin_close(key);
-                    return;
-                }
-                m.add(Metric::BytesToClients, res as u64);
-                c.to_client.sent(res as usize);
-                if c.phase == Phase::Piping {
-                    set_idle_deadline(&mut self.timers, key, c, now + idle);
-                }
+        }
+        let slot = &mut self.slots[key];
+        if slot.conn.is_finished() {
+            return self.free(key);
+        }
+        if let Some(at) = slot.conn.deadline() {
+            let tick = self.timers.tick_for(at);
+            if tick < slot.timer_tick {
+                slot.timer_tick = tick;
+                self.timers.insert(tick, (key as u32, slot.gen));
             }
-            Op::BackendConnect => {
-                c.connect_posted = false;
-                if res < 0 {
-                    m.add(Metric::BackendErrors, 1);
-                    tracing::debug!("backend connect failed: {}", errno(res));
-                    self.begin_close(key);
-                    return;
-                }
-                if c.phase == Phase::ConnectingBackend {
-                    c.phase = Phase::Piping;
-                    set_idle_deadline(&mut self.timers, key, c, now + idle);
-                }
-            }
-            Op::BackendRecv => {
-                c.backend_recv_posted = false;
-                if res < 0 {
-                    // The backend reset mid-answer: close without close_notify,
-                    // so the device sees a truncation, not a complete answer.
-                    m.add(Metric::BackendErrors, 1);
-                    tracing::debug!("backend receive failed: {}", errno(res));
-                    self.begin_close(key);
-                    return;
-                }
-                if res == 0 {
-                    c.backend_eof = true;
-                    if c.phase == Phase::Piping {
-                        c.backend_closed();
-                    }
-                    return;
-                }
-                if c.phase != Phase::Piping {
-                    return; // our last bytes to the client are already queued
-                }
-                c.feed_backend(res as usize);
-                set_idle_deadline(&mut self.timers, key, c, now + idle);
-            }
-            Op::BackendSend => {
-                if res < 0 {
-                    c.to_backend.failed();
-                    m.add(Metric::BackendErrors, 1);
-                    self.begin_close(key);
-                    return;
-                }
-                c.to_backend.sent(res as usize);
-                set_idle_deadline(&mut self.timers, key, c, now + idle);
-            }
-            Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
         }
     }
 
-    fn connect_backend(&mut self, key: usize) {
-        let (family, addr) = self.s.backend;
-        let fd = match socket::socket(
-            family,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        ) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::warn!("cannot create a backend socket: {e}");
-                self.m().add(Metric::BackendErrors, 1);
-                self.begin_close(key);
-                return;
-            }
-        };
-        if family != AddressFamily::Unix {
-            let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
-        }
-        let rx = self.buffers.take();
-        let c = &mut self.conns[key];
-        if self.s.proxy_protocol {
-            let addresses = client_addresses(&c.client);
-            let info = ProxyInfo::of(&c.tls, addresses, c.early_data > 0);
-            c.to_backend.prepend(&info.encode());
-        }
-        *c.backend_addr = addr;
-        let raw = fd.as_raw_fd();
-        c.backend = Some(fd);
-        c.backend_rx = Some(rx);
-        c.phase = Phase::ConnectingBackend;
-        set_deadline(
-            &mut self.timers,
-            key,
-            c,
-            self.now + self.s.backend_connect_timeout,
-        );
-        c.connect_posted = true;
-        c.inflight += 1;
-        let token = ConnToken::new(key, c.gen, Op::BackendConnect);
-        // SAFETY: `backend_addr` is boxed inside the connection, which is not freed
-        // while this operation is in flight (inflight > 0).
-        unsafe { self.ring.push_connect(raw, &c.backend_addr, token) };
-    }
-
-    /// Post whatever I/O the connection's state allows, or free it.
-    fn pump(&mut self, key: usize) {
-        let now = self.now;
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.phase == Phase::Closing {
-            if c.inflight == 0 {
-                self.free(key);
-            }
-            return;
-        }
-        let cfd = c.client.as_raw_fd();
-        let gen = c.gen;
-        tracing::trace!(key, phase = ?c.phase, inflight = c.inflight, client_eof = c.client_eof, backend_eof = c.backend_eof,
-            to_client = c.to_client.len(), to_backend = c.to_backend.len(), close_notify = c.close_notify_sent, client_shut = c.client_shut, "pump");
-        // Half-closes and close_notify.
-        if c.phase == Phase::Piping {
-            if c.client_eof && c.to_backend.is_empty() && !c.to_backend.posted() && !c.backend_shut
-            {
-                // shutdown(2), not IORING_OP_SHUTDOWN: the kernel always punts the
-                // latter to an io-wq thread, dearer than the syscall.
-                if let Some(b) = &c.backend {
-                    let _ = shutdown(b.as_raw_fd(), Shutdown::Write);
-                }
-                c.backend_shut = true;
-            }
-            if c.backend_eof && c.close_notify_sent && c.to_client.is_empty() {
-                c.phase = Phase::Draining;
-                set_deadline(&mut self.timers, key, c, now + DRAIN_LINGER);
-            }
-        }
-        // Draining and our last bytes are out: if the client is done too, close
-        // (a plain close sends the FIN); else half-close and linger for its EOF,
-        // so an alert is not destroyed by a reset.
-        if c.phase == Phase::Draining && c.to_client.is_empty() && !c.to_client.posted() {
-            if c.client_eof {
-                self.begin_close(key);
-                self.pump(key); // frees it now if nothing is in flight
-                return;
-            }
-            if !c.client_shut {
-                let _ = shutdown(cfd, Shutdown::Write);
-                c.client_shut = true;
-            }
-        }
-        // Client send.
-        if let Some(buf) = c.to_client.next_send() {
-            c.inflight += 1;
-            // SAFETY: `buf` is the outbox's lent buffer, which is not touched until
-            // `sent`/`failed` is called from this send's completion, and the
-            // connection is not freed while inflight > 0.
-            unsafe {
-                self.ring
-                    .push_send(cfd, buf, ConnToken::new(key, gen, Op::ClientSend))
+    /// Post again the receives that found no buffer.
+    fn retry_starved(&mut self) {
+        let starved = std::mem::take(&mut self.starved);
+        for t in &starved {
+            let key = t.key as usize;
+            let Some(slot) = self.slots.get(key).filter(|s| s.gen == t.gen) else {
+                continue;
             };
-        }
-        // Client receive, unless the backend side is backed up.
-        if !c.client_recv_posted && !c.client_eof && c.to_backend.len() < PIPE_LIMIT {
-            c.client_recv_posted = true;
-            c.inflight += 1;
-            // SAFETY: `client_rx` is boxed in the connection and only read after
-            // this receive completes; the connection (and the box) is not freed
-            // or replaced while inflight > 0.
-            unsafe {
-                self.ring.push_recv(
-                    cfd,
-                    &mut c.client_rx,
-                    ConnToken::new(key, gen, Op::ClientRecv),
-                )
+            let side = if t.op == Op::ClientRecv {
+                Side::Client
+            } else {
+                Side::Backend
             };
-        }
-        if c.phase != Phase::Piping {
-            return;
-        }
-        let Some(bfd) = c.backend.as_ref().map(|b| b.as_raw_fd()) else {
-            return;
-        };
-        if let Some(buf) = c.to_backend.next_send() {
-            c.inflight += 1;
-            // SAFETY: as for the client send.
-            unsafe {
-                self.ring
-                    .push_send(bfd, buf, ConnToken::new(key, gen, Op::BackendSend))
-            };
-        }
-        if !c.backend_recv_posted && !c.backend_eof && c.to_client.len() < PIPE_LIMIT {
-            if let Some(rx) = c.backend_rx.as_deref_mut() {
-                c.backend_recv_posted = true;
-                c.inflight += 1;
-                // SAFETY: as for the client receive, with `backend_rx`, which stays
-                // in the connection until it is freed.
-                unsafe {
-                    self.ring
-                        .push_recv(bfd, rx, ConnToken::new(key, gen, Op::BackendRecv))
-                };
+            if let Some(fd) = slot.fd(side) {
+                self.ring.push_recv_select(fd, *t);
             }
         }
+        self.starved = starved;
+        self.starved.clear();
     }
 
-    /// Shut both sockets down so pending operations complete, then free the
-    /// connection once none is in flight (see [`Worker::pump`]).
-    fn begin_close(&mut self, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.phase == Phase::Closing {
-            return;
-        }
-        c.phase = Phase::Closing;
-        if c.inflight == 0 {
-            return; // nothing to wake: the caller's pump frees it
-        }
-        // Wake whatever receive or send is pending so it completes and the
-        // connection can be freed.
-        let _ = shutdown(c.client.as_raw_fd(), Shutdown::Both);
-        if let Some(b) = &c.backend {
-            let _ = shutdown(b.as_raw_fd(), Shutdown::Both);
-        }
-        if c.connect_posted {
-            let target = ConnToken::new(key, c.gen, Op::BackendConnect);
-            self.ring
-                .push_cancel(target, ConnToken::new(key, 0, Op::Cancel));
-        }
-    }
-
-    /// Free a connection with nothing in flight: its buffers go back to the
-    /// pool, its sockets are closed by the ring (no close(2) of their own).
+    /// Free a finished connection: its buffers go back to the pool, its sockets
+    /// are closed by the ring (no close(2) of their own).
     fn free(&mut self, key: usize) {
-        let c = self.conns.remove(key);
-        debug_assert_eq!(c.inflight, 0);
-        let Conn {
-            client,
-            backend,
-            client_rx,
-            backend_rx,
-            ..
-        } = c;
-        let token = ConnToken::new(u32::MAX as usize, 0, Op::Close);
-        self.ring.push_close(client, token);
-        if let Some(b) = backend {
+        let mut slot = self.slots.remove(key);
+        slot.conn.release(&mut self.shared.pool);
+        let token = detached_token(Op::Close);
+        self.ring.push_close(slot.client, token);
+        if let Some(b) = slot.backend {
             self.ring.push_close(b, token);
         }
-        self.buffers.give(client_rx);
-        if let Some(b) = backend_rx {
-            self.buffers.give(b);
-        }
-        self.m().sub(Metric::Active, 1);
+        self.shared.m().sub(Metric::Active, 1);
     }
 
     fn tick(&mut self) {
         self.ring.push_tick();
         let now = self.now;
-        if self.s.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
-            self.drain_deadline = Some(now + self.s.drain_timeout);
+        self.shared.backend_log.tick(now);
+        if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+            self.drain_deadline = Some(now + self.drain_timeout);
             if self.accept_armed {
                 // The multishot accept holds the listening socket open: cancel it,
                 // so dropping ours really closes it and the kernel stops queueing
                 // connections to this worker.
-                let cancel = ConnToken::new(u32::MAX as usize, 0, Op::Cancel);
-                self.ring.push_cancel(accept_token(), cancel);
+                self.ring
+                    .push_cancel(accept_token(), detached_token(Op::Cancel));
             }
             self.listener = None;
-            tracing::debug!(worker = self.s.index, open = self.conns.len(), "draining");
+            tracing::debug!(
+                worker = self.shared.index,
+                open = self.slots.len(),
+                "draining"
+            );
         }
         if self.drain_deadline.is_none() {
             self.arm_accept();
         }
-        let mut due = std::mem::take(&mut self.due);
-        due.clear();
         if self.drain_deadline.is_some_and(|d| now > d) {
             // Drain time is up: everything still open goes.
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
             for key in keys {
-                self.expire(key);
+                self.slots[key].conn.abort();
+                self.carry_out(key);
             }
-        } else {
-            self.timers.expire(now, &mut due);
-            for &(tick, (key, gen)) in &due {
-                let key = key as usize;
-                let Some(c) = self.conns.get_mut(key) else {
-                    continue;
-                };
-                if c.gen != gen || c.timer_tick != tick {
-                    continue; // a stale entry: the connection has a newer one
-                }
-                c.timer_tick = u64::MAX;
-                if c.phase == Phase::Closing {
-                    continue;
-                }
-                if c.deadline > now {
-                    let at = c.deadline;
-                    set_deadline(&mut self.timers, key, c, at);
-                    continue;
-                }
-                self.expire(key);
+            return;
+        }
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        self.timers.expire(now, &mut due);
+        for &(tick, (key, gen)) in &due {
+            let key = key as usize;
+            let Some(slot) = self.slots.get_mut(key) else {
+                continue;
+            };
+            if slot.gen != gen || slot.timer_tick != tick {
+                continue; // a stale entry: the connection has a newer one
             }
+            slot.timer_tick = u64::MAX;
+            let mut env = self.shared.env(now);
+            slot.conn.on_timeout(&mut env);
+            // Files the deadline again if it is still ahead.
+            self.carry_out(key);
         }
         self.due = due;
     }
+}
 
-    /// A connection's deadline passed: count why, and close it.
-    fn expire(&mut self, key: usize) {
-        match self.conns[key].phase {
-            Phase::Handshaking | Phase::Piping => self.m().add(Metric::Timeouts, 1),
-            Phase::ConnectingBackend => self.m().add(Metric::BackendErrors, 1),
-            Phase::Draining | Phase::Closing => {}
-        }
-        self.begin_close(key);
-        self.pump(key);
+/// A non-blocking socket for the backend (TCP_NODELAY for TCP).
+fn backend_socket(family: AddressFamily) -> Result<OwnedFd, nix::errno::Errno> {
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    if family != AddressFamily::Unix {
+        let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
     }
+    Ok(fd)
 }
 
 /// The device's address and the local address it connected to (two syscalls,

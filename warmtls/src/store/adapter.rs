@@ -12,6 +12,10 @@
 //! ([`SessionCache::lineage_scope`]): `take`/`get` record the lineage start of the
 //! session being resumed, and the `put` of the ticket issued later in the same
 //! connection inherits it.
+//!
+//! A value handed back to rustls that its decoder will reject (another session
+//! encoding: a rustls upgrade changed it) would be a silent full handshake; it is
+//! counted as `undecodable` first (encoding.rs), and handed back all the same.
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +122,13 @@ impl SessionCache {
         r
     }
 
+    /// Count a value rustls is about to be handed but will not decode.
+    fn check_encoding(&self, value: &[u8]) {
+        if !super::encoding::readable(value) {
+            self.store.count_undecodable(value);
+        }
+    }
+
     fn too_old(&self, born: u64) -> bool {
         self.store.now().saturating_sub(born) > self.max_age.as_secs()
     }
@@ -138,6 +149,7 @@ impl rustls::server::StoresServerSessions for SessionCache {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let (v, born) = self.store.get_refreshed(key, self.lifetime, self.max_age)?;
         LINEAGE.set(Some(born));
+        self.check_encoding(&v);
         Some(v)
     }
 
@@ -147,6 +159,7 @@ impl rustls::server::StoresServerSessions for SessionCache {
             return None; // taken and erased: the chain has reached max_session_age
         }
         LINEAGE.set(Some(born));
+        self.check_encoding(&v);
         Some(v)
     }
 

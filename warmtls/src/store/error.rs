@@ -1,21 +1,23 @@
 //! What can go wrong opening or using a cache file, in words an operator can act on.
+//!
+//! Each message names the file, says the cause once (an OS error is part of the
+//! message, not a separate `source()` that a chain printer would repeat) and
+//! what to do. The store serves the endpoint, the benches and the inspector, so
+//! messages name settings (the cache path, capacity), not one program's flags.
 use std::path::PathBuf;
 
 /// A cache file could not be created, opened or flushed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create cache file {path}: {source}; {hint}")]
+    #[error("cannot create cache file {path} ({io}): {hint}")]
     Create {
         path: PathBuf,
-        source: std::io::Error,
+        io: std::io::Error,
         hint: String,
     },
 
-    #[error("cannot open cache file {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot open cache file {path}: {io}")]
+    Open { path: PathBuf, io: std::io::Error },
 
     #[error("cache file {path} is readable or writable by group/others (mode {mode:04o}); it holds TLS resumption secrets — run `chmod 600 {path}` (or delete it)")]
     Permissions { path: PathBuf, mode: u32 },
@@ -27,7 +29,7 @@ pub enum StoreError {
         euid: u32,
     },
 
-    #[error("{path} is not a warmtls cache file (found magic {found:02x?}, expected {expected:02x?}); point --cache elsewhere or delete it")]
+    #[error("{path} is not a warmtls cache file (found magic {found:02x?}, expected {expected:02x?}); check the path, or delete the file if it is a damaged cache")]
     BadMagic {
         path: PathBuf,
         found: [u8; 8],
@@ -51,7 +53,7 @@ pub enum StoreError {
         expected: u64,
     },
 
-    #[error("cache file {path} is still being migrated from {previous} by another running warmtls process, and this one asks for yet another geometry; give it the same cache capacity/slot_size as that process (it takes over the migration), or stop that process first")]
+    #[error("cache file {path} is still being migrated from {previous} by another running warmtls process, and this one asks for yet another geometry; give it the same cache capacity and slot size as that process (it takes over the migration), or stop that process first")]
     MigrationBusy { path: PathBuf, previous: PathBuf },
 
     #[error("cache file {path} is open in another process (pid {pid}); `warmtls-cache migrate` works on a file nobody has open — stop that process, or change its configuration and restart it: the endpoint migrates the file by itself")]
@@ -60,26 +62,17 @@ pub enum StoreError {
     #[error("invalid cache geometry: {0}")]
     InvalidConfig(String),
 
-    #[error("cannot map cache file {path}: {source}")]
-    Map {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot map cache file {path}: {io}")]
+    Map { path: PathBuf, io: std::io::Error },
 
-    #[error("cannot flush cache file {path}: {source}")]
-    Flush {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot flush cache file {path}: {io}")]
+    Flush { path: PathBuf, io: std::io::Error },
 
     #[error("cache file {path} is open read-only")]
     ReadOnly { path: PathBuf },
 
-    #[error("cannot read cache key file {path}: {source}; create one with `warmtls keygen {path}` or fix --cache-key / cache.key_file")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read cache key file {path}: {io}; create one with `warmtls keygen {path}` or fix --cache-key / [cache] key_file")]
+    KeyFile { path: PathBuf, io: std::io::Error },
 
     #[error("cache key file {path} must hold exactly 32 bytes, found {found}; create a fresh one with `warmtls keygen FILE` (sessions sealed with the old key will do one full handshake)")]
     KeyFileSize { path: PathBuf, found: u64 },

@@ -7,6 +7,7 @@
 //!                       0..64   static header: magic, version, geometry, seed (little-endian)
 //!                      64..68   CRC-32 of bytes 0..64
 //!                     128..     live flags (atomic)
+//!                     160..176  session encoding of the values (see below)
 //!                    1024..     counter stripes (atomic u64s)
 //! buckets_offset      bucket_count × BucketHeader (64 bytes, one cache line: lock u32,
 //!                       seq u32, 16 × u16 tags read and written as four u64 words)
@@ -40,6 +41,20 @@
 //! 16  fingerprint [u8; 16]  keyed SipHash-1-3-128 of the session key
 //! 32  value     [u8; slot_size - 32]
 //! ```
+//!
+//! The values are rustls' own encoding of a session, which rustls does not
+//! promise to keep. Bytes 160..176 of the header page say which encoding the
+//! file's values are in (a "session encoding generation", store/encoding.rs):
+//!
+//! ```text
+//! 160  encoding           u32  generation of the values the last writer stored; 0 = not
+//!                              recorded (a file from before this field: rustls 0.23's)
+//! 164  previous_encoding  u32  the generation before the last change (0 = none)
+//! 168  encoding_since     u64  unix seconds when `encoding` was last written with a new value
+//! ```
+//!
+//! They were zero (spare) in every file written before, so older files read as
+//! generation 0 and need no new format version.
 //!
 //! The raw session key is not stored: its keyed 128-bit fingerprint identifies the
 //! entry (a collision needs ~2^64 keys), which saves 16 bytes per slot and keeps
@@ -104,8 +119,19 @@ pub mod hdr {
     pub const LAST_CLEAN_CLOSE: usize = 136;
     /// Atomic u64: number of times the file was opened for writing.
     pub const OPEN_COUNT: usize = 144;
+    /// Atomic u32: session encoding generation of the stored values (0: not recorded).
+    pub const ENCODING: usize = 160;
+    /// Atomic u32: the generation `ENCODING` held before its last change (0: none).
+    pub const PREVIOUS_ENCODING: usize = 164;
+    /// Atomic u64: unix seconds of the last change of `ENCODING`.
+    pub const ENCODING_SINCE: usize = 168;
     pub const COUNTERS: usize = 1024;
 }
+
+// The session-encoding fields sit in bytes that were spare (always zero) in
+// every earlier file: after the live header fields, before the counters.
+const _: () =
+    assert!(hdr::ENCODING >= hdr::OPEN_COUNT + 8 && hdr::ENCODING_SINCE + 8 <= hdr::COUNTERS);
 
 /// Header flag: set while a writer has the file open; cleared at a clean close.
 pub const FLAG_OPEN: u32 = 1;
@@ -136,6 +162,9 @@ pub enum Counter {
     /// A sealed value that did not open with this store's key (rotated or
     /// altered), or a value whose sealed-ness differs from this store's setting.
     DecryptFailures,
+    /// A value found (and counted in `Hits`) that this build's rustls cannot
+    /// decode: written in another session encoding (store/encoding.rs).
+    Undecodable,
     /// A resident entry moved to its other candidate bucket to make room.
     Displacements,
     /// An entry moved here from the previous file of a migration.
@@ -146,7 +175,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::Hits,
         Counter::Misses,
         Counter::Puts,
@@ -158,6 +187,7 @@ impl Counter {
         Counter::LockSteals,
         Counter::Purged,
         Counter::DecryptFailures,
+        Counter::Undecodable,
         Counter::Displacements,
         Counter::Migrated,
         Counter::MigrationDropped,

@@ -211,7 +211,7 @@ pub fn open_elsewhere(path: &Path) -> Result<Option<u32>, StoreError> {
         let file = match File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(StoreError::Open { path: p, source }),
+            Err(io) => return Err(StoreError::Open { path: p, io }),
         };
         match other_holders(&file) {
             Some(pids) if pids.is_empty() => {}
@@ -228,7 +228,7 @@ fn exists(path: &Path) -> Result<bool, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            io: source,
         }),
     }
 }
@@ -285,7 +285,7 @@ pub(crate) fn open_or_migrate(
         // A start interrupted between link and rename: both names are the old file.
         std::fs::remove_file(&prev).map_err(|source| StoreError::Open {
             path: prev.clone(),
-            source,
+            io: source,
         })?;
         prev_exists = false;
     }
@@ -313,8 +313,29 @@ pub(crate) fn open_or_migrate(
 }
 
 fn attach(mut new: SessionStore, old: SessionStore) -> SessionStore {
+    if new.is_created() {
+        carry_encoding(&old, &new);
+    }
     new.predecessor = Some(Box::new(Predecessor::new(old)));
     new
+}
+
+/// A new file made for a migration holds the old file's values as they are:
+/// give it the old file's record of their session encoding (encoding.rs), so
+/// the start-up check still compares what the values really are.
+fn carry_encoding(old: &SessionStore, new: &SessionStore) {
+    use super::format::hdr;
+    let (from, to) = (old.mapping(), new.mapping());
+    if !to.writable() {
+        return;
+    }
+    for off in [hdr::PREVIOUS_ENCODING, hdr::ENCODING] {
+        let v = from.atomic_u32(off).load(Ordering::Acquire);
+        to.atomic_u32(off).store(v, Ordering::Release);
+    }
+    let since = from.atomic_u64(hdr::ENCODING_SINCE).load(Ordering::Acquire);
+    to.atomic_u64(hdr::ENCODING_SINCE)
+        .store(since, Ordering::Release);
 }
 
 /// Steps 1–3 of the module docs: `old` (at its path) becomes the previous file
@@ -330,7 +351,7 @@ fn start_migration(
     let from = old.geometry();
     std::fs::hard_link(&path, &prev).map_err(|source| StoreError::Open {
         path: prev.clone(),
-        source,
+        io: source,
     })?;
     if let Err(e) = create_file_as(&path, want, Some(old.seed()), clock, true) {
         // Nothing replaced the old file: drop its second name again.

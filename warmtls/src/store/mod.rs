@@ -7,7 +7,8 @@
 //! [`SessionStore`], rustls' side in [`SessionCache`] (and [`StoreTicketer`] for
 //! 7-day TLS 1.3 tickets), background flush and sweep in [`Flusher`], the
 //! non-blocking walk the inspector uses in [`inspect`], and optional encryption
-//! at rest of the values in [`ValueKey`].
+//! at rest of the values in [`ValueKey`], and which rustls session encoding the
+//! file's values are in, in [`encoding`].
 //!
 //! The store must never return a value it cannot verify (per-slot checksums), never
 //! leave a secret behind in a slot it gives up (take, expiry and eviction zero the
@@ -15,6 +16,7 @@
 
 mod adapter;
 mod clock;
+pub mod encoding;
 mod error;
 mod flusher;
 pub mod format;
@@ -28,6 +30,7 @@ mod ticketer;
 
 pub use adapter::{SessionCache, DEFAULT_MAX_SESSION_AGE};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use encoding::{EncodingStatus, Generation, Layout};
 pub use error::StoreError;
 pub use flusher::Flusher;
 pub use format::Geometry;

@@ -51,7 +51,7 @@ impl ValueKey {
     pub fn load(path: &Path) -> Result<ValueKey, StoreError> {
         let err = |source| StoreError::KeyFile {
             path: path.to_path_buf(),
-            source,
+            io: source,
         };
         let mut file = File::open(path).map_err(err)?;
         let meta = file.metadata().map_err(err)?;
@@ -100,7 +100,7 @@ impl ValueKey {
     pub fn generate(path: &Path) -> Result<(), StoreError> {
         let err = |source| StoreError::KeyFile {
             path: path.to_path_buf(),
-            source,
+            io: source,
         };
         let mut bytes = [0u8; VALUE_KEY_LEN];
         getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;

@@ -65,7 +65,28 @@ impl StoreConfig {
             slot_size: DEFAULT_SLOT_SIZE,
         }
     }
+
+    /// Whether a file of this shape can be made: the one check behind both
+    /// [`SessionStore::open_or_create`] and the endpoint's configuration check.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if !Geometry::slot_size_is_valid(self.slot_size) {
+            return Err(StoreError::InvalidConfig(format!(
+                "slot_size {} must be a multiple of 64 between 128 and 4096",
+                self.slot_size
+            )));
+        }
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(StoreError::InvalidConfig(format!(
+                "capacity {} must be between 1 and {MAX_CAPACITY}",
+                self.capacity,
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The most sessions a cache file may be sized for.
+const MAX_CAPACITY: u64 = 1 << 36;
 
 /// Whether an existing file is opened for writing (the endpoint, `purge`) or only read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +113,10 @@ pub struct Counters {
     /// altered), and values sealed when this store does not seal or vice versa:
     /// each one a miss, never an error.
     pub decrypt_failures: u64,
+    /// Values found (each also counted in `hits`) that this build's rustls
+    /// cannot decode: stored in another session encoding (see encoding.rs).
+    /// Each one is a full handshake.
+    pub undecodable: u64,
     /// Resident entries moved to their other candidate bucket to make room
     /// instead of evicting a live session.
     pub displacements: u64,
@@ -232,19 +257,7 @@ impl SessionStore {
         cfg: &StoreConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<SessionStore, StoreError> {
-        if !Geometry::slot_size_is_valid(cfg.slot_size) {
-            return Err(StoreError::InvalidConfig(format!(
-                "slot_size {} must be a multiple of 64 between 128 and 4096",
-                cfg.slot_size
-            )));
-        }
-        if cfg.capacity == 0 || cfg.capacity > 1 << 36 {
-            return Err(StoreError::InvalidConfig(format!(
-                "capacity {} must be between 1 and {}",
-                cfg.capacity,
-                1u64 << 36
-            )));
-        }
+        cfg.validate()?;
         super::migrate::open_or_migrate(cfg, clock)
     }
 
@@ -271,7 +284,7 @@ impl SessionStore {
         let writable = access == Access::ReadWrite;
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            io: source,
         };
         let file = OpenOptions::new()
             .read(true)
@@ -321,7 +334,7 @@ impl SessionStore {
         }
         .map_err(|source| StoreError::Map {
             path: path.to_path_buf(),
-            source,
+            io: source,
         })?;
         // Lookups touch two random buckets anywhere in the file: with 4 KiB pages
         // nearly every one is a TLB miss, and in a VM a nested page walk costs
@@ -375,6 +388,10 @@ impl SessionStore {
     /// Mark this store as the one that created its file (a fresh, empty table).
     pub(crate) fn set_created(&mut self) {
         self.created = true;
+    }
+
+    pub(crate) fn is_created(&self) -> bool {
+        self.created
     }
 
     /// The file's hash seed: shared with the file a migration moves entries to,
@@ -568,6 +585,7 @@ impl SessionStore {
             lock_steals: get(Counter::LockSteals),
             purged: get(Counter::Purged),
             decrypt_failures: get(Counter::DecryptFailures),
+            undecodable: get(Counter::Undecodable),
             displacements: get(Counter::Displacements),
             migrated: get(Counter::Migrated),
             migration_dropped: get(Counter::MigrationDropped),
@@ -1193,7 +1211,7 @@ impl SessionStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.map.flush().map_err(|source| StoreError::Flush {
             path: self.path.clone(),
-            source,
+            io: source,
         })
     }
 
@@ -1254,7 +1272,7 @@ fn check_header(path: &Path, file: &File, len: u64) -> Result<StaticHeader, Stor
     file.read_exact_at(&mut head, 0)
         .map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            io: source,
         })?;
     let header = StaticHeader::decode(&head).map_err(|p| header_error(path, p))?;
     if len != header.geometry.file_len() {
@@ -1305,30 +1323,35 @@ pub(crate) fn create_file_as(
     clock: &dyn Clock,
     replace: bool,
 ) -> Result<(), StoreError> {
-    let create_err = |source: std::io::Error| {
-        let hint = match source.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                "the directory is not writable by this user; choose another --cache path or fix its owner".to_string()
-            }
-            Some(libc::EROFS) => "the filesystem is read-only; choose a --cache path on a writable filesystem".to_string(),
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let create_err = |io: std::io::Error| {
+        let d = dir.display();
+        let hint = match io.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => format!(
+                "directory {d} is not writable by this user; fix its owner or choose another cache path"
+            ),
+            Some(libc::EROFS) => format!(
+                "{d} is on a read-only filesystem; choose a cache path on a writable one"
+            ),
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => format!(
-                "not enough free space for the {} MiB file ({} sessions × {}-byte slots); free disk space or lower the cache capacity",
+                "not enough free space in {d} for the {} MiB file ({} sessions × {}-byte slots); free disk space or lower the cache capacity",
                 geo.file_len().div_ceil(1 << 20),
                 geo.capacity,
                 geo.slot_size
             ),
-            Some(libc::ENOENT) => "its directory does not exist".to_string(),
+            Some(libc::ENOENT) => format!(
+                "directory {d} does not exist; create it (`mkdir -p {d}`) or choose another cache path"
+            ),
             _ => "check the path and the filesystem".to_string(),
         };
         StoreError::Create {
             path: path.to_path_buf(),
-            source,
+            io,
             hint,
         }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
     };
     let name = path
         .file_name()

@@ -1,18 +1,21 @@
 //! The endpoint's integration tests: the real `warmtls serve` binary as a child
 //! process, driven over real sockets by real TLS clients. One test binary (one
 //! link) for all of them; `cargo test --release --test endpoint faults::` runs one
-//! module.
+//! module. `unsafe` only where a test must (the seccomp filter in `no_io_uring`).
+#![deny(unsafe_code)]
 mod support;
 
 mod certs;
 mod crash;
 mod early_data;
 mod faults;
+mod golden;
 mod hostile;
 mod load;
 mod migration;
 mod no_io_uring;
 mod openssl;
+mod operator;
 mod pipe;
 mod proxy;
 mod rustls_client;

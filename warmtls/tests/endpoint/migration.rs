@@ -68,10 +68,14 @@ fn a_fleet_keeps_resuming_while_its_cache_grows_and_then_turns_sealed() {
     std::fs::write(&sealed_cfg, "[cache]\nslot_size = 192\n").unwrap();
     let early = ["--early-data", "16384"];
 
-    let mut server = Server::start(
+    let mut server = Server::launch(
         &cache,
         &backend,
-        &[&early[..], &["--cache-capacity", "1000000"]].concat(),
+        &early,
+        &Launch {
+            capacity: Some(1_000_000),
+            ..Default::default()
+        },
     );
     let devices = mixed_devices(&server.cert_path(), DEVICES);
     let phone = early_device(&server.cert_path());
@@ -84,12 +88,10 @@ fn a_fleet_keeps_resuming_while_its_cache_grows_and_then_turns_sealed() {
     assert_eq!(stats_json(&cache)["capacity"], 1_000_000);
 
     let changes: [(&str, Vec<&str>); 2] = [
-        ("grown to 2M", vec!["--cache-capacity", "2000000"]),
+        ("grown to 2M", vec![]),
         (
             "192-byte slots, sealed",
             vec![
-                "--cache-capacity",
-                "2000000",
                 "--config",
                 sealed_cfg.to_str().unwrap(),
                 "--cache-key",
@@ -100,7 +102,15 @@ fn a_fleet_keeps_resuming_while_its_cache_grows_and_then_turns_sealed() {
     let mut flight = before_grow;
     let mut marker = b"/zero-rtt-1".to_vec();
     for (n, (change, args)) in changes.iter().enumerate() {
-        let mut server = Server::start(&cache, &backend, &[&early[..], args].concat());
+        let mut server = Server::launch(
+            &cache,
+            &backend,
+            &[&early[..], args].concat(),
+            &Launch {
+                capacity: Some(2_000_000),
+                ..Default::default()
+            },
+        );
         let (full, resumed) = round(&devices, &server.addr());
         assert!(
             resumed * 1000 >= DEVICES * 999,

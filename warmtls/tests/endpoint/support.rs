@@ -11,6 +11,20 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 
+/// How [`Server::launch`] starts the server, beyond its arguments.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Open-file limit (soft and hard), set through `prlimit`, which execs the
+    /// server (same pid).
+    pub nofile: Option<u32>,
+    /// `--cache-capacity` (20,000 if None).
+    pub capacity: Option<u64>,
+    /// Extra environment variables.
+    pub env: &'a [(String, String)],
+    /// A file for the server's stderr (its log); inherited if None.
+    pub stderr: Option<&'a Path>,
+}
+
 /// A running `warmtls serve`.
 pub struct Server {
     child: Option<Child>,
@@ -33,8 +47,21 @@ impl Server {
         extra: &[&str],
         nofile: Option<u32>,
     ) -> Server {
+        Server::launch(
+            cache,
+            backend,
+            extra,
+            &Launch {
+                nofile,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// As [`Server::start`], launched as `how` says.
+    pub fn launch(cache: &Path, backend: &str, extra: &[&str], how: &Launch) -> Server {
         let stats = cache.with_extension("stats.json");
-        let mut cmd = match nofile {
+        let mut cmd = match how.nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
                 c.arg(format!("--nofile={n}:{n}"))
@@ -52,21 +79,24 @@ impl Server {
             "--workers",
             "2",
             "--stats-interval",
-            "1",
+            "1s",
         ])
         .arg("--cache")
         .arg(cache)
-        .args(if extra.contains(&"--cache-capacity") {
-            &[][..]
-        } else {
-            &["--cache-capacity", "20000"][..]
-        })
+        .args([
+            "--cache-capacity".to_string(),
+            how.capacity.unwrap_or(20_000).to_string(),
+        ])
         .arg("--stats-file")
         .arg(&stats)
         .args(extra)
         .env("RUST_LOG", "warn")
+        .envs(how.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(match how.stderr {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("server log file")),
+            None => Stdio::inherit(),
+        });
         let mut child = cmd.spawn().expect("spawn warmtls serve");
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();

@@ -46,7 +46,10 @@ fn stats_list_verify_and_purge_work_while_a_writer_has_the_file_open() {
 
     let (code, out, _) = cache(&["stats", f]);
     assert_eq!(code, 0);
-    assert!(out.contains("bytes per session"), "{out}");
+    assert!(
+        out.contains("per session of capacity") && out.contains("per stored session"),
+        "{out}"
+    );
 
     let (code, out, _) = cache(&["list", f, "--limit", "5", "--json"]);
     assert_eq!(code, 0);

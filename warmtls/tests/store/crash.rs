@@ -67,6 +67,7 @@ fn take_is_exactly_once_across_threads_and_no_torn_value_is_returned() {
 }
 
 #[test]
+#[ignore = "a child process of take_is_exactly_once_across_processes, not a test of its own"]
 fn child_takes_keys() {
     let Ok(path) = std::env::var("WARMTLS_TEST_TAKE_FROM") else {
         return;
@@ -110,6 +111,7 @@ fn take_is_exactly_once_across_processes() {
 }
 
 #[test]
+#[ignore = "a child process of a kill -9 test, not a test of its own"]
 fn child_writes_until_killed() {
     let Ok(path) = std::env::var("WARMTLS_TEST_WRITE_TO") else {
         return;

@@ -184,6 +184,7 @@ fn a_larger_slot_and_sealing_turned_on_keep_sessions_and_seal_them_on_the_way() 
 }
 
 #[test]
+#[ignore = "a child process of a kill -9 test, not a test of its own"]
 fn child_migrates_until_killed() {
     let Ok(path) = std::env::var("WARMTLS_TEST_MIGRATE") else {
         return;
@@ -314,6 +315,7 @@ fn a_start_interrupted_between_link_and_rename_is_started_again() {
 }
 
 #[test]
+#[ignore = "a child process of the hand-over test, not a test of its own"]
 fn child_holds_the_old_file_and_takes() {
     let Ok(path) = std::env::var("WARMTLS_TEST_HOLD") else {
         return;

@@ -302,7 +302,7 @@ fn a_damaged_header_is_refused() {
 
 #[test]
 fn an_unwritable_directory_is_a_clear_error_and_leaves_nothing() {
-    if nix::unistd::geteuid().is_root() {
+    if crate::needs::is_root() {
         // root ignores directory permissions; use a read-only bind instead: a
         // path under /proc can't be created by anyone.
         let cfg = StoreConfig::new("/proc/warmtls-test/sessions.cache");
@@ -342,7 +342,8 @@ fn read_only_access_reads_but_never_writes() {
     assert!(r.purge(true).is_err());
 }
 
-/// Mount a small tmpfs for the test (root only); None where mounting is not allowed.
+/// Mount a small tmpfs for the test (root only); None where mounting is not
+/// allowed (the test then says so: [`crate::needs::unavailable`]).
 fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let dir = tempdir();
     let mnt = dir.path().join("mnt");
@@ -350,6 +351,7 @@ fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let ok = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mnt)
+        .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -363,7 +365,7 @@ fn umount(p: &std::path::Path) {
 #[test]
 fn a_full_disk_fails_at_creation_with_a_clear_error_and_leaves_nothing() {
     let Some((_dir, mnt)) = small_tmpfs("1m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        crate::needs::unavailable("a tmpfs of its own to fill (mount: root with CAP_SYS_ADMIN)");
         return;
     };
     let cfg = StoreConfig {
@@ -389,7 +391,7 @@ fn a_full_disk_fails_at_creation_with_a_clear_error_and_leaves_nothing() {
 #[test]
 fn a_filesystem_that_fills_up_later_does_not_corrupt_existing_entries() {
     let Some((_dir, mnt)) = small_tmpfs("4m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        crate::needs::unavailable("a tmpfs of its own to fill (mount: root with CAP_SYS_ADMIN)");
         return;
     };
     let cfg = StoreConfig {
