@@ -1,5 +1,6 @@
 //! Drive the endpoint's connection state machine (a real rustls server with the
-//! real session store) through its whole life with arbitrary events: client
+//! real session store, the configuration chosen per ClientHello by the default
+//! ticket rules, as the endpoint does) through its whole life with arbitrary events: client
 //! bytes in arbitrary chunks, EOFs and errors on either side, backend connects
 //! that succeed, fail or hang, backend bytes, partial sends, and time passing
 //! (timeouts, draining). Never a panic, never an action out of order (the
@@ -22,8 +23,7 @@ use warmtls::tls::{self, ServerConfigs};
 
 /// The server's configs, and the tier view over the same store.
 fn server_configs() -> (ServerConfigs, TierView) {
-    static CFG: OnceLock<(tempfile::TempDir, Arc<rustls::ServerConfig>, TierView)> =
-        OnceLock::new();
+    static CFG: OnceLock<(tempfile::TempDir, ServerConfigs, TierView)> = OnceLock::new();
     let (_, sc, view) = CFG.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
@@ -40,14 +40,14 @@ fn server_configs() -> (ServerConfigs, TierView) {
         );
         let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
         let sc =
-            tls::server_config(&cfg, resolver, store.clone(), Duration::from_secs(3600)).unwrap();
+            tls::server_configs(&cfg, resolver, store.clone(), Duration::from_secs(3600)).unwrap();
         let view = TierView {
             cache: tls::session_cache(&cfg, store, Duration::from_secs(3600)),
             lookup_timeout: Duration::from_millis(5),
         };
         (dir, sc, view)
     });
-    (ServerConfigs::new(sc.clone()), view.clone())
+    (sc.clone(), view.clone())
 }
 
 fuzz_target!(|data: &[u8]| {

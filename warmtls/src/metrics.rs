@@ -38,9 +38,12 @@ pub enum Metric {
     ClusterUnavailable,
     ClusterZeroRttRefused,
     ClusterHelloUnparsed,
+    // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
+    HelloRuleTls12,
+    HelloRuleNoTickets,
 }
 
-const N: usize = 29;
+const N: usize = 31;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -82,6 +85,8 @@ pub struct Snapshot {
     pub tls_error_reasons: TlsErrorReasons,
     /// The shared session tier, as connections saw it (all 0 without one).
     pub cluster: ClusterMetrics,
+    /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
+    pub ticket_rules: TicketRuleCounts,
 }
 
 /// What connections did with the shared session tier (`cluster` in the stats
@@ -106,6 +111,15 @@ pub struct ClusterMetrics {
     /// ClientHellos whose session keys could not be read (too large, not
     /// parsable): not looked up.
     pub hello_unparsed: u64,
+}
+
+/// Handshakes whose ClientHello matched a ticket rule, by what they got.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct TicketRuleCounts {
+    /// Served TLS 1.2 (resumes by session ID).
+    pub tls12: u64,
+    /// Served TLS 1.3 without a ticket (offered no TLS 1.2).
+    pub no_tls13_tickets: u64,
 }
 
 /// `tls_errors` by cause; the names say which alert the client got.
@@ -164,6 +178,10 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             unavailable: s(Metric::ClusterUnavailable),
             zero_rtt_refused: s(Metric::ClusterZeroRttRefused),
             hello_unparsed: s(Metric::ClusterHelloUnparsed),
+        },
+        ticket_rules: TicketRuleCounts {
+            tls12: s(Metric::HelloRuleTls12),
+            no_tls13_tickets: s(Metric::HelloRuleNoTickets),
         },
     }
 }

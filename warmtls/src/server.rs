@@ -139,15 +139,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     if let Some(k) = &mut cache_key {
         k.fill(0);
     }
-    let server_cfg = tls::server_config_with(
+    let tls_cfgs = Arc::new(tls::server_configs_with(
         &cfg,
         resolver.clone(),
         store.clone(),
         cfg.session_lifetime,
-        Arc::new(rustls::time_provider::DefaultTimeProvider),
         tier.as_ref().map(Tier::mirror),
-    )?;
-    let tls_cfgs = Arc::new(tls::ServerConfigs::new(server_cfg));
+    )?);
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));

@@ -19,6 +19,9 @@ use rustls::sign::CertifiedKey;
 use crate::config::{CertConfig, Config, Tls13Tickets};
 use crate::store::{SessionCache, SessionMirror, SessionStore, StoreTicketer};
 
+pub mod hello_rule;
+use hello_rule::{HelloRules, TicketPolicy};
+
 /// Why certificates or the TLS configuration could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -180,58 +183,6 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The rustls configurations an endpoint serves, built once at start-up, and
-/// which one a ClientHello gets. Every worker holds one (no lock, no per-accept
-/// refcount traffic beyond the `Arc<ServerConfig>` rustls itself needs).
-#[derive(Debug, Clone)]
-pub struct ServerConfigs {
-    default: Arc<rustls::ServerConfig>,
-    /// The same without early data, for a 0-RTT offer the shared session tier
-    /// could not vouch for (the handshake goes on; its early data is refused).
-    no_early_data: Arc<rustls::ServerConfig>,
-}
-
-impl ServerConfigs {
-    /// One configuration for every client.
-    pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
-        let no_early_data = if default.max_early_data_size > 0 {
-            let mut c = (*default).clone();
-            c.max_early_data_size = 0;
-            c.send_half_rtt_data = false;
-            Arc::new(c)
-        } else {
-            default.clone()
-        };
-        ServerConfigs {
-            default,
-            no_early_data,
-        }
-    }
-
-    /// The configuration for the connection that sent `hello`.
-    pub fn for_hello(&self, _hello: &ClientHello<'_>) -> &Arc<rustls::ServerConfig> {
-        &self.default
-    }
-
-    /// As [`ServerConfigs::for_hello`], refusing 0-RTT data.
-    pub fn for_hello_refusing_early_data(
-        &self,
-        _hello: &ClientHello<'_>,
-    ) -> &Arc<rustls::ServerConfig> {
-        &self.no_early_data
-    }
-
-    /// Whether 0-RTT data is accepted at all.
-    pub fn accepts_early_data(&self) -> bool {
-        self.default.max_early_data_size > 0 && !self.default.ticketer.enabled()
-    }
-
-    /// The configuration most clients get.
-    pub fn default_config(&self) -> &Arc<rustls::ServerConfig> {
-        &self.default
-    }
-}
-
 /// Load the configured certificates (or the self-signed one).
 pub fn load_certs(cfg: &Config) -> Result<Vec<Arc<CertifiedKey>>, TlsError> {
     if cfg.certs.is_empty() {
@@ -266,7 +217,8 @@ pub fn server_config_with_time(
     session_lifetime: Duration,
     time: Arc<dyn rustls::time_provider::TimeProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    server_config_with(cfg, resolver, store, session_lifetime, time, None)
+    let cache = session_cache(cfg, store, session_lifetime);
+    build(cfg, resolver, cache, time, TicketPolicy::Default)
 }
 
 /// The rustls session cache `cfg` asks for over `store` (without a mirror):
@@ -280,15 +232,174 @@ pub fn session_cache(
     SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age)
 }
 
-/// As [`server_config_with_time`], every session also mirrored into the shared
-/// session tier when `mirror` is given.
-pub fn server_config_with(
+/// The rustls configurations an endpoint serves, built once at start-up, and
+/// which one a ClientHello gets (`hello_rule`). Every worker holds one (no
+/// lock, no per-accept refcount traffic beyond the `Arc<ServerConfig>` rustls
+/// itself needs).
+#[derive(Debug, Clone)]
+pub struct ServerConfigs {
+    default: Arc<rustls::ServerConfig>,
+    /// TLS 1.2 only; `None` when no TLS 1.2 cipher suite is configured.
+    tls12: Option<Arc<rustls::ServerConfig>>,
+    /// As `default`, without TLS 1.3 tickets.
+    no_tls13_tickets: Arc<rustls::ServerConfig>,
+    /// `default` and `no_tls13_tickets` without early data, for a 0-RTT offer
+    /// the shared session tier could not vouch for (the handshake goes on; its
+    /// early data is refused).
+    no_early_data: Arc<rustls::ServerConfig>,
+    no_tls13_tickets_no_early_data: Arc<rustls::ServerConfig>,
+    rules: HelloRules,
+}
+
+/// `config` with 0-RTT data refused (the same `Arc` when it refuses it already).
+fn without_early_data(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    if config.max_early_data_size == 0 {
+        return config.clone();
+    }
+    let mut c = (**config).clone();
+    c.max_early_data_size = 0;
+    c.send_half_rtt_data = false;
+    Arc::new(c)
+}
+
+impl ServerConfigs {
+    /// One configuration for every client (no ticket rules).
+    pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
+        let no_early_data = without_early_data(&default);
+        ServerConfigs {
+            tls12: None,
+            no_tls13_tickets: default.clone(),
+            no_tls13_tickets_no_early_data: no_early_data.clone(),
+            no_early_data,
+            default,
+            rules: HelloRules::default(),
+        }
+    }
+
+    /// Whether a ClientHello's bytes are needed ([`ServerConfigs::for_hello`]'s
+    /// `features`): only when there are ticket rules.
+    pub fn reads_hellos(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Which configuration the connection that sent `hello` gets (`features`:
+    /// read from its bytes, see [`hello_rule::HelloFeatures`]).
+    pub fn policy_for(
+        &self,
+        hello: &ClientHello<'_>,
+        features: Option<&hello_rule::HelloFeatures>,
+    ) -> TicketPolicy {
+        hello_rule::ticket_policy(hello, features, &self.rules)
+    }
+
+    /// The configuration for the connection that sent `hello`, and why.
+    pub fn for_hello(
+        &self,
+        hello: &ClientHello<'_>,
+        features: Option<&hello_rule::HelloFeatures>,
+    ) -> (TicketPolicy, &Arc<rustls::ServerConfig>) {
+        let policy = self.policy_for(hello, features);
+        (policy, self.for_policy(policy, false))
+    }
+
+    /// The configuration of `policy`; with `refuse_early_data`, one that refuses
+    /// 0-RTT data (for an offer the shared session tier could not vouch for).
+    pub fn for_policy(
+        &self,
+        policy: TicketPolicy,
+        refuse_early_data: bool,
+    ) -> &Arc<rustls::ServerConfig> {
+        match (policy, refuse_early_data) {
+            (TicketPolicy::Default, false) => &self.default,
+            (TicketPolicy::Default, true) => &self.no_early_data,
+            // TLS 1.2 has no early data.
+            (TicketPolicy::Tls12, refuse) => match &self.tls12 {
+                Some(c) => c,
+                None if refuse => &self.no_tls13_tickets_no_early_data,
+                None => &self.no_tls13_tickets,
+            },
+            (TicketPolicy::NoTls13Tickets, false) => &self.no_tls13_tickets,
+            (TicketPolicy::NoTls13Tickets, true) => &self.no_tls13_tickets_no_early_data,
+        }
+    }
+
+    /// Whether `policy` makes the handshake TLS 1.2 (it resumes by session ID
+    /// even when the ClientHello also offers a TLS 1.3 ticket).
+    pub fn is_tls12_only(&self, policy: TicketPolicy) -> bool {
+        policy == TicketPolicy::Tls12 && self.tls12.is_some()
+    }
+
+    /// Whether 0-RTT data is accepted at all.
+    pub fn accepts_early_data(&self) -> bool {
+        self.default.max_early_data_size > 0 && !self.default.ticketer.enabled()
+    }
+
+    /// The configuration most clients get.
+    pub fn default_config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.default
+    }
+}
+
+/// [`server_config`] and its variants for clients matched by `cfg.ticket_rules`,
+/// all sharing one session store and one certificate resolver.
+pub fn server_configs(
     cfg: &Config,
     resolver: Arc<CertResolver>,
     store: Arc<SessionStore>,
     session_lifetime: Duration,
-    time: Arc<dyn rustls::time_provider::TimeProvider>,
+) -> Result<ServerConfigs, TlsError> {
+    server_configs_with(cfg, resolver, store, session_lifetime, None)
+}
+
+/// As [`server_configs`], every session also mirrored into the shared session
+/// tier when `mirror` is given.
+pub fn server_configs_with(
+    cfg: &Config,
+    resolver: Arc<CertResolver>,
+    store: Arc<SessionStore>,
+    session_lifetime: Duration,
     mirror: Option<Arc<dyn SessionMirror>>,
+) -> Result<ServerConfigs, TlsError> {
+    let time: Arc<dyn rustls::time_provider::TimeProvider> =
+        Arc::new(rustls::time_provider::DefaultTimeProvider);
+    let mut cache = session_cache(cfg, store, session_lifetime);
+    if let Some(m) = mirror {
+        cache = cache.with_mirror(m);
+    }
+    let variant = |policy| build(cfg, resolver.clone(), cache.clone(), time.clone(), policy);
+    let default = variant(TicketPolicy::Default)?;
+    let tls12_suites: Vec<rustls::CipherSuite> = default
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .map(|s| s.suite())
+        .collect();
+    let tls12 = if tls12_suites.is_empty() {
+        None
+    } else {
+        Some(variant(TicketPolicy::Tls12)?)
+    };
+    let no_tls13_tickets = variant(TicketPolicy::NoTls13Tickets)?;
+    Ok(ServerConfigs {
+        no_early_data: without_early_data(&default),
+        no_tls13_tickets_no_early_data: without_early_data(&no_tls13_tickets),
+        default,
+        tls12,
+        no_tls13_tickets,
+        rules: HelloRules {
+            rules: cfg.ticket_rules.clone(),
+            tls12_suites,
+        },
+    })
+}
+
+fn build(
+    cfg: &Config,
+    resolver: Arc<CertResolver>,
+    cache: SessionCache,
+    time: Arc<dyn rustls::time_provider::TimeProvider>,
+    policy: TicketPolicy,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let groups = cfg.groups.iter().map(|g| g.rustls()).collect();
     let mut suites: Vec<_> = cfg.cipher_suites.iter().map(|s| s.0).collect();
@@ -300,19 +411,24 @@ pub fn server_config_with(
         cipher_suites: suites,
         ..provider::default_provider()
     };
+    let versions: &[&rustls::SupportedProtocolVersion] = match policy {
+        TicketPolicy::Tls12 => &[&rustls::version::TLS12],
+        TicketPolicy::Default | TicketPolicy::NoTls13Tickets => {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        }
+    };
     let mut sc = rustls::ServerConfig::builder_with_details(Arc::new(provider), time)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    let mut cache = session_cache(cfg, store, session_lifetime);
-    if let Some(m) = mirror {
-        cache = cache.with_mirror(m);
-    }
     if cfg.tls13_tickets == Tls13Tickets::StoreTicketer {
         sc.ticketer = Arc::new(StoreTicketer::new(cache.clone()));
     }
     sc.session_storage = Arc::new(cache.with_stateful_ticket_cap());
-    sc.send_tls13_tickets = cfg.tickets_per_handshake;
+    sc.send_tls13_tickets = match policy {
+        TicketPolicy::Default => cfg.tickets_per_handshake,
+        TicketPolicy::Tls12 | TicketPolicy::NoTls13Tickets => 0,
+    };
     // 0-RTT needs the stateful store (rustls refuses it with a ticketer): its
     // single-use `take` is the replay protection. The answer to an early request
     // goes out as 0.5-RTT data, right behind our Finished: there is no client
@@ -321,5 +437,7 @@ pub fn server_config_with(
     sc.max_early_data_size = cfg.early_data;
     sc.send_half_rtt_data = cfg.early_data > 0;
     sc.ignore_client_order = true;
+    // rustls counts the 5-byte record header in its fragment size.
+    sc.max_fragment_size = cfg.max_record_size.map(|n| usize::from(n) + 5);
     Ok(Arc::new(sc))
 }

@@ -18,8 +18,11 @@ use crate::tls::ServerConfigs;
 /// Operations the machine has handed out and the driver holds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Posted {
+    /// A receive on the device's socket.
     pub client_recv: bool,
+    /// A receive on the backend's socket.
     pub backend_recv: bool,
+    /// The backend connect.
     pub connect: bool,
     /// A lookup in the shared tier, waiting for [`MemoryDriver::answer_lookup`].
     pub lookup: Option<LookupRequest>,
@@ -52,6 +55,7 @@ impl World {
 
 /// One connection driven in memory.
 pub struct MemoryDriver {
+    /// The connection being driven.
     pub conn: Conn,
     world: World,
     posted: Posted,

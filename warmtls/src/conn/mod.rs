@@ -26,7 +26,9 @@
 //! | `Piping` | bytes either way, idle timeout | close_notify sent and out → `Draining` |
 //! | `Draining` | our last bytes out, then the client's EOF (a short linger) | `Closing` |
 //! | `Closing` | operations still in flight to complete | freed |
-use std::io::{Read, Write};
+#![deny(missing_docs)]
+
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,7 @@ use rustls::{HandshakeKind, ServerConnection};
 use crate::metrics::{Metric, WorkerMetrics};
 use crate::store::SessionCache;
 use crate::tier::{LookupOp, LookupRequest, Outcome};
+use crate::tls::hello_rule::{self, HelloFeatures, TicketPolicy};
 use crate::tls::ServerConfigs;
 
 mod backend_log;
@@ -102,8 +105,11 @@ pub struct TierView {
 /// Timeouts and options, the same for every connection of an endpoint.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// From accept to the client's Finished (`handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Between bytes once piping (`idle_timeout`).
     pub idle_timeout: Duration,
+    /// For the backend connect (`backend_connect_timeout`).
     pub backend_connect_timeout: Duration,
     /// Send a PROXY protocol v2 header to the backend first.
     pub proxy_protocol: bool,
@@ -111,11 +117,17 @@ pub struct Limits {
 
 /// What a connection needs from its worker while it handles an event.
 pub struct Env<'a> {
+    /// The driver's clock for this event.
     pub now: Instant,
+    /// The endpoint's timeouts and options.
     pub limits: &'a Limits,
+    /// The TLS configurations, chosen per ClientHello.
     pub tls: &'a ServerConfigs,
+    /// This worker's counters.
     pub metrics: &'a WorkerMetrics,
+    /// This worker's send buffers.
     pub pool: &'a mut BufPool,
+    /// This worker's backend failure log.
     pub backend_log: &'a mut BackendLog,
     /// The shared session tier, if several endpoints share sessions.
     pub tier: Option<&'a TierView>,
@@ -216,7 +228,7 @@ enum Link {
 /// One socket's side of the connection: what waits to go out on it, and where
 /// its receive and write direction stand.
 #[derive(Debug, Default)]
-pub struct Half {
+struct Half {
     outbox: Outbox,
     recv_posted: bool,
     /// EOF (for the client: TCP FIN or close_notify) seen.
@@ -263,6 +275,9 @@ pub struct Conn {
     hello_overflow: bool,
     /// The lookup of a parked connection.
     parked: Option<ParkedLookup>,
+    /// The ClientHello's bytes when it came in more than one read and ticket
+    /// rules need them (empty, unallocated, otherwise).
+    hello_bytes: Vec<u8>,
 }
 
 /// What a parked connection asked the tier.
@@ -274,6 +289,9 @@ struct ParkedLookup {
     zero_rtt: bool,
     /// `Action::Lookup` handed out.
     posted: bool,
+    /// The configuration the ClientHello gets (its ticket rule), decided
+    /// before parking: the bytes it was read from are not kept.
+    policy: TicketPolicy,
 }
 
 /// How far `accept_hello` got.
@@ -303,6 +321,7 @@ impl Conn {
             hello_buf: Vec::new(),
             hello_overflow: false,
             parked: None,
+            hello_bytes: Vec::new(),
         }
     }
 
@@ -816,7 +835,7 @@ impl Conn {
 
     /// Whether the session the ClientHello names must be asked of the tier
     /// before rustls looks for it, and how.
-    fn plan_lookup(&mut self, env: &mut Env<'_>) -> Option<ParkedLookup> {
+    fn plan_lookup(&mut self, policy: TicketPolicy, env: &mut Env<'_>) -> Option<ParkedLookup> {
         let tier = env.tier?;
         if self.hello_overflow {
             env.metrics.add(Metric::ClusterHelloUnparsed, 1);
@@ -829,7 +848,12 @@ impl Conn {
                 return None;
             }
         };
-        let (key, ticket) = keys.resumption_key()?;
+        // A ticket rule that makes the handshake TLS 1.2 resumes by session ID.
+        let (key, ticket) = if env.tls.is_tls12_only(policy) {
+            (keys.session_id?, false)
+        } else {
+            keys.resumption_key()?
+        };
         let zero_rtt = ticket && keys.early_data && env.tls.accepts_early_data();
         // A local hit needs no round trip — unless 0-RTT data rides on it: then
         // only this host's atomic redemption in the tier may let it through
@@ -849,6 +873,7 @@ impl Conn {
             req: LookupRequest { key, op },
             zero_rtt,
             posted: false,
+            policy,
         })
     }
 
@@ -883,6 +908,7 @@ impl Conn {
         let made = self
             .establish(
                 accepted,
+                p.policy,
                 refuse_early_data,
                 settled.as_ref().map(|k| k.as_bytes()),
                 env,
@@ -898,19 +924,54 @@ impl Conn {
     /// Until the ClientHello is whole, bytes go to rustls' `Acceptor`; then the
     /// configuration for that ClientHello makes the connection, which takes
     /// whatever followed — or, when the shared tier must be asked first, the
-    /// connection parks. Leaves in `rd` the bytes not read yet.
+    /// connection parks. Leaves in `rd` the bytes the connection has not read.
     fn accept_hello(&mut self, rd: &mut &[u8], env: &mut Env<'_>) -> Result<Hello, TlsFailure> {
-        if matches!(self.tls, Tls::Waiting) {
+        let first_read = matches!(self.tls, Tls::Waiting);
+        if first_read {
             self.tls = Tls::Accepting(Acceptor::default());
         }
         let Tls::Accepting(acceptor) = &mut self.tls else {
             return Ok(Hello::Fed);
         };
+        // This read's bytes, for the ticket rules (`tls::hello_rule`): a
+        // ClientHello that came whole in its first read is read in place.
+        let this_read = *rd;
+        let reads_hellos = env.tls.reads_hellos();
+        let keep = |kept: &mut Vec<u8>, rd: &[u8]| {
+            let read = &this_read[..this_read.len() - rd.len()];
+            if reads_hellos && kept.len() + read.len() <= hello_rule::MAX_HELLO_BYTES {
+                kept.extend_from_slice(read);
+            }
+        };
         loop {
             match acceptor.accept() {
                 Ok(None) => {}
                 Ok(Some(accepted)) => {
-                    if let Some(p) = self.plan_lookup(env) {
+                    let features = if !reads_hellos {
+                        None
+                    } else if first_read {
+                        HelloFeatures::parse(&this_read[..this_read.len() - rd.len()])
+                    } else {
+                        keep(&mut self.hello_bytes, rd);
+                        HelloFeatures::parse(&self.hello_bytes)
+                    };
+                    self.hello_bytes = Vec::new();
+                    let policy = env
+                        .tls
+                        .policy_for(&accepted.client_hello(), features.as_ref());
+                    match policy {
+                        TicketPolicy::Default => {}
+                        TicketPolicy::Tls12 => env.metrics.add(Metric::HelloRuleTls12, 1),
+                        TicketPolicy::NoTls13Tickets => {
+                            env.metrics.add(Metric::HelloRuleNoTickets, 1)
+                        }
+                    }
+                    if let Some(f) = &features {
+                        // What an operator needs to write a rule for a device's stack.
+                        tracing::debug!(extensions = ?f.extensions(), psk_modes = ?f.psk_modes(),
+                            tls12 = f.offers_tls12, tls13 = f.offers_tls13, ?policy, "ClientHello");
+                    }
+                    if let Some(p) = self.plan_lookup(policy, env) {
                         let timeout = env.tier.map_or(Duration::ZERO, |t| t.lookup_timeout);
                         env.metrics.add(Metric::ClusterLookups, 1);
                         self.tls = Tls::Held(accepted);
@@ -922,7 +983,7 @@ impl Conn {
                     }
                     env.pool.give(std::mem::take(&mut self.hello_buf));
                     return self
-                        .establish(accepted, false, None, env)
+                        .establish(accepted, policy, false, None, env)
                         .map(|()| Hello::Fed);
                 }
                 Err((e, mut alert)) => {
@@ -945,10 +1006,14 @@ impl Conn {
                 }
             }
             if rd.is_empty() {
+                keep(&mut self.hello_bytes, rd);
                 return Ok(Hello::Fed);
             }
             match acceptor.read_tls(rd) {
-                Ok(0) => return Ok(Hello::Fed),
+                Ok(0) => {
+                    keep(&mut self.hello_bytes, rd);
+                    return Ok(Hello::Fed);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.tls = Tls::Refused;
@@ -965,18 +1030,12 @@ impl Conn {
     fn establish(
         &mut self,
         accepted: rustls::server::Accepted,
+        policy: TicketPolicy,
         refuse_early_data: bool,
         settled: Option<&[u8]>,
         env: &mut Env<'_>,
     ) -> Result<(), TlsFailure> {
-        let config = {
-            let hello = accepted.client_hello();
-            if refuse_early_data {
-                env.tls.for_hello_refusing_early_data(&hello).clone()
-            } else {
-                env.tls.for_hello(&hello).clone()
-            }
-        };
+        let config = env.tls.for_policy(policy, refuse_early_data).clone();
         let lineage = &mut self.lineage;
         let made = SessionCache::tier_scope(settled, || {
             SessionCache::lineage_scope(lineage, || accepted.into_connection(config))
@@ -1011,16 +1070,28 @@ impl Conn {
             // already taken) never gets here, and it bounds them by
             // `max_early_data_size` (≤ PIPE_LIMIT).
             if let Some(mut early) = tls.early_data() {
-                let out = self.backend.outbox.writer(env.pool);
-                let before = out.len();
-                let _ = early.read_to_end(out);
-                self.early_data += out.len() - before;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = early.read(&mut chunk) {
+                    self.backend.outbox.queue(&chunk[..n], env.pool);
+                    self.early_data += n;
+                }
             }
-            // Decrypted bytes for the backend.
-            let out = self.backend.outbox.writer(env.pool);
-            // Ok: close_notify; WouldBlock: nothing more for now.
-            if tls.reader().read_to_end(out).is_ok() {
-                self.client.eof = true;
+            // Decrypted bytes for the backend, copied straight from rustls' own
+            // buffer; an outbox buffer is taken only when there are some.
+            let mut reader = tls.reader();
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => {
+                        self.client.eof = true; // close_notify
+                        break;
+                    }
+                    Ok(bytes) => {
+                        let n = bytes.len();
+                        self.backend.outbox.queue(bytes, env.pool);
+                        reader.consume(n);
+                    }
+                    Err(_) => break, // WouldBlock: nothing more for now
+                }
             }
             if rd.is_empty() {
                 return Ok(());
