@@ -88,7 +88,7 @@ impl Mapping {
     /// may change the bytes). `off` and `out.len()` must be multiples of 8.
     #[inline]
     pub(crate) fn load_bytes(&self, off: usize, out: &mut [u8]) {
-        assert!(out.len() % 8 == 0);
+        assert!(out.len().is_multiple_of(8));
         let words = self.words(off, out.len() / 8);
         for (w, chunk) in words.iter().zip(out.chunks_exact_mut(8)) {
             chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
