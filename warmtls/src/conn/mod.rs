@@ -41,6 +41,8 @@ use crate::tls::ServerConfigs;
 
 mod backend_log;
 mod first_flight;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod memory;
 mod outbox;
 pub mod proxy;
@@ -429,7 +431,11 @@ impl Conn {
                 return;
             }
         }
-        if matches!(self.state, State::Closing { .. }) {
+        // Given up while the connect was in flight (closing, or draining after
+        // a TLS error such as a record the protocol forbids right after the
+        // client's Finished): the backend is not wanted any more. Piping now
+        // would undo the drain and keep the device waiting for `idle_timeout`.
+        if matches!(self.state, State::Closing { .. } | State::Draining { .. }) {
             self.link = Link::Failed {
                 connect_in_flight: false,
                 cancel: false,
