@@ -361,6 +361,11 @@ pub struct Config {
     /// Default: none.
     #[arg(long, value_name = "FILE", help_heading = "Operations")]
     pub stats_file: Option<PathBuf>,
+    /// The running instance's control socket (mode 0600): `warmtls upgrade`
+    /// asks it for a hand-over, and a second `warmtls serve` on the same cache
+    /// finds it and refuses to start. Default: the cache path plus `.ctl`.
+    #[arg(long, value_name = "PATH", help_heading = "Operations")]
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -464,6 +469,15 @@ impl Config {
     /// The settings' flags, as `serve` has them (for `--help` and layering).
     pub fn flags() -> clap::Command {
         Config::augment_args(clap::Command::new("serve"))
+    }
+
+    /// Where the control socket is: `control_socket`, else `<cache path>.ctl`.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(|| {
+            let mut p = self.cache.path.as_os_str().to_owned();
+            p.push(".ctl");
+            p.into()
+        })
     }
 
     /// Check everything that can be checked without serving; `warmtls check`
