@@ -130,9 +130,18 @@ pub struct ControlSocket {
     /// and we own it (a successor that has not taken over yet does not).
     inode: Option<u64>,
     owner: bool,
+    /// [`claim`] removed a socket a killed instance left behind.
+    replaced_stale: bool,
 }
 
 impl ControlSocket {
+    /// Whether [`claim`] found the previous instance dead (killed, not
+    /// stopped): its listening sockets may take a moment more to close, as the
+    /// kernel tears its io_uring down asynchronously.
+    pub fn replaced_stale(&self) -> bool {
+        self.replaced_stale
+    }
+
     /// Where it lives.
     pub fn path(&self) -> &Path {
         &self.path
@@ -245,6 +254,7 @@ pub fn claim(path: &Path) -> Result<ControlSocket, HandoverError> {
     let _dir_lock = std::fs::File::open(&dir)
         .ok()
         .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+    let mut stale = false;
     match UnixStream::connect(path) {
         Ok(stream) => {
             let info = ask_status(stream).unwrap_or(InstanceInfo {
@@ -267,6 +277,7 @@ pub fn claim(path: &Path) -> Result<ControlSocket, HandoverError> {
             }
             tracing::info!(path = %path.display(), "removing a stale control socket");
             std::fs::remove_file(path).map_err(control_err(path, "removing a stale socket"))?;
+            stale = true;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
@@ -280,7 +291,9 @@ pub fn claim(path: &Path) -> Result<ControlSocket, HandoverError> {
             })
         }
     }
-    bind_control(path)
+    let mut bound = bind_control(path)?;
+    bound.replaced_stale = stale;
+    Ok(bound)
 }
 
 fn bind_control(path: &Path) -> Result<ControlSocket, HandoverError> {
@@ -307,6 +320,7 @@ fn bind_control(path: &Path) -> Result<ControlSocket, HandoverError> {
         path: path.to_path_buf(),
         listener: UnixListener::from(fd),
         owner: true,
+        replaced_stale: false,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(control_err(path, "chmod 0600"))?;
@@ -631,6 +645,7 @@ impl Predecessor {
                 path: theirs,
                 listener: UnixListener::from(control_fd),
                 owner: false,
+                replaced_stale: false,
             },
             listeners,
             activated: activated == "1",

@@ -297,7 +297,13 @@ fn start(
         None => {
             let control = handover::claim(&control_path)?;
             if activated_fds.is_empty() {
-                listener::probe_free(listen).map_err(|e| match e.kind() {
+                // A killed instance's sockets close a moment after it died.
+                let grace = if control.replaced_stale() {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::ZERO
+                };
+                probe_free_within(listen, grace).map_err(|e| match e.kind() {
                     std::io::ErrorKind::AddrInUse => ServeError::AddressInUse { addr: listen },
                     _ => listen_err(e),
                 })?;
@@ -426,6 +432,19 @@ fn start(
         bound,
         signals,
     })
+}
+
+/// [`listener::probe_free`], retried for up to `grace` while the address is in use.
+fn probe_free_within(addr: SocketAddr, grace: Duration) -> std::io::Result<()> {
+    let end = Instant::now() + grace;
+    loop {
+        match listener::probe_free(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Give each of `workers` its listening sockets. Fewer sockets than workers:
