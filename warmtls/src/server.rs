@@ -149,7 +149,8 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             return Err(e);
         }
     };
-    let status = match &predecessor {
+    // The hand-over channel is closed at the end of this match: it is done.
+    let status = match predecessor {
         Some(p) => {
             // Our workers accept from the handed sockets; now the old process
             // may stop (it confirms once it has begun draining).

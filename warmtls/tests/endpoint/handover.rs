@@ -365,6 +365,15 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     write_config(&cfg, "127.0.0.2:0", &backend, &cache, &certs, "");
     let e = upgrade(&ctl).unwrap_err();
     assert!(e.contains("listen") && e.contains("127.0.0.2"), "{e}");
+    // Another cache file: nor can the control socket beside it.
+    let moved = dir.path().join("d.cache");
+    write_config(&cfg, "127.0.0.1:0", &backend, &moved, &certs, "");
+    let e = upgrade(&ctl).unwrap_err();
+    assert!(
+        e.contains("control socket") && e.contains("d.cache.ctl"),
+        "{e}"
+    );
+    assert!(!moved.exists(), "the new cache file was not created");
     assert_eq!(status_pid(&ctl), pid, "the old process serves on");
 
     // Fixed: the upgrade goes through.
