@@ -40,11 +40,6 @@ impl Notifier {
         }
     }
 
-    /// A notifier that sends nothing.
-    pub fn none() -> Notifier {
-        Notifier { target: None }
-    }
-
     /// Whether a service manager listens.
     pub fn enabled(&self) -> bool {
         self.target.is_some()
