@@ -174,6 +174,10 @@ mod tests {
 
     #[test]
     fn passes_an_ipv6_listener_with_its_queue_and_options() {
+        assert!(
+            std::net::TcpListener::bind("[::1]:0").is_ok(),
+            "this test needs IPv6 on loopback (sysctl net.ipv6.conf.lo.disable_ipv6 = 0)"
+        );
         passes_listener_with_queue_and_options("[::1]:0".parse().unwrap());
     }
 

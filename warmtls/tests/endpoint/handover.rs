@@ -301,6 +301,10 @@ fn upgrades_keep_the_sockets_and_refuse_no_connection() {
 
 #[test]
 fn upgrades_on_ipv6_keep_the_sockets_too() {
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "this test needs IPv6 on loopback (sysctl net.ipv6.conf.lo.disable_ipv6 = 0)"
+    );
     upgrades_refuse_nothing("[::1]:0", "[::1]");
 }
 
