@@ -72,7 +72,7 @@ pub enum HandoverError {
     Control {
         path: PathBuf,
         error: std::io::Error,
-        hint: &'static str,
+        hint: String,
     },
     #[error("control socket path {} is longer than a unix socket address holds ({MAX_SOCKET_PATH} bytes): set control_socket to a shorter path", .0.display())]
     PathTooLong(PathBuf),
@@ -93,7 +93,11 @@ pub enum HandoverError {
 
 fn control_err(path: &Path, hint: &'static str) -> impl FnOnce(std::io::Error) -> HandoverError {
     let path = path.to_path_buf();
-    move |error| HandoverError::Control { path, error, hint }
+    move |error| HandoverError::Control {
+        path,
+        error,
+        hint: hint.to_string(),
+    }
 }
 
 /// What a running instance says about itself (`status`).
@@ -287,7 +291,7 @@ pub fn claim(path: &Path) -> Result<ControlSocket, HandoverError> {
             return Err(HandoverError::Control {
                 path: path.to_path_buf(),
                 error,
-                hint: "another user's instance, or a directory we cannot use",
+                hint: "another user's instance, or a directory we cannot use".into(),
             })
         }
     }
@@ -307,10 +311,26 @@ fn bind_control(path: &Path) -> Result<ControlSocket, HandoverError> {
     .map_err(|e| control_err(path, "socket")(e.into()))?;
     let addr = UnixAddr::new(path).map_err(|e| control_err(path, "address")(e.into()))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|e| {
-        control_err(
-            path,
-            "its directory must exist and be writable by this user",
-        )(e.into())
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+            _ => ".".into(),
+        };
+        let hint = match e {
+            nix::errno::Errno::ENOENT => format!(
+                "directory {dir} does not exist; create it (`mkdir -p {dir}`) or choose another \
+                 cache path or control_socket"
+            ),
+            nix::errno::Errno::EACCES | nix::errno::Errno::EROFS => format!(
+                "directory {dir} is not writable by this user; fix its owner or choose another \
+                 cache path or control_socket"
+            ),
+            _ => "check the path and its directory".into(),
+        };
+        HandoverError::Control {
+            path: path.to_path_buf(),
+            error: e.into(),
+            hint,
+        }
     })?;
     // Mode 0600 before anyone can connect (connecting needs listen()).
     let bound = ControlSocket {

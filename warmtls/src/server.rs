@@ -50,12 +50,6 @@ pub enum ServeError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(
-        "{addr} is already in use by another process (another warmtls with a different cache \
-             file, or another server): two unrelated endpoints must not share a port, the kernel \
-             would split devices between them. To replace a running warmtls use `warmtls upgrade`"
-    )]
-    AddressInUse { addr: SocketAddr },
-    #[error(
         "listen = {configured} but the running process listens on {handed}: a hand-over keeps \
              the listening sockets, so the address cannot change; stop the running process and \
              start this one instead"
@@ -75,7 +69,10 @@ fn listen_hint(io: &std::io::Error) -> &'static str {
     match io.raw_os_error() {
         Some(libc::EADDRINUSE) => {
             "; another process listens there (`ss -ltnp` shows which): stop it, or choose \
-             another address (--listen, `listen` in the file)"
+             another address (--listen, `listen` in the file). warmtls does not share a port \
+             with another process (SO_REUSEPORT would let the kernel split devices between two \
+             endpoints and their caches); to replace a running warmtls without refusing a \
+             connection, use `warmtls upgrade`"
         }
         Some(libc::EACCES) => {
             "; ports below 1024 need root or CAP_NET_BIND_SERVICE \
@@ -304,10 +301,7 @@ fn start(
                 } else {
                     Duration::ZERO
                 };
-                probe_free_within(listen, grace).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AddrInUse => ServeError::AddressInUse { addr: listen },
-                    _ => listen_err(e),
-                })?;
+                probe_free_within(listen, grace).map_err(listen_err)?;
                 let first = listener::bind(listen, BACKLOG, tfo).map_err(listen_err)?;
                 (control, vec![first], false)
             } else {

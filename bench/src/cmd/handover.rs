@@ -20,7 +20,7 @@ pub struct HandoverArgs {
     #[arg(long, default_value_t = 5)]
     switches: u32,
     /// TLS versions: 1.2, 1.3, or mix (half each).
-    #[arg(long, default_value = "mix")]
+    #[arg(long, value_enum, default_value_t = TlsMix::Mix)]
     tls: TlsMix,
     /// Which switches to run (both by default: hand-over, then the stop+start control).
     #[arg(long, value_enum)]
