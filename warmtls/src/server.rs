@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -227,6 +227,14 @@ impl Signals {
 struct Created(Vec<PathBuf>);
 
 impl Created {
+    /// Remove `path` if the start fails, unless it exists already (a key left
+    /// without its certificate is overwritten, but not removed).
+    fn claim_if_missing(&mut self, path: &Path) {
+        if std::fs::symlink_metadata(path).is_err() {
+            self.0.push(path.to_path_buf());
+        }
+    }
+
     fn keep(mut self) {
         self.0.clear();
     }
@@ -241,7 +249,8 @@ impl Drop for Created {
 }
 
 /// Everything up to serving. Nothing is created before everything that can be
-/// checked alone has been; what is created is removed again if a later step fails.
+/// checked alone has been (another instance and the port included); what is
+/// created is removed again if a later step fails (binding the port, a worker).
 fn start(
     cfg: Config,
     predecessor: Option<&Predecessor>,
@@ -274,6 +283,8 @@ fn start(
     // The control socket and the listening sockets: the running process's, or
     // claimed here (refusing if another instance has the cache or the port).
     let control_path = cfg.control_socket_path();
+    // Empty `sockets`: bind our own, once the files below exist (a client that
+    // connects as soon as the port opens finds the self-signed certificate).
     let (control, sockets, activated) = match predecessor {
         Some(p) => {
             let h = p.take_sockets(&control_path)?;
@@ -302,8 +313,7 @@ fn start(
                     Duration::ZERO
                 };
                 probe_free_within(listen, grace).map_err(listen_err)?;
-                let first = listener::bind(listen, BACKLOG, tfo).map_err(listen_err)?;
-                (control, vec![first], false)
+                (control, Vec::new(), false)
             } else {
                 for s in &activated_fds {
                     listener::adopt(s, tfo).map_err(listen_err)?;
@@ -312,24 +322,28 @@ fn start(
             }
         }
     };
-    let (per_worker, sockets) = assign(sockets, workers, activated, tfo).map_err(listen_err)?;
-    let bound = listener::local_addr(&sockets[0]).map_err(listen_err)?;
-    note_if_fastopen_disabled(tfo);
 
+    // Everything that can be checked alone has been: create what is missing,
+    // and remove it again if a later step fails.
     let mut created = Created::default();
-    if std::fs::symlink_metadata(&cfg.cache.path).is_err() {
-        created.0.push(cfg.cache.path.clone());
+    if let Some(c) = &new_cert {
+        created.claim_if_missing(&c.paths().key);
+        created.claim_if_missing(&c.paths().cert);
+        c.write()?;
     }
+    created.claim_if_missing(&cfg.cache.path);
     let mut store = SessionStore::open_or_create(&cfg.store_config())?;
     if let Some(k) = value_key {
         store = store.seal_values_with(k);
         log_sealed_room(&store);
     }
-    if let Some(c) = &new_cert {
-        created.0.push(c.paths().key.clone());
-        created.0.push(c.paths().cert.clone());
-        c.write()?;
+    let mut sockets = sockets;
+    if sockets.is_empty() {
+        sockets.push(listener::bind(listen, BACKLOG, tfo).map_err(listen_err)?);
     }
+    let (per_worker, sockets) = assign(sockets, workers, activated, tfo).map_err(listen_err)?;
+    let bound = listener::local_addr(&sockets[0]).map_err(listen_err)?;
+    note_if_fastopen_disabled(tfo);
     // Before any session is stored: which rustls session encoding the file holds,
     // and whether this build can read it (loud if not).
     let encoding = encoding::check_at_startup(&store, cfg.session_lifetime);

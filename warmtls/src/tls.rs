@@ -110,7 +110,7 @@ pub fn self_signed_paths(cache: &Path) -> CertConfig {
 /// The self-signed ECDSA P-256 certificate kept beside the cache file, so that
 /// restarts present the same certificate: its paths, and a new certificate to
 /// write there if there is none yet (made in memory: nothing is written until
-/// [`NewSelfSigned::write`], so a start that fails later leaves no files).
+/// [`NewSelfSigned::write`], so a start that fails first leaves no files).
 pub fn self_signed(cache: &Path) -> Result<(CertConfig, Option<NewSelfSigned>), TlsError> {
     let paths = self_signed_paths(cache);
     if paths.cert.exists() && paths.key.exists() {
@@ -257,7 +257,8 @@ pub fn load_certs(cfg: &Config) -> Result<Vec<Arc<CertifiedKey>>, TlsError> {
 
 /// Load the configured certificates, or the self-signed one; a self-signed
 /// certificate that does not exist yet is made in memory and returned to be
-/// written once start-up cannot fail any more.
+/// written once everything that can be checked alone has been (the caller
+/// removes it again if a later step fails).
 pub fn prepare_certs(
     cfg: &Config,
 ) -> Result<(Vec<Arc<CertifiedKey>>, Option<NewSelfSigned>), TlsError> {

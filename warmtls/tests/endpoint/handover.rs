@@ -563,6 +563,26 @@ fn a_failed_start_leaves_no_files_behind() {
         "{:?}",
         files_in(dir.path())
     );
+    // A step after the self-signed certificate is written fails (the cache
+    // file is not one): the certificate is removed again, the file kept.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("c.cache");
+    std::fs::write(&cache, [0x5a; 4096]).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let e = serve_fails(&[
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--backend"),
+        OsStr::new(&backend),
+        OsStr::new("--cache"),
+        cache.as_os_str(),
+    ]);
+    assert!(e.contains("not a warmtls cache file"), "{e}");
+    assert_eq!(
+        files_in(dir.path()),
+        BTreeSet::from(["c.cache".to_string()])
+    );
+    assert_eq!(std::fs::read(&cache).unwrap(), vec![0x5a; 4096]);
 }
 
 /// What a stand-in for systemd's notify socket received: (sender pid, message).
