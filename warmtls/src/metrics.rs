@@ -29,12 +29,15 @@ pub enum Metric {
     TlsDecryptFailed,
     TlsPeerAlert,
     TlsOther,
+    // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
+    HelloRuleTls12,
+    HelloRuleNoTickets,
     /// Ticks of the worker's loop: the systemd watchdog is only fed while every
     /// worker's count moves. Not in the snapshot.
     Ticks,
 }
 
-const N: usize = 22;
+const N: usize = 24;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -78,6 +81,17 @@ pub struct Snapshot {
     /// 0-RTT bytes forwarded, counted when the handshake completes.
     pub early_data_bytes: u64,
     pub tls_error_reasons: TlsErrorReasons,
+    /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
+    pub ticket_rules: TicketRuleCounts,
+}
+
+/// Handshakes whose ClientHello matched a ticket rule, by what they got.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct TicketRuleCounts {
+    /// Served TLS 1.2 (resumes by session ID).
+    pub tls12: u64,
+    /// Served TLS 1.3 without a ticket (offered no TLS 1.2).
+    pub no_tls13_tickets: u64,
 }
 
 /// `tls_errors` by cause; the names say which alert the client got.
@@ -126,6 +140,10 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             decrypt_failed: s(Metric::TlsDecryptFailed),
             peer_alert: s(Metric::TlsPeerAlert),
             other: s(Metric::TlsOther),
+        },
+        ticket_rules: TicketRuleCounts {
+            tls12: s(Metric::HelloRuleTls12),
+            no_tls13_tickets: s(Metric::HelloRuleNoTickets),
         },
     }
 }

@@ -349,9 +349,12 @@ fn start(
     let encoding = encoding::check_at_startup(&store, cfg.session_lifetime);
     let store = Arc::new(store);
     let resolver = Arc::new(CertResolver::new(keys));
-    let server_cfg =
-        tls::server_config(&cfg, resolver.clone(), store.clone(), cfg.session_lifetime)?;
-    let tls_cfgs = Arc::new(tls::ServerConfigs::new(server_cfg));
+    let tls_cfgs = Arc::new(tls::server_configs(
+        &cfg,
+        resolver.clone(),
+        store.clone(),
+        cfg.session_lifetime,
+    )?);
     let flusher = Flusher::start(store.clone(), cfg.flush_interval);
 
     let metrics: Arc<Vec<WorkerMetrics>> =
