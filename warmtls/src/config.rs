@@ -412,6 +412,11 @@ pub struct Config {
     /// Default: none.
     #[arg(long, value_name = "FILE", help_heading = "Operations")]
     pub stats_file: Option<PathBuf>,
+    /// The running instance's control socket (mode 0600): `warmtls upgrade`
+    /// asks it for a hand-over, and a second `warmtls serve` on the same cache
+    /// finds it and refuses to start. Default: the cache path plus `.ctl`.
+    #[arg(long, value_name = "PATH", help_heading = "Operations")]
+    pub control_socket: Option<PathBuf>,
     /// Clients recognised by their ClientHello that get no TLS 1.3 ticket
     /// (default: wolfSSL, which fails on rustls' 32-byte ticket nonce). `[]`:
     /// none. Only in the file (`[[ticket_rules]]`).
@@ -525,6 +530,15 @@ impl Config {
     /// The settings' flags, as `serve` has them (for `--help` and layering).
     pub fn flags() -> clap::Command {
         Config::augment_args(clap::Command::new("serve"))
+    }
+
+    /// Where the control socket is: `control_socket`, else `<cache path>.ctl`.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(|| {
+            let mut p = self.cache.path.as_os_str().to_owned();
+            p.push(".ctl");
+            p.into()
+        })
     }
 
     /// Check everything that can be checked without serving; `warmtls check`

@@ -10,14 +10,19 @@
 //! - [`conn`]: one client connection: TLS driving, backend pipe, lifecycle.
 //! - [`config`]: the endpoint's configuration (TOML file + CLI overrides).
 //! - [`tls`]: building the rustls `ServerConfig` (certificates, groups, tickets).
+//! - [`handover`]: the control socket, and handing the listening sockets to a
+//!   new process (upgrades and restarts that refuse no connection).
+//! - [`systemd`]: sd_notify, the watchdog and socket activation.
 //! - [`cli`]: the `warmtls` command line.
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod handover;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod tls;

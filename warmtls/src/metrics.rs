@@ -32,9 +32,12 @@ pub enum Metric {
     // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
     HelloRuleTls12,
     HelloRuleNoTickets,
+    /// Ticks of the worker's loop: the systemd watchdog is only fed while every
+    /// worker's count moves. Not in the snapshot.
+    Ticks,
 }
 
-const N: usize = 23;
+const N: usize = 24;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -49,6 +52,10 @@ impl WorkerMetrics {
     #[inline]
     pub fn sub(&self, m: Metric, n: u64) {
         self.0[m as usize].fetch_sub(n, Ordering::Relaxed);
+    }
+    /// Ticks so far: a worker whose count stops moving is stuck.
+    pub fn ticks(&self) -> u64 {
+        self.get(Metric::Ticks)
     }
     fn get(&self, m: Metric) -> u64 {
         self.0[m as usize].load(Ordering::Relaxed)

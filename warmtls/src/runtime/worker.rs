@@ -1,4 +1,5 @@
-//! The per-core event loop: a slab of connections, one ring, one listener.
+//! The per-core event loop: a slab of connections, one ring, its listeners
+//! (usually one; more after a hand-over from a process with more workers).
 //!
 //! Shape (as in io-uring's tcp_echo): push SQEs, submit and wait, drain CQEs,
 //! dispatch on the token, hand the event to the connection's state machine
@@ -41,7 +42,8 @@ const WARM_SEND_BUFFERS: usize = 64;
 /// What a worker needs; all shared state is behind `Arc`s.
 pub struct WorkerSetup {
     pub index: usize,
-    pub listener: OwnedFd,
+    /// Listening sockets this worker accepts from (at least one).
+    pub listeners: Vec<OwnedFd>,
     pub tls: Arc<ServerConfigs>,
     pub backend: Backend,
     pub max_connections: usize,
@@ -110,8 +112,11 @@ struct Worker {
     backend: (AddressFamily, Box<SockaddrStorage>),
     drain_timeout: Duration,
     shutdown: Arc<AtomicBool>,
-    listener: Option<OwnedFd>,
-    accept_armed: bool,
+    /// Empty once draining. A socket another process also holds (a hand-over)
+    /// stays open after we drop ours, with its queue, for that process.
+    listeners: Vec<OwnedFd>,
+    /// Per listener: its multishot accept is in flight.
+    accept_armed: Vec<bool>,
     drain_deadline: Option<Instant>,
     /// The time of the current batch of completions (one clock read per batch).
     now: Instant,
@@ -161,8 +166,8 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         backend: (backend.0, Box::new(backend.1)),
         drain_timeout: s.drain_timeout,
         shutdown: s.shutdown,
-        listener: Some(s.listener),
-        accept_armed: false,
+        accept_armed: vec![false; s.listeners.len()],
+        listeners: s.listeners,
         drain_deadline: None,
         now,
         due: Vec::new(),
@@ -237,9 +242,10 @@ fn errno(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
 
-/// Token of the multishot accept (not a connection).
-fn accept_token() -> ConnToken {
-    ConnToken::new(u32::MAX as usize, 0, Op::Accept)
+/// Token of the multishot accept on listener `i` (not a connection): the
+/// listener's index rides in the generation field.
+fn accept_token(i: usize) -> ConnToken {
+    ConnToken::new(u32::MAX as usize, i as u32, Op::Accept)
 }
 
 /// Token of operations that belong to no live connection (cancels, closes).
@@ -249,18 +255,23 @@ fn detached_token(op: Op) -> ConnToken {
 
 impl Worker {
     fn arm_accept(&mut self) {
-        if let Some(l) = &self.listener {
-            if !self.accept_armed {
-                let fd = l.as_raw_fd();
-                self.ring.push_accept(fd, accept_token());
-                self.accept_armed = true;
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !self.accept_armed[i] {
+                self.ring.push_accept(l.as_raw_fd(), accept_token(i));
+                self.accept_armed[i] = true;
             }
         }
     }
 
+    /// Draining, and every accept has ended (so no accepted connection can
+    /// still be on its way to us), and every connection is done; or well past
+    /// the drain deadline.
     fn finished(&self) -> bool {
         match self.drain_deadline {
-            Some(d) => self.slots.is_empty() || (self.now > d + Duration::from_secs(2)),
+            Some(d) => {
+                (self.slots.is_empty() && !self.accept_armed.contains(&true))
+                    || (self.now > d + Duration::from_secs(2))
+            }
             None => false,
         }
     }
@@ -270,7 +281,7 @@ impl Worker {
             return;
         };
         let side = match t.op {
-            Op::Accept => return self.accepted(res, flags),
+            Op::Accept => return self.accepted(t.gen as usize, res, flags),
             Op::Tick => return self.tick(),
             Op::Cancel | Op::Close => return,
             Op::ClientRecv | Op::ClientSend => Side::Client,
@@ -324,9 +335,12 @@ impl Worker {
         self.carry_out(key);
     }
 
-    fn accepted(&mut self, res: i32, flags: u32) {
+    fn accepted(&mut self, listener: usize, res: i32, flags: u32) {
         if !more(flags) {
-            self.accept_armed = false; // re-armed on the next tick (a back-off on EMFILE)
+            // Re-armed on the next tick (a back-off on EMFILE), unless draining.
+            if let Some(armed) = self.accept_armed.get_mut(listener) {
+                *armed = false;
+            }
         }
         if res < 0 {
             if res != -libc::ECANCELED {
@@ -340,7 +354,10 @@ impl Worker {
             return;
         }
         let fd = owned_fd(res);
-        if self.slots.len() >= self.max_connections || self.drain_deadline.is_some() {
+        // A connection accepted while the accept is being cancelled (draining)
+        // is served like any other: closing it would reset a device that did
+        // nothing wrong, and after a hand-over nobody else will take it.
+        if self.slots.len() >= self.max_connections {
             self.shared.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
@@ -484,18 +501,23 @@ impl Worker {
 
     fn tick(&mut self) {
         self.ring.push_tick();
+        self.shared.m().add(Metric::Ticks, 1);
         let now = self.now;
         self.shared.backend_log.tick(now);
         if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+            // Stop accepting, keep draining. The multishot accepts hold the
+            // listening sockets open: cancel them, so that dropping ours really
+            // closes a socket nobody else holds (the kernel stops queueing
+            // connections to this worker), while a socket handed to a successor
+            // stays open, its queue intact, for the successor to accept from.
             self.drain_deadline = Some(now + self.drain_timeout);
-            if self.accept_armed {
-                // The multishot accept holds the listening socket open: cancel it,
-                // so dropping ours really closes it and the kernel stops queueing
-                // connections to this worker.
-                self.ring
-                    .push_cancel(accept_token(), detached_token(Op::Cancel));
+            for i in 0..self.listeners.len() {
+                if self.accept_armed[i] {
+                    self.ring
+                        .push_cancel(accept_token(i), detached_token(Op::Cancel));
+                }
             }
-            self.listener = None;
+            self.listeners.clear();
             tracing::debug!(
                 worker = self.shared.index,
                 open = self.slots.len(),

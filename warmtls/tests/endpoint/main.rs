@@ -10,6 +10,7 @@ mod crash;
 mod early_data;
 mod faults;
 mod golden;
+mod handover;
 mod hostile;
 mod interop;
 mod interop_support;
