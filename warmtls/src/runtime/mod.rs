@@ -4,6 +4,7 @@
 //! each file that needs it (`ring`, `sockopt`, `worker`) allows it for itself.
 
 pub mod listener;
+pub mod pool;
 pub mod ring;
 pub mod sockopt;
 pub mod timer;

@@ -16,6 +16,9 @@ pub enum Op {
     Cancel,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
+    /// The receive posted on an idle pooled backend connection (key: its pool
+    /// entry), which becomes the receive of the connection that takes it.
+    PoolRecv,
 }
 
 impl Op {
@@ -30,6 +33,7 @@ impl Op {
             7 => Op::BackendSend,
             8 => Op::Cancel,
             9 => Op::Close,
+            10 => Op::PoolRecv,
             _ => return None,
         })
     }

@@ -20,6 +20,7 @@ use nix::sys::socket::{
 };
 use slab::Slab;
 
+use super::pool::BackendPool;
 use super::ring::{buffer_id, more, Ring, TICK};
 use super::timer::TimerWheel;
 use super::token::{ConnToken, Op};
@@ -46,6 +47,9 @@ pub struct WorkerSetup {
     pub backend: Backend,
     pub max_connections: usize,
     pub limits: Limits,
+    /// Idle kept-alive backend connections kept (http mode; 0: none).
+    pub backend_pool: usize,
+    pub backend_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub metrics: Arc<Vec<WorkerMetrics>>,
     pub shutdown: Arc<AtomicBool>,
@@ -119,6 +123,10 @@ struct Worker {
     /// Receives that found the buffer ring empty, to post again once buffers
     /// come back.
     starved: Vec<ConnToken>,
+    /// Idle kept-alive backend connections (http mode).
+    pool: BackendPool,
+    /// Sockets leaving the pool, to be closed.
+    retired: Vec<OwnedFd>,
 }
 
 /// Set up the ring (on this thread, as SINGLE_ISSUER requires) and report the
@@ -167,6 +175,8 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         now,
         due: Vec::new(),
         starved: Vec::with_capacity(usize::from(RECV_BUFFERS)),
+        pool: BackendPool::new(s.backend_pool, s.backend_idle_timeout),
+        retired: Vec::with_capacity(s.backend_pool),
     };
     let _ = ready.send(Ok(()));
     w.arm_accept();
@@ -179,8 +189,17 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         }
         w.now = Instant::now();
         w.ring.drain(&mut cqes);
+        // Pooled connections first: one the backend closed while it sat idle
+        // is retired before a connection of this batch could take it.
         for &(ud, res, flags) in &cqes {
-            w.complete(ud, res, flags);
+            if is_pool_op(ud) {
+                w.complete(ud, res, flags);
+            }
+        }
+        for &(ud, res, flags) in &cqes {
+            if !is_pool_op(ud) {
+                w.complete(ud, res, flags);
+            }
         }
         if !w.starved.is_empty() {
             // Every buffer taken in this batch has been consumed and given back.
@@ -237,6 +256,10 @@ fn errno(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
 
+fn is_pool_op(ud: u64) -> bool {
+    ud as u8 == Op::PoolRecv as u8
+}
+
 /// Token of the multishot accept (not a connection).
 fn accept_token() -> ConnToken {
     ConnToken::new(u32::MAX as usize, 0, Op::Accept)
@@ -273,9 +296,47 @@ impl Worker {
             Op::Accept => return self.accepted(res, flags),
             Op::Tick => return self.tick(),
             Op::Cancel | Op::Close => return,
+            Op::PoolRecv => return self.pool_recv(t, res, flags),
             Op::ClientRecv | Op::ClientSend => Side::Client,
             Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
         };
+        self.dispatch(t, side, res, flags);
+    }
+
+    /// The receive of a pooled backend connection completed: while the
+    /// connection was idle, it is dead (EOF, reset) or the backend spoke unasked
+    /// — retire it; once taken, it is its new owner's backend receive.
+    fn pool_recv(&mut self, t: ConnToken, res: i32, flags: u32) {
+        let key = t.key as usize;
+        let owner = match self.pool.get(key, t.gen) {
+            Some(e) => e.owner,
+            None => {
+                // Cancelled as it expired: the entry is gone.
+                if let Some(bid) = buffer_id(flags) {
+                    self.ring.recv_buffers().recycle(bid);
+                }
+                return;
+            }
+        };
+        if let Some(fd) = self.pool.finish(key) {
+            if let Some(bid) = buffer_id(flags) {
+                self.ring.recv_buffers().recycle(bid);
+            }
+            self.ring.push_close(fd, detached_token(Op::Close));
+            return;
+        }
+        if let Some((conn, gen)) = owner {
+            self.dispatch(
+                ConnToken::new(conn, gen, Op::BackendRecv),
+                Side::Backend,
+                res,
+                flags,
+            );
+        }
+    }
+
+    /// A completion of connection `t.key`'s operation `t.op` on `side`.
+    fn dispatch(&mut self, t: ConnToken, side: Side, res: i32, flags: u32) {
         let bid = buffer_id(flags);
         let key = t.key as usize;
         let live = self.slots.get(key).is_some_and(|s| s.gen == t.gen);
@@ -319,7 +380,7 @@ impl Worker {
                 slot.conn
                     .on_connected(if res < 0 { Err(-res) } else { Ok(()) }, &mut env);
             }
-            Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
+            Op::Accept | Op::Tick | Op::Cancel | Op::Close | Op::PoolRecv => {}
         }
         self.carry_out(key);
     }
@@ -344,7 +405,7 @@ impl Worker {
             self.shared.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
-        let addresses = if self.shared.limits.proxy_protocol {
+        let addresses = if self.shared.limits.proxy_protocol || self.shared.limits.http.is_some() {
             client_addresses(&fd)
         } else {
             None
@@ -398,7 +459,33 @@ impl Worker {
                         unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
                     }
                 }
-                Action::Connect => {
+                Action::ConnectPooled if self.pool.idle() > 0 => {
+                    slot.backend = self.pool.take((key, gen));
+                    debug_assert!(slot.backend.is_some());
+                    slot.conn.on_pooled(&mut env);
+                }
+                Action::ReleaseBackend { reusable } => {
+                    let Some(fd) = slot.backend.take() else {
+                        continue;
+                    };
+                    let fd = if reusable {
+                        let raw = fd.as_raw_fd();
+                        match self
+                            .pool
+                            .put(fd, self.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                        {
+                            Ok(t) => {
+                                self.ring.push_recv_select(raw, t);
+                                continue;
+                            }
+                            Err(fd) => fd,
+                        }
+                    } else {
+                        fd
+                    };
+                    self.ring.push_close(fd, detached_token(Op::Close));
+                }
+                Action::Connect | Action::ConnectPooled => {
                     let (family, addr) = (self.backend.0, &*self.backend.1);
                     match backend_socket(family) {
                         Ok(fd) => {
@@ -482,10 +569,26 @@ impl Worker {
         self.shared.m().sub(Metric::Active, 1);
     }
 
+    /// Close pooled connections leaving the pool: their receive is cancelled
+    /// first (in the same submission), or the socket would stay open under it.
+    fn close_retired(&mut self) {
+        for fd in self.retired.drain(..) {
+            self.ring
+                .push_cancel_fd(fd.as_raw_fd(), detached_token(Op::Cancel));
+            self.ring.push_close(fd, detached_token(Op::Close));
+        }
+    }
+
     fn tick(&mut self) {
         self.ring.push_tick();
         let now = self.now;
         self.shared.backend_log.tick(now);
+        if self.drain_deadline.is_some() {
+            self.pool.drain(&mut self.retired);
+        } else {
+            self.pool.expire(now, &mut self.retired);
+        }
+        self.close_retired();
         if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
             self.drain_deadline = Some(now + self.drain_timeout);
             if self.accept_armed {

@@ -11,6 +11,7 @@ mod early_data;
 mod faults;
 mod golden;
 mod hostile;
+mod http;
 mod load;
 mod no_io_uring;
 mod openssl;
