@@ -285,6 +285,8 @@ pub struct Conn {
     /// http: the device connection ends (close_notify) once the current
     /// response is out; nothing more is read from the backend for it.
     ending: bool,
+    /// Our last words to the device were a fatal alert (not close_notify).
+    alerted: bool,
 }
 
 impl Conn {
@@ -310,6 +312,7 @@ impl Conn {
             retry_fresh: false,
             retry_after_handshake: false,
             ending: false,
+            alerted: false,
         }
     }
 
@@ -358,6 +361,25 @@ impl Conn {
     /// The bytes of the send posted for `side` (valid until its `on_sent`).
     pub fn send_buf(&self, side: Side) -> &[u8] {
         self.half(side).outbox.lent()
+    }
+
+    /// Whether the machine will send nothing more on `side` until bytes (or an
+    /// EOF) arrive from it, or a deadline passes: our handshake flight while no
+    /// backend is involved yet, or our last words (close_notify). A driver may
+    /// then learn that a send posted now is done only when the next receive on
+    /// that side completes (io_uring: the receive linked behind the send, whose
+    /// success posts no completion: one wakeup less). `on_sent` must still come
+    /// before that receive's `on_recv`.
+    pub fn quiet_after_send(&self, side: Side) -> bool {
+        match side {
+            Side::Client => {
+                (self.close_notify_sent && !self.alerted)
+                    || (matches!(self.state, State::Hello | State::Handshaking)
+                        && self.link == Link::None
+                        && self.early_data == 0)
+            }
+            Side::Backend => false,
+        }
     }
 
     /// The TLS connection, once the ClientHello has been accepted.
@@ -595,6 +617,8 @@ impl Conn {
                     env,
                 );
             }
+            // Our close_notify is out and the device lingered: as `Draining`.
+            State::Piping { .. } if self.close_notify_sent => self.close(),
             State::Hello | State::Handshaking | State::Connecting { .. } | State::Piping { .. } => {
                 env.metrics.add(Metric::Timeouts, 1);
                 self.close();
@@ -676,15 +700,19 @@ impl Conn {
             }
         }
         // Draining and our last bytes are out: if the client is done too, close
-        // (a plain close sends the FIN); else half-close and linger for its EOF,
-        // so an alert is not destroyed by a reset.
+        // (a plain close sends the FIN); else linger for its EOF, so our last
+        // bytes are not destroyed by a reset. After an alert, half-close first:
+        // a peer that failed its handshake may wait for the FIN. After
+        // close_notify, do not: a TLS peer closes on it (and most have by the
+        // time a shutdown(2) would run: it failed with ENOTCONN for 97% of
+        // sequential `openssl s_time` connections).
         if let State::Draining { .. } = self.state {
             if self.client.outbox.is_empty() && !self.client.outbox.posted() {
                 if self.client.eof {
                     self.close();
                     return self.next_action(env);
                 }
-                if !self.client.shut {
+                if !self.client.shut && self.alerted {
                     self.client.shut = true;
                     return Some(Action::ShutdownWrite(Side::Client));
                 }
@@ -779,8 +807,12 @@ impl Conn {
         }
     }
 
-    /// Activity while piping pushes the idle deadline out.
+    /// Activity while piping pushes the idle deadline out (not once our
+    /// close_notify is queued: then the device has [`DRAIN_LINGER`] to answer).
     fn touch(&mut self, env: &Env<'_>) {
+        if self.close_notify_sent {
+            return;
+        }
         if let State::Piping { idle_deadline } = &mut self.state {
             *idle_deadline = env.now + env.limits.idle_timeout;
         }
@@ -1009,6 +1041,7 @@ impl Conn {
         // rustls has queued the matching alert; send it, then drain.
         self.flush_tls(env);
         self.close_notify_sent = true;
+        self.alerted = true;
         self.state = State::Draining {
             deadline: env.now + DRAIN_LINGER,
         };
@@ -1256,6 +1289,9 @@ impl Conn {
             }
             self.close_notify_sent = true;
             self.flush_tls(env);
+            if let State::Piping { idle_deadline } = &mut self.state {
+                *idle_deadline = (*idle_deadline).min(env.now + DRAIN_LINGER);
+            }
         }
         if !matches!(self.state, State::Piping { .. } | State::Draining { .. }) {
             // Never connected: nothing else will come; drain what we said.

@@ -19,6 +19,10 @@ pub enum Op {
     /// The receive posted on an idle pooled backend connection (key: its pool
     /// entry), which becomes the receive of the connection that takes it.
     PoolRecv,
+    /// A receive linked behind a send whose success posts no completion
+    /// (`Ring::push_send_then_recv`): its completion also says the send is done.
+    ClientRecvAfterSend,
+    BackendRecvAfterSend,
 }
 
 impl Op {
@@ -34,6 +38,8 @@ impl Op {
             8 => Op::Cancel,
             9 => Op::Close,
             10 => Op::PoolRecv,
+            11 => Op::ClientRecvAfterSend,
+            12 => Op::BackendRecvAfterSend,
             _ => return None,
         })
     }

@@ -64,6 +64,16 @@ struct Slot {
     backend: Option<OwnedFd>,
     /// The timer-wheel tick of this connection's live timer entry.
     timer_tick: u64,
+    /// Per side (client, backend): a send linked before a receive
+    /// (`Ring::push_send_then_recv`) whose success is not known yet: its length.
+    linked_send: [Option<usize>; 2],
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Backend => 1,
+    }
 }
 
 impl Slot {
@@ -292,13 +302,16 @@ impl Worker {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
+
         let side = match t.op {
             Op::Accept => return self.accepted(res, flags),
             Op::Tick => return self.tick(),
             Op::Cancel | Op::Close => return,
             Op::PoolRecv => return self.pool_recv(t, res, flags),
-            Op::ClientRecv | Op::ClientSend => Side::Client,
-            Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
+            Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
+            Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
+                Side::Backend
+            }
         };
         self.dispatch(t, side, res, flags);
     }
@@ -350,11 +363,25 @@ impl Worker {
         let slot = &mut self.slots[key];
         let mut env = self.shared.env(self.now);
         match t.op {
-            Op::ClientRecv | Op::BackendRecv => {
+            Op::ClientRecv
+            | Op::BackendRecv
+            | Op::ClientRecvAfterSend
+            | Op::BackendRecvAfterSend => {
+                if matches!(t.op, Op::ClientRecvAfterSend | Op::BackendRecvAfterSend) {
+                    // The linked send posted no completion before this one: it
+                    // succeeded, whole (a failed send's completion comes first).
+                    if let Some(n) = slot.linked_send[side_index(side)].take() {
+                        slot.conn.on_sent(side, Ok(n), &mut env);
+                    }
+                }
                 if res == -libc::ENOBUFS {
                     // The buffer ring ran dry: post it again once buffers return.
-                    self.starved.push(t);
-                    return;
+                    let op = match side {
+                        Side::Client => Op::ClientRecv,
+                        Side::Backend => Op::BackendRecv,
+                    };
+                    self.starved.push(ConnToken::new(key, t.gen, op));
+                    return self.carry_out(key);
                 }
                 let got = if res < 0 {
                     Err(-res)
@@ -370,6 +397,9 @@ impl Worker {
                 }
             }
             Op::ClientSend | Op::BackendSend => {
+                // A linked send's completion (it failed or fell short) comes
+                // before its receive's: the receive must not report it again.
+                slot.linked_send[side_index(side)] = None;
                 let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
                 slot.conn.on_sent(side, done, &mut env);
             }
@@ -405,8 +435,11 @@ impl Worker {
             self.shared.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
-        let addresses = if self.shared.limits.proxy_protocol || self.shared.limits.http.is_some() {
+        let addresses = if self.shared.limits.proxy_protocol {
             client_addresses(&fd)
+        } else if self.shared.limits.http.is_some() {
+            // X-Forwarded-For needs the device's address only.
+            client_peer(&fd)
         } else {
             None
         };
@@ -417,6 +450,7 @@ impl Worker {
             client: fd,
             backend: None,
             timer_tick: u64::MAX,
+            linked_send: [None, None],
         });
         self.shared.m().add(Metric::Connections, 1);
         self.shared.m().add(Metric::Active, 1);
@@ -426,6 +460,11 @@ impl Worker {
     /// Carry out what the connection asks for until it asks for nothing; free
     /// it if it is finished, else make sure its deadline is on the wheel.
     fn carry_out(&mut self, key: usize) {
+        // Sends held back within this call, per side: when the machine will send
+        // nothing more on that side until it speaks, a receive on the same side
+        // asked for next goes out linked behind the send, so the send's success
+        // costs no completion (and no wakeup) of its own.
+        let mut held = [false; 2];
         loop {
             let Some(slot) = self.slots.get_mut(key) else {
                 return;
@@ -436,29 +475,32 @@ impl Worker {
             };
             let gen = slot.gen;
             let token = move |op| ConnToken::new(key, gen, op);
+            if !matches!(action, Action::Recv(_) | Action::Send(_)) {
+                // Anything else (a cancel above all) comes after the sends asked before it.
+                for side in [Side::Client, Side::Backend] {
+                    if std::mem::take(&mut held[side_index(side)]) {
+                        push_send(&mut self.ring, slot, side, token, None);
+                    }
+                }
+            }
             match action {
                 Action::Recv(side) => {
-                    let op = match side {
-                        Side::Client => Op::ClientRecv,
-                        Side::Backend => Op::BackendRecv,
+                    let (op, after_send) = match side {
+                        Side::Client => (Op::ClientRecv, Op::ClientRecvAfterSend),
+                        Side::Backend => (Op::BackendRecv, Op::BackendRecvAfterSend),
                     };
-                    if let Some(fd) = slot.fd(side) {
+                    if std::mem::take(&mut held[side_index(side)]) {
+                        push_send(&mut self.ring, slot, side, token, Some(token(after_send)));
+                    } else if let Some(fd) = slot.fd(side) {
                         self.ring.push_recv_select(fd, token(op));
                     }
                 }
-                Action::Send(side) => {
-                    let op = match side {
-                        Side::Client => Op::ClientSend,
-                        Side::Backend => Op::BackendSend,
-                    };
-                    if let Some(fd) = slot.fd(side) {
-                        // SAFETY: the bytes are the outbox's lent buffer, which is
-                        // neither touched nor freed until this send completes
-                        // (`on_sent`), and the connection is not freed while an
-                        // operation is in flight.
-                        unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
-                    }
+                Action::Send(side)
+                    if self.ring.can_link_sends() && slot.conn.quiet_after_send(side) =>
+                {
+                    held[side_index(side)] = true;
                 }
+                Action::Send(side) => push_send(&mut self.ring, slot, side, token, None),
                 Action::ConnectPooled if self.pool.idle() > 0 => {
                     slot.backend = self.pool.take((key, gen));
                     debug_assert!(slot.backend.is_some());
@@ -523,6 +565,18 @@ impl Worker {
             }
         }
         let slot = &mut self.slots[key];
+        for side in [Side::Client, Side::Backend] {
+            if held[side_index(side)] {
+                let gen = slot.gen;
+                push_send(
+                    &mut self.ring,
+                    slot,
+                    side,
+                    move |op| ConnToken::new(key, gen, op),
+                    None,
+                );
+            }
+        }
         if slot.conn.is_finished() {
             return self.free(key);
         }
@@ -638,6 +692,37 @@ impl Worker {
     }
 }
 
+/// Post the send `slot`'s machine asked for on `side`: alone, or linked before
+/// the receive `then_recv` (whose completion then reports the send's success).
+fn push_send(
+    ring: &mut Ring,
+    slot: &mut Slot,
+    side: Side,
+    token: impl Fn(Op) -> ConnToken,
+    then_recv: Option<ConnToken>,
+) {
+    let op = match side {
+        Side::Client => Op::ClientSend,
+        Side::Backend => Op::BackendSend,
+    };
+    let Some(fd) = slot.fd(side) else {
+        return;
+    };
+    let buf = slot.conn.send_buf(side);
+    match then_recv {
+        Some(recv) => {
+            slot.linked_send[side_index(side)] = Some(buf.len());
+            // SAFETY: the bytes are the outbox's lent buffer, neither touched
+            // nor freed until the machine hears of this send (`on_sent`, from
+            // the send's own completion or the linked receive's), and the
+            // connection is not freed while an operation is in flight.
+            unsafe { ring.push_send_then_recv(fd, buf, token(op), recv) };
+        }
+        // SAFETY: as above; `on_sent` comes from this send's completion.
+        None => unsafe { ring.push_send(fd, buf, token(op)) },
+    }
+}
+
 /// A non-blocking socket for the backend (TCP_NODELAY for TCP).
 fn backend_socket(family: AddressFamily) -> Result<OwnedFd, nix::errno::Errno> {
     let fd = socket::socket(
@@ -650,6 +735,19 @@ fn backend_socket(family: AddressFamily) -> Result<OwnedFd, nix::errno::Errno> {
         let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
     }
     Ok(fd)
+}
+
+/// The device's address, and ours as an unspecified stand-in (one syscall, for
+/// X-Forwarded-For).
+fn client_peer(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let peer = socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    let peer = if let Some(v4) = peer.as_sockaddr_in() {
+        std::net::SocketAddr::V4((*v4).into())
+    } else {
+        std::net::SocketAddr::V6((*peer.as_sockaddr_in6()?).into())
+    };
+    let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    Some((peer, unspecified))
 }
 
 /// The device's address and the local address it connected to (two syscalls,
