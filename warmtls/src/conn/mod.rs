@@ -50,6 +50,8 @@ pub mod http;
 pub mod memory;
 mod outbox;
 pub mod proxy;
+#[cfg(test)]
+mod tests;
 pub use backend_log::{BackendFailure, BackendLog};
 use first_flight::FirstFlight;
 use http::{Completed, Forwarding, Http};
