@@ -598,6 +598,14 @@ impl Conn {
         };
     }
 
+    /// The driver learned the device's address after the accept (http mode:
+    /// asked through the ring, so it costs no syscall of its own); it must come
+    /// before the device's first bytes are handed in.
+    pub fn on_peer_address(&mut self, peer: SocketAddr) {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.addresses = Some((peer, unspecified));
+    }
+
     /// The driver's clock passed [`Conn::deadline`] (it may call early: nothing
     /// happens then).
     pub fn on_timeout(&mut self, env: &mut Env<'_>) {

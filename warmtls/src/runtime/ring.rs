@@ -341,6 +341,33 @@ impl Ring {
         self.push_recv_select(fd, recv);
     }
 
+    /// The peer's address of socket `fd` into `addr` (`getsockopt(SO_PEERNAME)`
+    /// through the ring, Linux 6.7+; older kernels fail it with EOPNOTSUPP).
+    /// `len` must be the address's exact size (16 for IPv4, 28 for IPv6: the
+    /// kernel refuses a larger buffer with EINVAL). It completes at submission.
+    ///
+    /// # Safety
+    /// `addr` must stay alive and unmoved until this operation completes.
+    pub unsafe fn push_peer_name(
+        &mut self,
+        fd: RawFd,
+        addr: *mut libc::sockaddr_storage,
+        len: u32,
+        token: ConnToken,
+    ) {
+        debug_assert!(len as usize <= std::mem::size_of::<libc::sockaddr_storage>());
+        let e = opcode::GetSockOpt::new(
+            types::Fd(fd),
+            libc::SOL_SOCKET as u32,
+            libc::SO_PEERNAME as u32,
+            addr.cast(),
+            len,
+        )
+        .build()
+        .user_data(token.encode());
+        self.push(e);
+    }
+
     /// Connect `fd` to `addr`.
     ///
     /// # Safety

@@ -23,6 +23,8 @@ pub enum Op {
     /// (`Ring::push_send_then_recv`): its completion also says the send is done.
     ClientRecvAfterSend,
     BackendRecvAfterSend,
+    /// The device's address, asked through the ring (X-Forwarded-For).
+    PeerName,
 }
 
 impl Op {
@@ -40,6 +42,7 @@ impl Op {
             10 => Op::PoolRecv,
             11 => Op::ClientRecvAfterSend,
             12 => Op::BackendRecvAfterSend,
+            13 => Op::PeerName,
             _ => return None,
         })
     }

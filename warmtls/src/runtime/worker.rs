@@ -137,6 +137,13 @@ struct Worker {
     pool: BackendPool,
     /// Sockets leaving the pool, to be closed.
     retired: Vec<OwnedFd>,
+    /// http mode: each connection's device address, written by the kernel
+    /// (`Ring::push_peer_name`), indexed by slab key; boxed so it never moves.
+    peer_names: Box<[libc::sockaddr_storage]>,
+    /// The kernel answers `Ring::push_peer_name` (else getpeername(2)).
+    peer_name_by_ring: bool,
+    /// The size of a device's address: the listener's family's.
+    peer_name_len: u32,
 }
 
 /// Set up the ring (on this thread, as SINGLE_ISSUER requires) and report the
@@ -161,6 +168,11 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     };
     let now = Instant::now();
     let cap = s.max_connections;
+    let wants_peer_names = s.limits.http.is_some() && !s.limits.proxy_protocol;
+    let peer_name_len = match super::listener::local_addr(&s.listener) {
+        Ok(a) if a.is_ipv4() => std::mem::size_of::<libc::sockaddr_in>() as u32,
+        _ => std::mem::size_of::<libc::sockaddr_in6>() as u32,
+    };
     let mut w = Worker {
         ring,
         slots: Slab::with_capacity(cap.min(65_536)),
@@ -187,6 +199,15 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         starved: Vec::with_capacity(usize::from(RECV_BUFFERS)),
         pool: BackendPool::new(s.backend_pool, s.backend_idle_timeout),
         retired: Vec::with_capacity(s.backend_pool),
+        peer_names: if wants_peer_names {
+            // One 128-byte address per connection slot (the slab's keys stay
+            // below `cap`).
+            vec![zeroed_sockaddr(); cap].into_boxed_slice()
+        } else {
+            Box::new([])
+        },
+        peer_name_by_ring: true,
+        peer_name_len,
     };
     let _ = ready.send(Ok(()));
     w.arm_accept();
@@ -266,6 +287,29 @@ fn errno(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
 
+fn zeroed_sockaddr() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain integers, for which all zeroes is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The address the kernel wrote into `a` (`len` bytes), if it is IPv4 or IPv6.
+fn sockaddr_to_std(a: &libc::sockaddr_storage, len: usize) -> Option<std::net::SocketAddr> {
+    use nix::sys::socket::SockaddrLike;
+    // SAFETY: `a` is a sockaddr_storage the kernel filled with `len` bytes.
+    let s = unsafe {
+        SockaddrStorage::from_raw(
+            (a as *const libc::sockaddr_storage).cast(),
+            Some(len as libc::socklen_t),
+        )
+    }?;
+    if let Some(v4) = s.as_sockaddr_in() {
+        Some(std::net::SocketAddr::V4((*v4).into()))
+    } else {
+        s.as_sockaddr_in6()
+            .map(|v6| std::net::SocketAddr::V6((*v6).into()))
+    }
+}
+
 fn is_pool_op(ud: u64) -> bool {
     ud as u8 == Op::PoolRecv as u8
 }
@@ -308,6 +352,7 @@ impl Worker {
             Op::Tick => return self.tick(),
             Op::Cancel | Op::Close => return,
             Op::PoolRecv => return self.pool_recv(t, res, flags),
+            Op::PeerName => return self.peer_name(t, res),
             Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
             Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
                 Side::Backend
@@ -345,6 +390,30 @@ impl Worker {
                 res,
                 flags,
             );
+        }
+    }
+
+    /// The device's address arrived through the ring (or the kernel does not
+    /// answer that: ask getpeername(2) from now on).
+    fn peer_name(&mut self, t: ConnToken, res: i32) {
+        let key = t.key as usize;
+        let Some(slot) = self.slots.get_mut(key).filter(|s| s.gen == t.gen) else {
+            return;
+        };
+        let peer = if res > 0 {
+            sockaddr_to_std(&self.peer_names[key], res as usize)
+        } else {
+            if self.peer_name_by_ring {
+                tracing::debug!(
+                    "no getsockopt through io_uring ({}): X-Forwarded-For by getpeername(2)",
+                    errno(res)
+                );
+            }
+            self.peer_name_by_ring = false;
+            client_peer(&slot.client).map(|(p, _)| p)
+        };
+        if let Some(peer) = peer {
+            slot.conn.on_peer_address(peer);
         }
     }
 
@@ -410,7 +479,7 @@ impl Worker {
                 slot.conn
                     .on_connected(if res < 0 { Err(-res) } else { Ok(()) }, &mut env);
             }
-            Op::Accept | Op::Tick | Op::Cancel | Op::Close | Op::PoolRecv => {}
+            Op::Accept | Op::Tick | Op::Cancel | Op::Close | Op::PoolRecv | Op::PeerName => {}
         }
         self.carry_out(key);
     }
@@ -435,10 +504,15 @@ impl Worker {
             self.shared.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
+        // X-Forwarded-For needs the device's address only: asked through the
+        // ring with the first receive (no syscall of its own) where the kernel
+        // can, it is in before the device's first bytes are handed in.
+        let by_ring = self.shared.limits.http.is_some()
+            && !self.shared.limits.proxy_protocol
+            && self.peer_name_by_ring;
         let addresses = if self.shared.limits.proxy_protocol {
             client_addresses(&fd)
-        } else if self.shared.limits.http.is_some() {
-            // X-Forwarded-For needs the device's address only.
+        } else if self.shared.limits.http.is_some() && !by_ring {
             client_peer(&fd)
         } else {
             None
@@ -454,6 +528,22 @@ impl Worker {
         });
         self.shared.m().add(Metric::Connections, 1);
         self.shared.m().add(Metric::Active, 1);
+        if by_ring && key < self.peer_names.len() {
+            let raw = self.slots[key].client.as_raw_fd();
+            let gen = self.slots[key].gen;
+            let addr: *mut libc::sockaddr_storage = &mut self.peer_names[key];
+            // SAFETY: the worker's boxed array outlives the ring's use of it;
+            // the operation completes at submission, before this slab key
+            // could hold another connection that asks again.
+            unsafe {
+                self.ring.push_peer_name(
+                    raw,
+                    addr,
+                    self.peer_name_len,
+                    ConnToken::new(key, gen, Op::PeerName),
+                )
+            };
+        }
         self.carry_out(key);
     }
 
