@@ -27,10 +27,11 @@ fuzz_target!(|data: &[u8]| {
         resumed: (flags & 2 != 0).then_some(flags & 4 != 0),
         early: flags & 1 != 0,
     };
+    let mut pool = warmtls::conn::BufPool::new(4, 0);
     let mut h = Http::default();
     let mut to_backend = Vec::new();
     for piece in device.chunks(step) {
-        h.inbox().extend_from_slice(piece);
+        h.inbox(&mut pool).extend_from_slice(piece);
         if h.frame_request(&mut to_backend, &fwd).is_err() || h.awaiting_response() {
             break;
         }

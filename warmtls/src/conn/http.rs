@@ -356,8 +356,12 @@ impl Default for Http {
 }
 
 impl Http {
-    /// Where device plaintext goes before it is framed.
-    pub fn inbox(&mut self) -> &mut Vec<u8> {
+    /// Where device plaintext goes before it is framed (a pooled buffer, taken
+    /// on first use).
+    pub fn inbox(&mut self, pool: &mut super::BufPool) -> &mut Vec<u8> {
+        if self.inbox.capacity() == 0 {
+            self.inbox = pool.take();
+        }
         &mut self.inbox
     }
 
@@ -402,7 +406,9 @@ impl Http {
     /// Give back the buffers (the connection is done).
     pub fn release(&mut self, pool: &mut super::BufPool) {
         pool.give(std::mem::take(&mut self.inbox));
-        pool.give(std::mem::take(&mut self.head));
+        // Not from the pool (sized for one head): dropped, so the pool keeps
+        // only buffers of a full record.
+        self.head = Vec::new();
         self.replay = None;
     }
 
@@ -549,13 +555,14 @@ impl Http {
         Ok(Some(start + len))
     }
 
-    /// Backend bytes of the current response: relay them (heads rewritten) to
-    /// `device`. `Ok(Some(..))` once the response is complete; bytes after it
-    /// are a backend fault ([`ResponseError::Malformed`]).
+    /// Backend bytes of the current response: append what goes to the device
+    /// (heads rewritten) to `device`, so a head and the body behind it leave in
+    /// one TLS record. `Ok(Some(..))` once the response is complete; bytes
+    /// after it are a backend fault ([`ResponseError::Malformed`]).
     pub fn frame_response(
         &mut self,
         mut bytes: &[u8],
-        device: &mut impl Write,
+        device: &mut Vec<u8>,
     ) -> Result<Option<Completed>, ResponseError> {
         if !bytes.is_empty() {
             self.answered = true;
@@ -577,7 +584,7 @@ impl Http {
                     let discard = matches!(self.response, Response::Discard(_));
                     let (n, done) = body.scan(bytes).map_err(ResponseError::Malformed)?;
                     if !discard {
-                        let _ = device.write_all(&bytes[..n]);
+                        device.extend_from_slice(&bytes[..n]);
                         self.relayed += n;
                     }
                     bytes = &bytes[n..];
@@ -664,9 +671,12 @@ impl Http {
     fn parse_response_head(
         &mut self,
         bytes: &[u8],
-        device: &mut impl Write,
+        device: &mut Vec<u8>,
     ) -> Result<usize, ResponseError> {
         let before = self.head.len();
+        if self.head.capacity() == 0 {
+            self.head.reserve(MAX_HEAD.min(bytes.len().max(512)));
+        }
         self.head.extend_from_slice(bytes);
         let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
@@ -714,14 +724,15 @@ impl Http {
                 && !retry;
         }
         if !retry {
-            let mut out = Vec::with_capacity(len + 32);
+            let before = device.len();
+            let out = device;
             out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
             let _ = write!(out, "{code:03} {}\r\n", resp.reason.unwrap_or(""));
             for h in resp.headers.iter() {
                 if response_field_is_ours(h.name) || f.named_by_connection(h.name) {
                     continue;
                 }
-                put_field(&mut out, h.name.as_bytes(), h.value);
+                put_field(out, h.name.as_bytes(), h.value);
             }
             if !interim {
                 if !self.device_continues {
@@ -731,8 +742,7 @@ impl Http {
                 }
             }
             out.extend_from_slice(b"\r\n");
-            let _ = device.write_all(&out);
-            self.relayed += out.len();
+            self.relayed += out.len() - before;
         }
         self.head.clear();
         self.response = if interim {
@@ -930,10 +940,11 @@ mod tests {
 
     /// Feed `device` bytes in pieces of `step`; the bytes for the backend.
     fn request(device: &[u8], step: usize) -> Result<(Http, Vec<u8>), RequestError> {
+        let mut pool = crate::conn::BufPool::new(4, 0);
         let mut h = Http::default();
         let mut out = Vec::new();
         for piece in device.chunks(step.max(1)) {
-            h.inbox().extend_from_slice(piece);
+            h.inbox(&mut pool).extend_from_slice(piece);
             h.frame_request(&mut out, &fwd())?;
         }
         Ok((h, out))
@@ -1005,10 +1016,11 @@ mod tests {
                 400,
             ),
         ];
+        let mut pool = crate::conn::BufPool::new(4, 0);
         for (dev, status) in cases {
             let mut h = Http::default();
             let mut out = Vec::new();
-            h.inbox().extend_from_slice(dev);
+            h.inbox(&mut pool).extend_from_slice(dev);
             let e = h
                 .frame_request(&mut out, &fwd())
                 .expect_err(&String::from_utf8_lossy(dev));
@@ -1154,9 +1166,10 @@ mod tests {
 
     #[test]
     fn a_425_to_an_early_request_is_discarded_and_the_request_sent_again_without_early_data() {
+        let mut pool = crate::conn::BufPool::new(4, 0);
         let mut h = Http::default();
         let mut out = Vec::new();
-        h.inbox()
+        h.inbox(&mut pool)
             .extend_from_slice(b"GET /e HTTP/1.1\r\nEarly-Data: 1\r\n\r\n");
         h.frame_request(
             &mut out,

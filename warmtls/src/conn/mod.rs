@@ -1017,7 +1017,7 @@ impl Conn {
             // `max_early_data_size` (≤ PIPE_LIMIT).
             if let Some(mut early) = tls.early_data() {
                 let out = match &mut self.http {
-                    Some(h) => h.inbox(),
+                    Some(h) => h.inbox(env.pool),
                     None => self.backend.outbox.writer(env.pool),
                 };
                 let before = out.len();
@@ -1026,7 +1026,7 @@ impl Conn {
             }
             // Decrypted bytes for the backend (http: for the framing first).
             let out = match &mut self.http {
-                Some(h) => h.inbox(),
+                Some(h) => h.inbox(env.pool),
                 None => self.backend.outbox.writer(env.pool),
             };
             // Ok: close_notify; WouldBlock: nothing more for now.
@@ -1165,7 +1165,13 @@ impl Conn {
         let (Some(h), Tls::Established(tls)) = (&mut self.http, &mut self.tls) else {
             return;
         };
-        let framed = h.frame_response(bytes, &mut tls.writer());
+        // One write, so a head and the body behind it leave in one record.
+        let mut staged = env.pool.take();
+        let framed = h.frame_response(bytes, &mut staged);
+        if !staged.is_empty() {
+            let _ = tls.writer().write_all(&staged);
+        }
+        env.pool.give(staged);
         self.flush_tls(env);
         self.touch(env);
         match framed {
