@@ -36,9 +36,12 @@ pub enum Metric {
     BackendReused,
     BackendRetried,
     EarlyDataTooEarly,
+    // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
+    HelloRuleTls12,
+    HelloRuleNoTickets,
 }
 
-const N: usize = 27;
+const N: usize = 29;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -80,6 +83,8 @@ pub struct Snapshot {
     pub tls_error_reasons: TlsErrorReasons,
     /// `backend_protocol = "http"`.
     pub http: HttpCounters,
+    /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
+    pub ticket_rules: TicketRuleCounts,
 }
 
 /// What the HTTP framing did (all zero in tcp mode).
@@ -99,6 +104,15 @@ pub struct HttpCounters {
     /// 0-RTT requests a backend answered with 425 Too Early, sent again once the
     /// handshake was complete.
     pub early_data_too_early: u64,
+}
+
+/// Handshakes whose ClientHello matched a ticket rule, by what they got.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct TicketRuleCounts {
+    /// Served TLS 1.2 (resumes by session ID).
+    pub tls12: u64,
+    /// Served TLS 1.3 without a ticket (offered no TLS 1.2).
+    pub no_tls13_tickets: u64,
 }
 
 /// `tls_errors` by cause; the names say which alert the client got.
@@ -155,6 +169,10 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             backend_reused: s(Metric::BackendReused),
             backend_retried: s(Metric::BackendRetried),
             early_data_too_early: s(Metric::EarlyDataTooEarly),
+        },
+        ticket_rules: TicketRuleCounts {
+            tls12: s(Metric::HelloRuleTls12),
+            no_tls13_tickets: s(Metric::HelloRuleNoTickets),
         },
     }
 }

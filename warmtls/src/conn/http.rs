@@ -66,10 +66,13 @@ impl RequestError {
 /// nothing of the response reached it yet, else a truncated answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
+    /// Bytes that are not an HTTP/1.x response (the reason).
     #[error("malformed response from the backend: {0}")]
     Malformed(&'static str),
+    /// A response head longer than `MAX_HEAD`.
     #[error("response head longer than {MAX_HEAD} bytes")]
     HeadTooLarge,
+    /// More header fields than `MAX_RESPONSE_HEADERS`.
     #[error("more than {MAX_RESPONSE_HEADERS} response header fields")]
     TooManyHeaders,
     /// `101 Switching Protocols`: warmtls does not pass upgrades on, so the
@@ -305,12 +308,17 @@ pub enum Completed {
     /// Relayed whole. `backend_reusable`: the backend may take another request
     /// on this connection; `device_continues`: the device may send another.
     Relayed {
+        /// The backend may take another request on this connection.
         backend_reusable: bool,
+        /// The device may send another request on its connection.
         device_continues: bool,
     },
     /// A `425 Too Early` to a 0-RTT request, not relayed: send the request again
     /// (without `Early-Data`) once the handshake is complete.
-    TooEarly { backend_reusable: bool },
+    TooEarly {
+        /// The backend may take another request on this connection.
+        backend_reusable: bool,
+    },
 }
 
 /// The HTTP side of one device connection.

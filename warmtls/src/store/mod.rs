@@ -22,7 +22,9 @@ mod flusher;
 pub mod format;
 pub mod inspect;
 mod map;
+mod migrate;
 mod seal;
+mod slot;
 mod table;
 mod ticketer;
 
@@ -33,6 +35,7 @@ pub use error::StoreError;
 pub use flusher::Flusher;
 pub use format::Geometry;
 pub use inspect::{ScanTotals, SlotInfo, SlotState};
+pub use migrate::{open_elsewhere, previous_file_of, MigrationReport, MigrationState};
 pub use seal::{check_key_apart, ValueKey, SEAL_OVERHEAD, VALUE_KEY_LEN};
 pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
 pub use ticketer::{StoreTicketer, MAX_TICKET_LIFETIME, TICKET_ID_LEN};
