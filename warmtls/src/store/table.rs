@@ -16,7 +16,7 @@
 //! lock-free probe found the key in, or both candidate buckets (lower index
 //! first, in every process) when they place a key.
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use super::slot::{
     born_of, compose, expires_of, fingerprint_of, raw_value, reseal_place, slot_intact,
     slots_tagged, tag_of, Entry, RawValue, SlotBuf,
 };
+use super::NotPrivate;
 
 /// Default number of sessions a cache file is sized for.
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
@@ -292,21 +293,17 @@ impl SessionStore {
             .open(path)
             .map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::Permissions {
+        super::check_private(&meta, writable).map_err(|e| match e {
+            NotPrivate::Mode(mode) => StoreError::Permissions {
                 path: path.to_path_buf(),
                 mode,
-            });
-        }
-        let euid = nix::unistd::geteuid().as_raw();
-        if writable && euid != 0 && meta.uid() != euid {
-            return Err(StoreError::Owner {
+            },
+            NotPrivate::Owner { owner, euid } => StoreError::Owner {
                 path: path.to_path_buf(),
-                owner: meta.uid(),
+                owner,
                 euid,
-            });
-        }
+            },
+        })?;
         let header = check_header(path, &file, meta.len())?;
         let geo = header.geometry;
 
