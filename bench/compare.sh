@@ -495,8 +495,7 @@ for path in glob.glob(os.path.join(out, "sequential-*-tls*.txt")):
 known = ["warmtls", "warmtls_http", "nginx", "nginx_http", "haproxy"]
 print(f"`openssl s_time -reuse -www /`, one connection at a time, {os.environ['SECONDS_RUN']} s per row "
       f"(syscalls: a separate {os.environ['STRACE_SECONDS']} s pass under `strace -c -f`); {os.environ['WORKERS']} server workers; "
-      "client, servers and backend share the same 2 cores.
-")
+      "client, servers and backend share the same 2 cores.\n")
 print("| TLS | server | resumed conn/s | server CPU µs / conn | syscalls / conn | of which io_uring_enter (warmtls) or epoll_wait / conn |")
 print("|---|---|---|---|---|---|")
 fmt = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
