@@ -29,6 +29,13 @@ pub enum Metric {
     TlsDecryptFailed,
     TlsPeerAlert,
     TlsOther,
+    // backend_protocol = "http" (see `conn::http`).
+    HttpRequests,
+    HttpRefused,
+    HttpBadGateway,
+    BackendReused,
+    BackendRetried,
+    EarlyDataTooEarly,
     // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
     HelloRuleTls12,
     HelloRuleNoTickets,
@@ -37,7 +44,7 @@ pub enum Metric {
     Ticks,
 }
 
-const N: usize = 24;
+const N: usize = 30;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -81,8 +88,29 @@ pub struct Snapshot {
     /// 0-RTT bytes forwarded, counted when the handshake completes.
     pub early_data_bytes: u64,
     pub tls_error_reasons: TlsErrorReasons,
+    /// `backend_protocol = "http"`.
+    pub http: HttpCounters,
     /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
     pub ticket_rules: TicketRuleCounts,
+}
+
+/// What the HTTP framing did (all zero in tcp mode).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct HttpCounters {
+    /// Requests forwarded to the backend (a retried one counts once).
+    pub requests: u64,
+    /// Requests refused before reaching the backend (400, 431, 501).
+    pub refused: u64,
+    /// 502/504 answers for a backend that was down or broke its response.
+    pub bad_gateway: u64,
+    /// Requests sent on a backend connection taken from the pool.
+    pub backend_reused: u64,
+    /// Requests sent again on a new connection because the pooled one was
+    /// found dead before any of its bytes were written.
+    pub backend_retried: u64,
+    /// 0-RTT requests a backend answered with 425 Too Early, sent again once the
+    /// handshake was complete.
+    pub early_data_too_early: u64,
 }
 
 /// Handshakes whose ClientHello matched a ticket rule, by what they got.
@@ -140,6 +168,14 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             decrypt_failed: s(Metric::TlsDecryptFailed),
             peer_alert: s(Metric::TlsPeerAlert),
             other: s(Metric::TlsOther),
+        },
+        http: HttpCounters {
+            requests: s(Metric::HttpRequests),
+            refused: s(Metric::HttpRefused),
+            bad_gateway: s(Metric::HttpBadGateway),
+            backend_reused: s(Metric::BackendReused),
+            backend_retried: s(Metric::BackendRetried),
+            early_data_too_early: s(Metric::EarlyDataTooEarly),
         },
         ticket_rules: TicketRuleCounts {
             tls12: s(Metric::HelloRuleTls12),

@@ -377,7 +377,17 @@ fn start(
                 idle_timeout: cfg.idle_timeout,
                 backend_connect_timeout: cfg.backend_connect_timeout,
                 proxy_protocol: cfg.proxy_protocol,
+                http: (cfg.backend_protocol == crate::config::BackendProtocol::Http).then_some(
+                    crate::conn::HttpLimits {
+                        resumed_header: cfg.http_resumed_header,
+                    },
+                ),
             },
+            backend_pool: match cfg.backend_protocol {
+                crate::config::BackendProtocol::Http => cfg.backend_pool,
+                crate::config::BackendProtocol::Tcp => 0,
+            },
+            backend_idle_timeout: cfg.backend_idle_timeout,
             drain_timeout: cfg.drain_timeout,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),

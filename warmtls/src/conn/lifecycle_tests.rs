@@ -48,6 +48,7 @@ fn a_connect_that_completes_after_a_tls_failure_does_not_revive_the_connection()
         idle_timeout: Duration::from_secs(60),
         backend_connect_timeout: Duration::from_secs(3),
         proxy_protocol: false,
+        http: None,
     };
     let mut d = MemoryDriver::new(ServerConfigs::new(server), limits);
     let mut c = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();

@@ -5,6 +5,7 @@
 
 pub mod fdpass;
 pub mod listener;
+pub mod pool;
 pub mod ring;
 pub mod sockopt;
 pub mod timer;

@@ -16,6 +16,15 @@ pub enum Op {
     Cancel,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
+    /// The receive posted on an idle pooled backend connection (key: its pool
+    /// entry), which becomes the receive of the connection that takes it.
+    PoolRecv,
+    /// A receive linked behind a send whose success posts no completion
+    /// (`Ring::push_send_then_recv`): its completion also says the send is done.
+    ClientRecvAfterSend,
+    BackendRecvAfterSend,
+    /// The device's address, asked through the ring (X-Forwarded-For).
+    PeerName,
 }
 
 impl Op {
@@ -30,6 +39,10 @@ impl Op {
             7 => Op::BackendSend,
             8 => Op::Cancel,
             9 => Op::Close,
+            10 => Op::PoolRecv,
+            11 => Op::ClientRecvAfterSend,
+            12 => Op::BackendRecvAfterSend,
+            13 => Op::PeerName,
             _ => return None,
         })
     }

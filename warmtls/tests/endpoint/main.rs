@@ -12,6 +12,7 @@ mod faults;
 mod golden;
 mod handover;
 mod hostile;
+mod http;
 mod interop;
 mod interop_support;
 mod load;
