@@ -5,10 +5,11 @@
 //! that succeed, fail or hang, backend bytes, partial sends, and time passing
 //! (timeouts, draining). Never a panic, never an action out of order (the
 //! machine asserts its invariants after every step in debug builds), and every
-//! run ends with nothing in flight once the connection is closed. Half the runs
-//! have a shared session tier: a ClientHello naming a session may park the
-//! connection, and the tier's answer (found, missing, timed out, unavailable)
-//! comes at an arbitrary step, or never.
+//! run ends with nothing in flight once the connection is closed. The first byte
+//! picks tcp or http mode, PROXY v2, the idle pooled backends, and (half the
+//! runs, in either mode) a shared session tier: a ClientHello naming a session
+//! may park the connection, and the tier's answer (found, missing, timed out,
+//! unavailable) comes at an arbitrary step, or never.
 #![no_main]
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use warmtls::config::Config;
 use warmtls::conn::memory::MemoryDriver;
-use warmtls::conn::{Limits, Side, TierView};
+use warmtls::conn::{HttpLimits, Limits, Side, TierView};
 use warmtls::store::{SessionStore, StoreConfig};
 use warmtls::tier::Outcome;
 use warmtls::tls::{self, ServerConfigs};
@@ -55,11 +56,18 @@ fuzz_target!(|data: &[u8]| {
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         backend_connect_timeout: Duration::from_secs(3),
-        proxy_protocol: data.first().is_some_and(|b| b & 1 == 1),
+        proxy_protocol: data.first().is_some_and(|b| b & 3 == 1),
+        // http mode: the framing, the pool hand-back and the retry rule.
+        http: data
+            .first()
+            .is_some_and(|b| b & 2 == 2)
+            .then(HttpLimits::default),
     };
+    // A shared tier in either mode (tcp or http).
     let (configs, view) = server_configs();
-    let tier = data.first().is_some_and(|b| b & 2 == 2).then_some(view);
+    let tier = data.first().is_some_and(|b| b & 0x10 != 0).then_some(view);
     let mut d = MemoryDriver::with_tier(configs, limits, tier);
+    d.pooled = usize::from(data.first().map_or(0, |b| b >> 2 & 3));
     let mut rest = data.get(1..).unwrap_or_default();
     // Each step: an opcode byte, then (for byte deliveries) a length byte and
     // that many bytes.
@@ -105,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
                 ][usize::from(op / 10) % 4];
                 d.answer_lookup(outcome);
             }
+            _ if op >= 200 => d.fail_backend_send = Some(libc::ECONNRESET),
             _ => d.send_limit = usize::from(op / 10).max(1),
         }
         let _ = d.take_to_client();

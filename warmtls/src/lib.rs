@@ -11,15 +11,20 @@
 //! - [`config`]: the endpoint's configuration (TOML file + CLI overrides).
 //! - [`tls`]: building the rustls `ServerConfig` (certificates, groups, tickets).
 //! - [`tier`]: the session tier several endpoints share (Redis/Valkey).
+//! - [`handover`]: the control socket, and handing the listening sockets to a
+//!   new process (upgrades and restarts that refuse no connection).
+//! - [`systemd`]: sd_notify, the watchdog and socket activation.
 //! - [`cli`]: the `warmtls` command line.
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod handover;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod tier;
 pub mod tls;

@@ -38,17 +38,35 @@ pub enum Metric {
     ClusterUnavailable,
     ClusterZeroRttRefused,
     ClusterHelloUnparsed,
+    // backend_protocol = "http" (see `conn::http`).
+    HttpRequests,
+    HttpRefused,
+    HttpBadGateway,
+    BackendReused,
+    BackendRetried,
+    EarlyDataTooEarly,
     // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
     HelloRuleTls12,
     HelloRuleNoTickets,
+    /// Ticks of the worker's loop: the systemd watchdog is only fed while every
+    /// worker's count moves. Not in the snapshot.
+    Ticks,
 }
 
-const N: usize = 31;
+/// How many counters: `Ticks` is the last.
+const N: usize = Metric::Ticks as usize + 1;
 
 /// One worker's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct WorkerMetrics([AtomicU64; N]);
+
+// By hand: `Default` for arrays stops at 32 elements.
+impl Default for WorkerMetrics {
+    fn default() -> WorkerMetrics {
+        WorkerMetrics(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
 
 impl WorkerMetrics {
     #[inline]
@@ -58,6 +76,10 @@ impl WorkerMetrics {
     #[inline]
     pub fn sub(&self, m: Metric, n: u64) {
         self.0[m as usize].fetch_sub(n, Ordering::Relaxed);
+    }
+    /// Ticks so far: a worker whose count stops moving is stuck.
+    pub fn ticks(&self) -> u64 {
+        self.get(Metric::Ticks)
     }
     fn get(&self, m: Metric) -> u64 {
         self.0[m as usize].load(Ordering::Relaxed)
@@ -85,6 +107,8 @@ pub struct Snapshot {
     pub tls_error_reasons: TlsErrorReasons,
     /// The shared session tier, as connections saw it (all 0 without one).
     pub cluster: ClusterMetrics,
+    /// `backend_protocol = "http"`.
+    pub http: HttpCounters,
     /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
     pub ticket_rules: TicketRuleCounts,
 }
@@ -111,6 +135,25 @@ pub struct ClusterMetrics {
     /// ClientHellos whose session keys could not be read (too large, not
     /// parsable): not looked up.
     pub hello_unparsed: u64,
+}
+
+/// What the HTTP framing did (all zero in tcp mode).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct HttpCounters {
+    /// Requests forwarded to the backend (a retried one counts once).
+    pub requests: u64,
+    /// Requests refused before reaching the backend (400, 431, 501).
+    pub refused: u64,
+    /// 502/504 answers for a backend that was down or broke its response.
+    pub bad_gateway: u64,
+    /// Requests sent on a backend connection taken from the pool.
+    pub backend_reused: u64,
+    /// Requests sent again on a new connection because the pooled one was
+    /// found dead before any of its bytes were written.
+    pub backend_retried: u64,
+    /// 0-RTT requests a backend answered with 425 Too Early, sent again once the
+    /// handshake was complete.
+    pub early_data_too_early: u64,
 }
 
 /// Handshakes whose ClientHello matched a ticket rule, by what they got.
@@ -178,6 +221,14 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             unavailable: s(Metric::ClusterUnavailable),
             zero_rtt_refused: s(Metric::ClusterZeroRttRefused),
             hello_unparsed: s(Metric::ClusterHelloUnparsed),
+        },
+        http: HttpCounters {
+            requests: s(Metric::HttpRequests),
+            refused: s(Metric::HttpRefused),
+            bad_gateway: s(Metric::HttpBadGateway),
+            backend_reused: s(Metric::BackendReused),
+            backend_retried: s(Metric::BackendRetried),
+            early_data_too_early: s(Metric::EarlyDataTooEarly),
         },
         ticket_rules: TicketRuleCounts {
             tls12: s(Metric::HelloRuleTls12),

@@ -8,6 +8,9 @@
 //! error; the backend connect stays in flight until [`MemoryDriver::connected`];
 //! a tier lookup until [`MemoryDriver::answer_lookup`] (with
 //! [`MemoryDriver::with_tier`]: the tier is whatever the caller says it answered).
+//! A pool of [`MemoryDriver::pooled`] idle backend connections satisfies
+//! `ConnectPooled` at once (their idle receive becomes the connection's);
+//! released connections go back to it, or are counted as closed.
 use std::time::{Duration, Instant};
 
 use super::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, TierView, RECV_BUF};
@@ -69,6 +72,16 @@ pub struct MemoryDriver {
     pub send_limit: usize,
     /// The machine asked to cancel everything.
     pub cancelled: bool,
+    /// Idle backend connections in the pool (http mode).
+    pub pooled: usize,
+    /// Backend connections the machine gave back: `true` kept in the pool,
+    /// `false` closed.
+    pub released: Vec<bool>,
+    /// Backend connections taken from the pool.
+    pub reused: usize,
+    /// Fail the next backend send with this errno (a connection the backend
+    /// reset while it sat in the pool).
+    pub fail_backend_send: Option<i32>,
 }
 
 impl MemoryDriver {
@@ -99,6 +112,10 @@ impl MemoryDriver {
             shut: (false, false),
             send_limit: usize::MAX,
             cancelled: false,
+            pooled: 0,
+            released: Vec::new(),
+            reused: 0,
+            fail_backend_send: None,
         };
         d.run();
         d
@@ -131,6 +148,11 @@ impl MemoryDriver {
             match action {
                 Action::Recv(Side::Client) => self.posted.client_recv = true,
                 Action::Recv(Side::Backend) => self.posted.backend_recv = true,
+                Action::Send(Side::Backend) if self.fail_backend_send.is_some() => {
+                    let e = self.fail_backend_send.take().unwrap_or(libc::EPIPE);
+                    let mut env = self.world.env();
+                    self.conn.on_sent(Side::Backend, Err(e), &mut env);
+                }
                 Action::Send(side) => {
                     let lent = self.conn.send_buf(side);
                     let n = lent.len().min(self.send_limit.max(1));
@@ -142,10 +164,28 @@ impl MemoryDriver {
                     self.conn.on_sent(side, Ok(n), &mut env);
                 }
                 Action::Connect => self.posted.connect = true,
+                Action::ConnectPooled if self.pooled > 0 => {
+                    self.pooled -= 1;
+                    self.reused += 1;
+                    self.posted.backend_recv = true;
+                    let mut env = self.world.env();
+                    self.conn.on_pooled(&mut env);
+                }
+                Action::ConnectPooled => self.posted.connect = true,
+                Action::ReleaseBackend { reusable } => {
+                    debug_assert!(!self.posted.backend_recv && !self.posted.connect);
+                    self.released.push(reusable);
+                    if reusable {
+                        self.pooled += 1;
+                    }
+                }
                 Action::CancelConnect => {
+                    let mut env = self.world.env();
                     if std::mem::take(&mut self.posted.connect) {
-                        let mut env = self.world.env();
                         self.conn.on_connected(Err(libc::ECANCELED), &mut env);
+                    } else if std::mem::take(&mut self.posted.backend_recv) {
+                        self.conn
+                            .on_recv(Side::Backend, Err(libc::ECANCELED), &mut env);
                     }
                 }
                 Action::ShutdownWrite(Side::Client) => self.shut.0 = true,
@@ -318,13 +358,31 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             backend_connect_timeout: Duration::from_secs(10),
             proxy_protocol: false,
+            http: None,
         }
     }
 
     fn driver(h: &Host) -> MemoryDriver {
+        driver_with(h, limits())
+    }
+
+    /// A connection in http mode with one idle pooled backend connection.
+    fn http_driver(h: &Host) -> MemoryDriver {
+        let mut d = driver_with(
+            h,
+            Limits {
+                http: Some(crate::conn::HttpLimits::default()),
+                ..limits()
+            },
+        );
+        d.pooled = 1;
+        d
+    }
+
+    fn driver_with(h: &Host, limits: Limits) -> MemoryDriver {
         MemoryDriver::with_tier(
             h.tls.clone(),
-            limits(),
+            limits,
             Some(TierView {
                 cache: h.cache.clone(),
                 lookup_timeout: Duration::from_millis(5),
@@ -335,6 +393,19 @@ mod tests {
     /// Move bytes both ways until nothing moves; bytes the machine does not
     /// read yet (parked) wait in `pending`.
     fn pump(c: &mut ClientConnection, d: &mut MemoryDriver, pending: &mut Vec<u8>) {
+        pump_answering(c, d, pending, b"pong", &mut Vec::new());
+    }
+
+    /// As [`pump`], the backend answering `reply` (then its EOF, unless it is
+    /// an HTTP response, which keeps the connection alive); what reached the
+    /// backend is appended to `to_backend`.
+    fn pump_answering(
+        c: &mut ClientConnection,
+        d: &mut MemoryDriver,
+        pending: &mut Vec<u8>,
+        reply: &[u8],
+        to_backend: &mut Vec<u8>,
+    ) {
         for _ in 0..50 {
             while c.wants_write() {
                 c.write_tls(pending).unwrap();
@@ -345,9 +416,13 @@ mod tests {
             if d.posted().connect {
                 d.connected(Ok(()));
             }
-            if !d.take_to_backend().is_empty() {
-                d.deliver(Side::Backend, b"pong");
-                d.end(Side::Backend, None);
+            let sent = d.take_to_backend();
+            if !sent.is_empty() {
+                to_backend.extend_from_slice(&sent);
+                d.deliver(Side::Backend, reply);
+                if !reply.starts_with(b"HTTP/") {
+                    d.end(Side::Backend, None);
+                }
             }
             let to_client = d.take_to_client();
             let mut rd: &[u8] = &to_client;
@@ -562,5 +637,67 @@ mod tests {
         let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
         assert_eq!((m.cluster.timeouts, m.cluster.found), (1, 0));
         assert_eq!(m.timeouts, 0, "not a connection timeout");
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// What the device read, up to the server's close_notify.
+    fn read_all(c: &mut ClientConnection) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = c.reader().read_to_end(&mut buf);
+        buf
+    }
+
+    /// http mode and the shared tier together: B parks the 0-RTT request's
+    /// connection, the tier answers, and the request goes to the pooled backend
+    /// — marked `Early-Data: 1` only when the tier vouched for the ticket;
+    /// otherwise sent once after the handshake, unmarked.
+    #[test]
+    fn http_mode_parks_and_forwards_early_data_only_when_the_tier_vouched() {
+        for found in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, _) = host(dir.path(), "a", None);
+            let (b, _) = host(dir.path(), "b", Some(&a));
+            let cfg = client(&dir.path().join("a.cert.pem"), true);
+            let mut pending = Vec::new();
+            let mut c = connection(&cfg, None);
+            pump(&mut c, &mut driver(&a), &mut pending);
+            assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+
+            let mut c = connection(&cfg, Some(GET));
+            let mut d = http_driver(&b);
+            let mut to_backend = Vec::new();
+            pump_answering(&mut c, &mut d, &mut pending, OK, &mut to_backend);
+            let req = d.posted().lookup.expect("a lookup asked for");
+            assert!(d.conn.is_parked());
+            assert!(to_backend.is_empty(), "nothing forwarded while parked");
+            if found {
+                tier_moves(&a, &b, req.key.as_bytes());
+            }
+            assert!(d.answer_lookup(if found {
+                Outcome::Found
+            } else {
+                Outcome::Missing
+            }));
+            pump_answering(&mut c, &mut d, &mut pending, OK, &mut to_backend);
+            assert_eq!(c.is_early_data_accepted(), found);
+            if !found {
+                // The device sends its request again once the handshake is done.
+                c.writer().write_all(GET).unwrap();
+                pump_answering(&mut c, &mut d, &mut pending, OK, &mut to_backend);
+            }
+            let response = read_all(&mut c);
+            assert!(response.starts_with(b"HTTP/1.1 200 OK"), "{response:?}");
+            let sent = String::from_utf8_lossy(&to_backend);
+            assert_eq!(sent.matches("GET / ").count(), 1, "{sent}");
+            assert_eq!(sent.contains("Early-Data: 1"), found, "{sent}");
+            assert_eq!(d.reused, 1, "the pooled backend connection served it");
+            let m = metrics::snapshot(std::slice::from_ref(d.metrics()));
+            assert_eq!(m.cluster.lookups, 1);
+            assert_eq!(m.cluster.found, u64::from(found));
+            assert_eq!(m.cluster.zero_rtt_refused, u64::from(!found));
+            assert_eq!((m.http.requests, m.http.backend_reused), (1, 1));
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! only: handing buffers and descriptors to the kernel. The crate denies it;
 //! each file that needs it (`ring`, `sockopt`, `worker`) allows it for itself.
 
+pub mod fdpass;
 pub mod listener;
+pub mod pool;
 pub mod ring;
 pub mod sockopt;
 pub mod timer;

@@ -16,6 +16,15 @@ pub enum Op {
     Cancel,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
+    /// The receive posted on an idle pooled backend connection (key: its pool
+    /// entry), which becomes the receive of the connection that takes it.
+    PoolRecv,
+    /// A receive linked behind a send whose success posts no completion
+    /// (`Ring::push_send_then_recv`): its completion also says the send is done.
+    ClientRecvAfterSend,
+    BackendRecvAfterSend,
+    /// The device's address, asked through the ring (X-Forwarded-For).
+    PeerName,
     /// The read posted on the shared session tier's wake-up eventfd (not tied
     /// to a connection).
     TierWake,
@@ -36,8 +45,12 @@ impl Op {
             7 => Op::BackendSend,
             8 => Op::Cancel,
             9 => Op::Close,
-            10 => Op::TierWake,
-            11 => Op::TierLookup,
+            10 => Op::PoolRecv,
+            11 => Op::ClientRecvAfterSend,
+            12 => Op::BackendRecvAfterSend,
+            13 => Op::PeerName,
+            14 => Op::TierWake,
+            15 => Op::TierLookup,
             _ => return None,
         })
     }
@@ -81,19 +94,33 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_generations_wrap() {
-        for op in [
+        // Every operation, each a distinct byte that decodes back to itself
+        // (the pool's, the linked receives' and the tier's share one space).
+        let all = [
             Op::Accept,
+            Op::Tick,
             Op::ClientRecv,
+            Op::ClientSend,
+            Op::BackendConnect,
+            Op::BackendRecv,
             Op::BackendSend,
             Op::Cancel,
             Op::Close,
+            Op::PoolRecv,
+            Op::ClientRecvAfterSend,
+            Op::BackendRecvAfterSend,
+            Op::PeerName,
             Op::TierWake,
             Op::TierLookup,
-        ] {
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for op in all {
+            assert!(seen.insert(op as u8), "{op:?} shares its byte");
             let t = ConnToken::new(123_456, 0x1FF_FFFF, op);
             assert_eq!(t.gen, 0xFF_FFFF);
             assert_eq!(ConnToken::decode(t.encode()), Some(t));
         }
         assert_eq!(ConnToken::decode(0), None);
+        assert_eq!(ConnToken::decode(all.len() as u64 + 1), None);
     }
 }

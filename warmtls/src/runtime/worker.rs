@@ -1,4 +1,5 @@
-//! The per-core event loop: a slab of connections, one ring, one listener.
+//! The per-core event loop: a slab of connections, one ring, its listeners
+//! (usually one; more after a hand-over from a process with more workers).
 //!
 //! Shape (as in io-uring's tcp_echo): push SQEs, submit and wait, drain CQEs,
 //! dispatch on the token, hand the event to the connection's state machine
@@ -20,6 +21,7 @@ use nix::sys::socket::{
 };
 use slab::Slab;
 
+use super::pool::BackendPool;
 use super::ring::{buffer_id, more, Ring, TICK};
 use super::timer::TimerWheel;
 use super::token::{ConnToken, Op};
@@ -42,11 +44,15 @@ const WARM_SEND_BUFFERS: usize = 64;
 /// What a worker needs; all shared state is behind `Arc`s.
 pub struct WorkerSetup {
     pub index: usize,
-    pub listener: OwnedFd,
+    /// Listening sockets this worker accepts from (at least one).
+    pub listeners: Vec<OwnedFd>,
     pub tls: Arc<ServerConfigs>,
     pub backend: Backend,
     pub max_connections: usize,
     pub limits: Limits,
+    /// Idle kept-alive backend connections kept (http mode; 0: none).
+    pub backend_pool: usize,
+    pub backend_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub metrics: Arc<Vec<WorkerMetrics>>,
     pub shutdown: Arc<AtomicBool>,
@@ -63,6 +69,16 @@ struct Slot {
     backend: Option<OwnedFd>,
     /// The timer-wheel tick of this connection's live timer entry.
     timer_tick: u64,
+    /// Per side (client, backend): a send linked before a receive
+    /// (`Ring::push_send_then_recv`) whose success is not known yet: its length.
+    linked_send: [Option<usize>; 2],
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Backend => 1,
+    }
 }
 
 impl Slot {
@@ -115,8 +131,11 @@ struct Worker {
     backend: (AddressFamily, Box<SockaddrStorage>),
     drain_timeout: Duration,
     shutdown: Arc<AtomicBool>,
-    listener: Option<OwnedFd>,
-    accept_armed: bool,
+    /// Empty once draining. A socket another process also holds (a hand-over)
+    /// stays open after we drop ours, with its queue, for that process.
+    listeners: Vec<OwnedFd>,
+    /// Per listener: its multishot accept is in flight.
+    accept_armed: Vec<bool>,
     drain_deadline: Option<Instant>,
     /// The time of the current batch of completions (one clock read per batch).
     now: Instant,
@@ -130,6 +149,17 @@ struct Worker {
     tier: Option<TierPort>,
     tier_wake: Box<[u8; 8]>,
     tier_outcomes: Vec<(u64, Outcome)>,
+    /// Idle kept-alive backend connections (http mode).
+    pool: BackendPool,
+    /// Sockets leaving the pool, to be closed.
+    retired: Vec<OwnedFd>,
+    /// http mode: each connection's device address, written by the kernel
+    /// (`Ring::push_peer_name`), indexed by slab key; boxed so it never moves.
+    peer_names: Box<[libc::sockaddr_storage]>,
+    /// The kernel answers `Ring::push_peer_name` (else getpeername(2)).
+    peer_name_by_ring: bool,
+    /// The peer address size to ask for, per listener (its address family).
+    peer_name_len: Vec<u32>,
 }
 
 /// Set up the ring (on this thread, as SINGLE_ISSUER requires) and report the
@@ -154,6 +184,16 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     };
     let now = Instant::now();
     let cap = s.max_connections;
+    let wants_peer_names = s.limits.http.is_some() && !s.limits.proxy_protocol;
+    // Per listener: the kernel wants the exact size of the family's address.
+    let peer_name_len = s
+        .listeners
+        .iter()
+        .map(|l| match super::listener::local_addr(l) {
+            Ok(a) if a.is_ipv4() => std::mem::size_of::<libc::sockaddr_in>() as u32,
+            _ => std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        })
+        .collect();
     let mut w = Worker {
         ring,
         slots: Slab::with_capacity(cap.min(65_536)),
@@ -173,8 +213,8 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         backend: (backend.0, Box::new(backend.1)),
         drain_timeout: s.drain_timeout,
         shutdown: s.shutdown,
-        listener: Some(s.listener),
-        accept_armed: false,
+        accept_armed: vec![false; s.listeners.len()],
+        listeners: s.listeners,
         drain_deadline: None,
         now,
         due: Vec::new(),
@@ -182,6 +222,17 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         tier: s.tier,
         tier_wake: Box::new([0u8; 8]),
         tier_outcomes: Vec::with_capacity(256),
+        pool: BackendPool::new(s.backend_pool, s.backend_idle_timeout),
+        retired: Vec::with_capacity(s.backend_pool),
+        peer_names: if wants_peer_names {
+            // One 128-byte address per connection slot (the slab's keys stay
+            // below `cap`).
+            vec![zeroed_sockaddr(); cap].into_boxed_slice()
+        } else {
+            Box::new([])
+        },
+        peer_name_by_ring: true,
+        peer_name_len,
     };
     let _ = ready.send(Ok(()));
     w.arm_accept();
@@ -195,8 +246,17 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         }
         w.now = Instant::now();
         w.ring.drain(&mut cqes);
+        // Pooled connections first: one the backend closed while it sat idle
+        // is retired before a connection of this batch could take it.
         for &(ud, res, flags) in &cqes {
-            w.complete(ud, res, flags);
+            if is_pool_op(ud) {
+                w.complete(ud, res, flags);
+            }
+        }
+        for &(ud, res, flags) in &cqes {
+            if !is_pool_op(ud) {
+                w.complete(ud, res, flags);
+            }
         }
         if !w.starved.is_empty() {
             // Every buffer taken in this batch has been consumed and given back.
@@ -256,9 +316,37 @@ fn errno(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
 
-/// Token of the multishot accept (not a connection).
-fn accept_token() -> ConnToken {
-    ConnToken::new(u32::MAX as usize, 0, Op::Accept)
+fn zeroed_sockaddr() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain integers, for which all zeroes is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The address the kernel wrote into `a` (`len` bytes), if it is IPv4 or IPv6.
+fn sockaddr_to_std(a: &libc::sockaddr_storage, len: usize) -> Option<std::net::SocketAddr> {
+    use nix::sys::socket::SockaddrLike;
+    // SAFETY: `a` is a sockaddr_storage the kernel filled with `len` bytes.
+    let s = unsafe {
+        SockaddrStorage::from_raw(
+            (a as *const libc::sockaddr_storage).cast(),
+            Some(len as libc::socklen_t),
+        )
+    }?;
+    if let Some(v4) = s.as_sockaddr_in() {
+        Some(std::net::SocketAddr::V4((*v4).into()))
+    } else {
+        s.as_sockaddr_in6()
+            .map(|v6| std::net::SocketAddr::V6((*v6).into()))
+    }
+}
+
+fn is_pool_op(ud: u64) -> bool {
+    ud as u8 == Op::PoolRecv as u8
+}
+
+/// Token of the multishot accept on listener `i` (not a connection): the
+/// listener's index rides in the generation field.
+fn accept_token(i: usize) -> ConnToken {
+    ConnToken::new(u32::MAX as usize, i as u32, Op::Accept)
 }
 
 /// Token of operations that belong to no live connection (cancels, closes).
@@ -268,18 +356,23 @@ fn detached_token(op: Op) -> ConnToken {
 
 impl Worker {
     fn arm_accept(&mut self) {
-        if let Some(l) = &self.listener {
-            if !self.accept_armed {
-                let fd = l.as_raw_fd();
-                self.ring.push_accept(fd, accept_token());
-                self.accept_armed = true;
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !self.accept_armed[i] {
+                self.ring.push_accept(l.as_raw_fd(), accept_token(i));
+                self.accept_armed[i] = true;
             }
         }
     }
 
+    /// Draining, and every accept has ended (so no accepted connection can
+    /// still be on its way to us), and every connection is done; or well past
+    /// the drain deadline.
     fn finished(&self) -> bool {
         match self.drain_deadline {
-            Some(d) => self.slots.is_empty() || (self.now > d + Duration::from_secs(2)),
+            Some(d) => {
+                (self.slots.is_empty() && !self.accept_armed.contains(&true))
+                    || (self.now > d + Duration::from_secs(2))
+            }
             None => false,
         }
     }
@@ -288,14 +381,80 @@ impl Worker {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
+
         let side = match t.op {
-            Op::Accept => return self.accepted(res, flags),
+            Op::Accept => return self.accepted(t.gen as usize, res, flags),
             Op::Tick => return self.tick(),
             Op::TierWake => return self.tier_woke(res),
             Op::Cancel | Op::Close | Op::TierLookup => return,
-            Op::ClientRecv | Op::ClientSend => Side::Client,
-            Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
+            Op::PoolRecv => return self.pool_recv(t, res, flags),
+            Op::PeerName => return self.peer_name(t, res),
+            Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
+            Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
+                Side::Backend
+            }
         };
+        self.dispatch(t, side, res, flags);
+    }
+
+    /// The receive of a pooled backend connection completed: while the
+    /// connection was idle, it is dead (EOF, reset) or the backend spoke unasked
+    /// — retire it; once taken, it is its new owner's backend receive.
+    fn pool_recv(&mut self, t: ConnToken, res: i32, flags: u32) {
+        let key = t.key as usize;
+        let owner = match self.pool.get(key, t.gen) {
+            Some(e) => e.owner,
+            None => {
+                // Cancelled as it expired: the entry is gone.
+                if let Some(bid) = buffer_id(flags) {
+                    self.ring.recv_buffers().recycle(bid);
+                }
+                return;
+            }
+        };
+        if let Some(fd) = self.pool.finish(key) {
+            if let Some(bid) = buffer_id(flags) {
+                self.ring.recv_buffers().recycle(bid);
+            }
+            self.ring.push_close(fd, detached_token(Op::Close));
+            return;
+        }
+        if let Some((conn, gen)) = owner {
+            self.dispatch(
+                ConnToken::new(conn, gen, Op::BackendRecv),
+                Side::Backend,
+                res,
+                flags,
+            );
+        }
+    }
+
+    /// The device's address arrived through the ring (or the kernel does not
+    /// answer that: ask getpeername(2) from now on).
+    fn peer_name(&mut self, t: ConnToken, res: i32) {
+        let key = t.key as usize;
+        let Some(slot) = self.slots.get_mut(key).filter(|s| s.gen == t.gen) else {
+            return;
+        };
+        let peer = if res > 0 {
+            sockaddr_to_std(&self.peer_names[key], res as usize)
+        } else {
+            if self.peer_name_by_ring {
+                tracing::debug!(
+                    "no getsockopt through io_uring ({}): X-Forwarded-For by getpeername(2)",
+                    errno(res)
+                );
+            }
+            self.peer_name_by_ring = false;
+            client_peer(&slot.client).map(|(p, _)| p)
+        };
+        if let Some(peer) = peer {
+            slot.conn.on_peer_address(peer);
+        }
+    }
+
+    /// A completion of connection `t.key`'s operation `t.op` on `side`.
+    fn dispatch(&mut self, t: ConnToken, side: Side, res: i32, flags: u32) {
         let bid = buffer_id(flags);
         let key = t.key as usize;
         let live = self.slots.get(key).is_some_and(|s| s.gen == t.gen);
@@ -309,11 +468,25 @@ impl Worker {
         let slot = &mut self.slots[key];
         let mut env = self.shared.env(self.now);
         match t.op {
-            Op::ClientRecv | Op::BackendRecv => {
+            Op::ClientRecv
+            | Op::BackendRecv
+            | Op::ClientRecvAfterSend
+            | Op::BackendRecvAfterSend => {
+                if matches!(t.op, Op::ClientRecvAfterSend | Op::BackendRecvAfterSend) {
+                    // The linked send posted no completion before this one: it
+                    // succeeded, whole (a failed send's completion comes first).
+                    if let Some(n) = slot.linked_send[side_index(side)].take() {
+                        slot.conn.on_sent(side, Ok(n), &mut env);
+                    }
+                }
                 if res == -libc::ENOBUFS {
                     // The buffer ring ran dry: post it again once buffers return.
-                    self.starved.push(t);
-                    return;
+                    let op = match side {
+                        Side::Client => Op::ClientRecv,
+                        Side::Backend => Op::BackendRecv,
+                    };
+                    self.starved.push(ConnToken::new(key, t.gen, op));
+                    return self.carry_out(key);
                 }
                 let got = if res < 0 {
                     Err(-res)
@@ -329,6 +502,9 @@ impl Worker {
                 }
             }
             Op::ClientSend | Op::BackendSend => {
+                // A linked send's completion (it failed or fell short) comes
+                // before its receive's: the receive must not report it again.
+                slot.linked_send[side_index(side)] = None;
                 let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
                 slot.conn.on_sent(side, done, &mut env);
             }
@@ -339,14 +515,24 @@ impl Worker {
                 slot.conn
                     .on_connected(if res < 0 { Err(-res) } else { Ok(()) }, &mut env);
             }
-            Op::Accept | Op::Tick | Op::Cancel | Op::Close | Op::TierWake | Op::TierLookup => {}
+            Op::Accept
+            | Op::Tick
+            | Op::Cancel
+            | Op::Close
+            | Op::PoolRecv
+            | Op::PeerName
+            | Op::TierWake
+            | Op::TierLookup => {}
         }
         self.carry_out(key);
     }
 
-    fn accepted(&mut self, res: i32, flags: u32) {
+    fn accepted(&mut self, listener: usize, res: i32, flags: u32) {
         if !more(flags) {
-            self.accept_armed = false; // re-armed on the next tick (a back-off on EMFILE)
+            // Re-armed on the next tick (a back-off on EMFILE), unless draining.
+            if let Some(armed) = self.accept_armed.get_mut(listener) {
+                *armed = false;
+            }
         }
         if res < 0 {
             if res != -libc::ECANCELED {
@@ -360,12 +546,23 @@ impl Worker {
             return;
         }
         let fd = owned_fd(res);
-        if self.slots.len() >= self.max_connections || self.drain_deadline.is_some() {
+        // A connection accepted while the accept is being cancelled (draining)
+        // is served like any other: closing it would reset a device that did
+        // nothing wrong, and after a hand-over nobody else will take it.
+        if self.slots.len() >= self.max_connections {
             self.shared.m().add(Metric::Refused, 1);
             return; // dropping `fd` closes it
         }
+        // X-Forwarded-For needs the device's address only: asked through the
+        // ring with the first receive (no syscall of its own) where the kernel
+        // can, it is in before the device's first bytes are handed in.
+        let by_ring = self.shared.limits.http.is_some()
+            && !self.shared.limits.proxy_protocol
+            && self.peer_name_by_ring;
         let addresses = if self.shared.limits.proxy_protocol {
             client_addresses(&fd)
+        } else if self.shared.limits.http.is_some() && !by_ring {
+            client_peer(&fd)
         } else {
             None
         };
@@ -376,15 +573,37 @@ impl Worker {
             client: fd,
             backend: None,
             timer_tick: u64::MAX,
+            linked_send: [None, None],
         });
         self.shared.m().add(Metric::Connections, 1);
         self.shared.m().add(Metric::Active, 1);
+        if by_ring && key < self.peer_names.len() {
+            let raw = self.slots[key].client.as_raw_fd();
+            let gen = self.slots[key].gen;
+            let addr: *mut libc::sockaddr_storage = &mut self.peer_names[key];
+            // SAFETY: the worker's boxed array outlives the ring's use of it;
+            // the operation completes at submission, before this slab key
+            // could hold another connection that asks again.
+            unsafe {
+                self.ring.push_peer_name(
+                    raw,
+                    addr,
+                    self.peer_name_len[listener],
+                    ConnToken::new(key, gen, Op::PeerName),
+                )
+            };
+        }
         self.carry_out(key);
     }
 
     /// Carry out what the connection asks for until it asks for nothing; free
     /// it if it is finished, else make sure its deadline is on the wheel.
     fn carry_out(&mut self, key: usize) {
+        // Sends held back within this call, per side: when the machine will send
+        // nothing more on that side until it speaks, a receive on the same side
+        // asked for next goes out linked behind the send, so the send's success
+        // costs no completion (and no wakeup) of its own.
+        let mut held = [false; 2];
         loop {
             let Some(slot) = self.slots.get_mut(key) else {
                 return;
@@ -395,30 +614,59 @@ impl Worker {
             };
             let gen = slot.gen;
             let token = move |op| ConnToken::new(key, gen, op);
+            if !matches!(action, Action::Recv(_) | Action::Send(_)) {
+                // Anything else (a cancel above all) comes after the sends asked before it.
+                for side in [Side::Client, Side::Backend] {
+                    if std::mem::take(&mut held[side_index(side)]) {
+                        push_send(&mut self.ring, slot, side, token, None);
+                    }
+                }
+            }
             match action {
                 Action::Recv(side) => {
-                    let op = match side {
-                        Side::Client => Op::ClientRecv,
-                        Side::Backend => Op::BackendRecv,
+                    let (op, after_send) = match side {
+                        Side::Client => (Op::ClientRecv, Op::ClientRecvAfterSend),
+                        Side::Backend => (Op::BackendRecv, Op::BackendRecvAfterSend),
                     };
-                    if let Some(fd) = slot.fd(side) {
+                    if std::mem::take(&mut held[side_index(side)]) {
+                        push_send(&mut self.ring, slot, side, token, Some(token(after_send)));
+                    } else if let Some(fd) = slot.fd(side) {
                         self.ring.push_recv_select(fd, token(op));
                     }
                 }
-                Action::Send(side) => {
-                    let op = match side {
-                        Side::Client => Op::ClientSend,
-                        Side::Backend => Op::BackendSend,
-                    };
-                    if let Some(fd) = slot.fd(side) {
-                        // SAFETY: the bytes are the outbox's lent buffer, which is
-                        // neither touched nor freed until this send completes
-                        // (`on_sent`), and the connection is not freed while an
-                        // operation is in flight.
-                        unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
-                    }
+                Action::Send(side)
+                    if self.ring.can_link_sends() && slot.conn.quiet_after_send(side) =>
+                {
+                    held[side_index(side)] = true;
                 }
-                Action::Connect => {
+                Action::Send(side) => push_send(&mut self.ring, slot, side, token, None),
+                Action::ConnectPooled if self.pool.idle() > 0 => {
+                    slot.backend = self.pool.take((key, gen));
+                    debug_assert!(slot.backend.is_some());
+                    slot.conn.on_pooled(&mut env);
+                }
+                Action::ReleaseBackend { reusable } => {
+                    let Some(fd) = slot.backend.take() else {
+                        continue;
+                    };
+                    let fd = if reusable {
+                        let raw = fd.as_raw_fd();
+                        match self
+                            .pool
+                            .put(fd, self.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                        {
+                            Ok(t) => {
+                                self.ring.push_recv_select(raw, t);
+                                continue;
+                            }
+                            Err(fd) => fd,
+                        }
+                    } else {
+                        fd
+                    };
+                    self.ring.push_close(fd, detached_token(Op::Close));
+                }
+                Action::Connect | Action::ConnectPooled => {
                     let (family, addr) = (self.backend.0, &*self.backend.1);
                     match backend_socket(family) {
                         Ok(fd) => {
@@ -466,6 +714,18 @@ impl Worker {
             }
         }
         let slot = &mut self.slots[key];
+        for side in [Side::Client, Side::Backend] {
+            if held[side_index(side)] {
+                let gen = slot.gen;
+                push_send(
+                    &mut self.ring,
+                    slot,
+                    side,
+                    move |op| ConnToken::new(key, gen, op),
+                    None,
+                );
+            }
+        }
         if slot.conn.is_finished() {
             return self.free(key);
         }
@@ -561,20 +821,41 @@ impl Worker {
         self.shared.m().sub(Metric::Active, 1);
     }
 
+    /// Close pooled connections leaving the pool: their receive is cancelled
+    /// first (in the same submission), or the socket would stay open under it.
+    fn close_retired(&mut self) {
+        for fd in self.retired.drain(..) {
+            self.ring
+                .push_cancel_fd(fd.as_raw_fd(), detached_token(Op::Cancel));
+            self.ring.push_close(fd, detached_token(Op::Close));
+        }
+    }
+
     fn tick(&mut self) {
         self.ring.push_tick();
+        self.shared.m().add(Metric::Ticks, 1);
         let now = self.now;
         self.shared.backend_log.tick(now);
+        if self.drain_deadline.is_some() {
+            self.pool.drain(&mut self.retired);
+        } else {
+            self.pool.expire(now, &mut self.retired);
+        }
+        self.close_retired();
         if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+            // Stop accepting, keep draining. The multishot accepts hold the
+            // listening sockets open: cancel them, so that dropping ours really
+            // closes a socket nobody else holds (the kernel stops queueing
+            // connections to this worker), while a socket handed to a successor
+            // stays open, its queue intact, for the successor to accept from.
             self.drain_deadline = Some(now + self.drain_timeout);
-            if self.accept_armed {
-                // The multishot accept holds the listening socket open: cancel it,
-                // so dropping ours really closes it and the kernel stops queueing
-                // connections to this worker.
-                self.ring
-                    .push_cancel(accept_token(), detached_token(Op::Cancel));
+            for i in 0..self.listeners.len() {
+                if self.accept_armed[i] {
+                    self.ring
+                        .push_cancel(accept_token(i), detached_token(Op::Cancel));
+                }
             }
-            self.listener = None;
+            self.listeners.clear();
             tracing::debug!(
                 worker = self.shared.index,
                 open = self.slots.len(),
@@ -614,6 +895,37 @@ impl Worker {
     }
 }
 
+/// Post the send `slot`'s machine asked for on `side`: alone, or linked before
+/// the receive `then_recv` (whose completion then reports the send's success).
+fn push_send(
+    ring: &mut Ring,
+    slot: &mut Slot,
+    side: Side,
+    token: impl Fn(Op) -> ConnToken,
+    then_recv: Option<ConnToken>,
+) {
+    let op = match side {
+        Side::Client => Op::ClientSend,
+        Side::Backend => Op::BackendSend,
+    };
+    let Some(fd) = slot.fd(side) else {
+        return;
+    };
+    let buf = slot.conn.send_buf(side);
+    match then_recv {
+        Some(recv) => {
+            slot.linked_send[side_index(side)] = Some(buf.len());
+            // SAFETY: the bytes are the outbox's lent buffer, neither touched
+            // nor freed until the machine hears of this send (`on_sent`, from
+            // the send's own completion or the linked receive's), and the
+            // connection is not freed while an operation is in flight.
+            unsafe { ring.push_send_then_recv(fd, buf, token(op), recv) };
+        }
+        // SAFETY: as above; `on_sent` comes from this send's completion.
+        None => unsafe { ring.push_send(fd, buf, token(op)) },
+    }
+}
+
 /// A non-blocking socket for the backend (TCP_NODELAY for TCP).
 fn backend_socket(family: AddressFamily) -> Result<OwnedFd, nix::errno::Errno> {
     let fd = socket::socket(
@@ -626,6 +938,19 @@ fn backend_socket(family: AddressFamily) -> Result<OwnedFd, nix::errno::Errno> {
         let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
     }
     Ok(fd)
+}
+
+/// The device's address, and ours as an unspecified stand-in (one syscall, for
+/// X-Forwarded-For).
+fn client_peer(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let peer = socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    let peer = if let Some(v4) = peer.as_sockaddr_in() {
+        std::net::SocketAddr::V4((*v4).into())
+    } else {
+        std::net::SocketAddr::V6((*peer.as_sockaddr_in6()?).into())
+    };
+    let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    Some((peer, unspecified))
 }
 
 /// The device's address and the local address it connected to (two syscalls,

@@ -529,3 +529,116 @@ fn a_dead_cluster_shard_costs_its_share_of_full_handshakes_and_nothing_else() {
     );
     assert!(moved.slowest < Duration::from_secs(2), "{moved:?}");
 }
+
+/// backend_protocol = "http" with a tier: devices that alternate between two
+/// endpoints park, resume through the tier, and each request reaches the
+/// backend once, with the device's address in X-Forwarded-For.
+#[test]
+fn http_mode_endpoints_share_sessions_through_the_tier_too() {
+    let redis = RedisServer::start();
+    let (backend, requests, _) = logging_responder();
+    let url = redis.url();
+    let fleet = Fleet::start(
+        2,
+        &backend,
+        &["--cluster-url", &url],
+        &["--backend-protocol", "http"],
+    );
+    fleet.wait_tier_up();
+    let devices = mixed_devices(&fleet.cert, 40);
+    let prime = round(&devices, |_| fleet.addr(0));
+    assert_eq!((prime.full, prime.failed), (40, 0), "{prime:?}");
+    wait_keys(&redis, 40);
+    for r in 1..=2 {
+        let got = round(&devices, |_| fleet.addr(r % 2));
+        assert!(got.resumed_nearly_all(), "round {r}: {got:?}");
+    }
+    for s in &fleet.servers {
+        let st = s.stats();
+        assert!(st["cluster"]["found"].as_u64() > Some(0), "{st}");
+        assert!(st["http"]["requests"].as_u64() >= Some(40), "{st}");
+    }
+    let requests = requests.lock().unwrap();
+    assert_eq!(requests.len(), 120, "one copy of each request");
+    for r in requests.iter() {
+        let head = String::from_utf8_lossy(r);
+        assert!(
+            head.contains("X-Forwarded-For: 127.0.0.1\r\n"),
+            "http mode rewrote the head: {head}"
+        );
+    }
+}
+
+/// Kills a process by pid when dropped (a successor started by a hand-over is
+/// not the test's child).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::SIGKILL,
+        );
+    }
+}
+
+/// A hand-over (`warmtls upgrade`) on an endpoint with a tier: the new process
+/// opens its own tier client, up before it takes over — devices whose sessions
+/// were made on the other endpoint resume on it through the tier at once, and
+/// the tickets it issues reach the tier for the other endpoint.
+#[test]
+fn after_a_hand_over_the_successor_shares_sessions_through_its_own_tier_client() {
+    let redis = RedisServer::start();
+    let (backend, _) = responder();
+    let url = redis.url();
+    let mut fleet = Fleet::start(2, &backend, &["--cluster-url", &url], &[]);
+    fleet.wait_tier_up();
+    let devices = mixed_devices(&fleet.cert, 40);
+    let prime = round(&devices, |_| fleet.addr(1));
+    assert_eq!((prime.full, prime.failed), (40, 0), "{prime:?}");
+    wait_keys(&redis, 40);
+
+    let mut ctl = fleet.servers[0].cache.as_os_str().to_owned();
+    ctl.push(".ctl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmtls"))
+        .arg("upgrade")
+        .arg("--control-socket")
+        .arg(&ctl)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "upgrade: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "warmtls: pid NEW took over ADDR from pid OLD (draining)"
+    let new: u32 = stdout
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output {stdout:?}"));
+    let _successor = KillOnDrop(new);
+    assert_ne!(new, fleet.servers[0].pid());
+    assert!(fleet.servers[0].stop(), "the old process exited 0");
+    // The successor took over with its tier client up (it waits for it): the
+    // first devices that move to it resume.
+    let moved = round(&devices, |_| fleet.addr(0));
+    assert!(moved.resumed_nearly_all(), "onto the successor: {moved:?}");
+    // Only the successor writes the stats file now.
+    let c = &fleet.servers[0].stats()["cluster"];
+    assert_eq!(c["up"], true, "{c}");
+    assert!(c["found"].as_u64() >= Some(38), "{c}");
+    // TLS 1.3 devices hold tickets the successor issued: B gets them from the tier.
+    let found_before = fleet.servers[1].stats()["cluster"]["found"].as_u64();
+    let back = round(&devices, |_| fleet.addr(1));
+    assert!(
+        back.resumed_nearly_all(),
+        "back from the successor: {back:?}"
+    );
+    let c = &fleet.servers[1].stats()["cluster"];
+    assert!(
+        c["found"].as_u64() > found_before,
+        "the successor's tickets reached the tier: {c}"
+    );
+}
