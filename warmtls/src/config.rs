@@ -343,6 +343,12 @@ pub struct Config {
         help_heading = "Sessions"
     )]
     pub early_data: u32,
+    /// How many times a TLS 1.3 ticket whose connection died before the
+    /// replacement ticket reached the device is made resumable again (1-RTT,
+    /// never 0-RTT); 0 = strict single use (a dropped connection costs the
+    /// device its session). At most 3.
+    #[arg(long, value_name = "N", default_value_t = crate::store::DEFAULT_TICKET_RESTORES, help_heading = "Sessions")]
+    pub ticket_restores: u8,
     /// Key exchange groups in preference order.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [KxGroup::X25519, KxGroup::Secp256r1], help_heading = "TLS")]
     pub groups: Vec<KxGroup>,
@@ -554,6 +560,9 @@ impl Config {
                  ticket); choose one"
                     .into(),
             );
+        }
+        if self.ticket_restores > 3 {
+            return invalid("ticket_restores", "at most 3".into());
         }
         if self.early_data > MAX_EARLY_DATA {
             return invalid(

@@ -32,9 +32,14 @@ pub enum Metric {
     // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
     HelloRuleTls12,
     HelloRuleNoTickets,
+    // TLS 1.3 tickets taken by connections, by how they were settled (see
+    // `store::SessionCache::settle`), and 0-RTT refused on a spent ticket.
+    TicketsSpent,
+    TicketsRestored,
+    EarlyDataSpentTicket,
 }
 
-const N: usize = 23;
+const N: usize = 26;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -76,6 +81,21 @@ pub struct Snapshot {
     pub tls_error_reasons: TlsErrorReasons,
     /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
     pub ticket_rules: TicketRuleCounts,
+    /// TLS 1.3 tickets redeemed by connections, by how each was settled.
+    pub tickets: TicketCounts,
+}
+
+/// TLS 1.3 tickets taken by connections: kept pending while the connection
+/// ran, then erased or restored.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct TicketCounts {
+    /// Erased: the device got its replacement ticket.
+    pub spent: u64,
+    /// Restored: the connection died first; resumable again (1-RTT only).
+    pub restored: u64,
+    /// ClientHellos offering 0-RTT on a ticket used before: served without
+    /// early data (a 1-RTT resumption).
+    pub early_data_refused: u64,
 }
 
 /// Handshakes whose ClientHello matched a ticket rule, by what they got.
@@ -137,6 +157,11 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
         ticket_rules: TicketRuleCounts {
             tls12: s(Metric::HelloRuleTls12),
             no_tls13_tickets: s(Metric::HelloRuleNoTickets),
+        },
+        tickets: TicketCounts {
+            spent: s(Metric::TicketsSpent),
+            restored: s(Metric::TicketsRestored),
+            early_data_refused: s(Metric::EarlyDataSpentTicket),
         },
     }
 }

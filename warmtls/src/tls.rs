@@ -217,8 +217,9 @@ pub fn server_config_with_time(
     session_lifetime: Duration,
     time: Arc<dyn rustls::time_provider::TimeProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let cache =
-        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
+    let cache = SessionCache::new(store, session_lifetime)
+        .with_max_session_age(cfg.max_session_age)
+        .with_ticket_restores(cfg.ticket_restores, cfg.handshake_timeout);
     build(cfg, resolver, cache, time, TicketPolicy::Default)
 }
 
@@ -233,6 +234,13 @@ pub struct ServerConfigs {
     tls12: Option<Arc<rustls::ServerConfig>>,
     /// As `default`, without TLS 1.3 tickets.
     no_tls13_tickets: Arc<rustls::ServerConfig>,
+    /// As `default`, accepting no early data: for a client offering 0-RTT on a
+    /// ticket that was used before (restored). `None` when 0-RTT is off.
+    no_early_data: Option<Arc<rustls::ServerConfig>>,
+    /// The store the configurations keep sessions in: where connections settle
+    /// the tickets they took. `None`: taken tickets are only ever released by
+    /// their pending deadline.
+    tickets: Option<SessionCache>,
     rules: HelloRules,
 }
 
@@ -243,14 +251,22 @@ impl ServerConfigs {
             tls12: None,
             no_tls13_tickets: default.clone(),
             default,
+            no_early_data: None,
+            tickets: None,
             rules: HelloRules::default(),
         }
+    }
+
+    /// The session cache the configurations store in, where connections settle
+    /// the TLS 1.3 tickets they took.
+    pub fn tickets(&self) -> Option<&SessionCache> {
+        self.tickets.as_ref()
     }
 
     /// Whether a ClientHello's bytes are needed ([`ServerConfigs::for_hello`]'s
     /// `features`): only when there are ticket rules.
     pub fn reads_hellos(&self) -> bool {
-        !self.rules.is_empty()
+        !self.rules.is_empty() || self.no_early_data.is_some()
     }
 
     /// The configuration for the connection that sent `hello` (`features`: read
@@ -262,11 +278,36 @@ impl ServerConfigs {
     ) -> (TicketPolicy, &Arc<rustls::ServerConfig>) {
         let policy = hello_rule::ticket_policy(hello, features, &self.rules);
         let config = match policy {
+            TicketPolicy::Default if self.spent_ticket_with_early_data(features) => self
+                .no_early_data
+                .as_ref()
+                .expect("checked by spent_ticket_with_early_data"),
             TicketPolicy::Default => &self.default,
             TicketPolicy::Tls12 => self.tls12.as_ref().unwrap_or(&self.no_tls13_tickets),
             TicketPolicy::NoTls13Tickets => &self.no_tls13_tickets,
         };
         (policy, config)
+    }
+
+    /// Whether the client offers 0-RTT on a ticket that was taken before (it is
+    /// pending, or was restored after its connection failed): early data is
+    /// accepted on a ticket once, ever, so that client gets a configuration
+    /// without early data and resumes in 1-RTT. rustls decides early data from
+    /// the configuration's `max_early_data_size` (server/tls13.rs
+    /// `decide_if_early_data_allowed`), not from the stored ticket, so the
+    /// choice of configuration is the whole decision. The store's take checks
+    /// again (a take for a configuration with early data misses on a restored
+    /// ticket), which closes the gap between this look and rustls' take.
+    fn spent_ticket_with_early_data(&self, features: Option<&hello_rule::HelloFeatures>) -> bool {
+        let (Some(_), Some(cache), Some(f)) = (&self.no_early_data, &self.tickets, features) else {
+            return false;
+        };
+        if !f.offers_early_data {
+            return false;
+        }
+        f.first_psk_identity()
+            .and_then(|id| cache.ticket_state(id))
+            .is_some_and(|t| !t.fresh())
     }
 
     /// The configuration most clients get.
@@ -285,10 +326,19 @@ pub fn server_configs(
 ) -> Result<ServerConfigs, TlsError> {
     let time: Arc<dyn rustls::time_provider::TimeProvider> =
         Arc::new(rustls::time_provider::DefaultTimeProvider);
-    let cache =
-        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
+    let cache = SessionCache::new(store, session_lifetime)
+        .with_max_session_age(cfg.max_session_age)
+        .with_ticket_restores(cfg.ticket_restores, cfg.handshake_timeout);
     let variant = |policy| build(cfg, resolver.clone(), cache.clone(), time.clone(), policy);
     let default = variant(TicketPolicy::Default)?;
+    let no_early_data = if default.max_early_data_size > 0 {
+        let mut c = (*default).clone();
+        c.max_early_data_size = 0;
+        c.send_half_rtt_data = false;
+        Some(Arc::new(c))
+    } else {
+        None
+    };
     let tls12_suites: Vec<rustls::CipherSuite> = default
         .crypto_provider()
         .cipher_suites
@@ -305,6 +355,8 @@ pub fn server_configs(
         default,
         tls12,
         no_tls13_tickets: variant(TicketPolicy::NoTls13Tickets)?,
+        no_early_data,
+        tickets: Some(cache),
         rules: HelloRules {
             rules: cfg.ticket_rules.clone(),
             tls12_suites,

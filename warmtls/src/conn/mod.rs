@@ -35,7 +35,7 @@ use rustls::server::Acceptor;
 use rustls::{HandshakeKind, ServerConnection};
 
 use crate::metrics::{Metric, WorkerMetrics};
-use crate::store::SessionCache;
+use crate::store::{SessionCache, TicketScope};
 use crate::tls::hello_rule::{self, HelloFeatures, TicketPolicy};
 use crate::tls::ServerConfigs;
 
@@ -232,9 +232,17 @@ pub struct Conn {
     /// handshake completes, and this still bounds it.
     handshake_deadline: Instant,
     close_notify_sent: bool,
-    /// Start of this connection's session lineage, once the store has told us
-    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
-    lineage: Option<u64>,
+    /// What the store learned about this connection's session (see
+    /// `store::SessionCache::ticket_scope`): its lineage, and the TLS 1.3 ticket
+    /// it took, kept pending until [`Conn::settle_ticket`].
+    session: TicketScope,
+    /// Everything queued for the client once the handshake was complete (the
+    /// replacement ticket included) has been handed to the kernel.
+    ticket_flight_sent: bool,
+    /// The device has its replacement ticket: it closed its side (FIN or
+    /// close_notify) after that flight went out, or the pending window is over
+    /// with the handshake long complete.
+    ticket_delivered: bool,
     /// 0-RTT bytes accepted from the client and queued for the backend.
     early_data: usize,
     /// The backend was started on accepted 0-RTT data, before the handshake
@@ -260,7 +268,9 @@ impl Conn {
             link: Link::None,
             handshake_deadline: now + limits.handshake_timeout,
             close_notify_sent: false,
-            lineage: None,
+            session: TicketScope::default(),
+            ticket_flight_sent: false,
+            ticket_delivered: false,
             early_data: 0,
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
@@ -292,6 +302,16 @@ impl Conn {
 
     /// When [`Conn::on_timeout`] must be called, if ever.
     pub fn deadline(&self) -> Option<Instant> {
+        let state = self.state_deadline();
+        match (state, self.session.taken) {
+            // A taken ticket is settled by the end of its pending window.
+            (Some(d), Some(_)) => Some(d.min(self.handshake_deadline)),
+            (d, _) => d,
+        }
+    }
+
+    /// The deadline of the state the connection is in.
+    fn state_deadline(&self) -> Option<Instant> {
         let handshaking = self.handshaking();
         let hs = self.handshake_deadline;
         match self.state {
@@ -393,6 +413,9 @@ impl Conn {
                 self.half_mut(side).outbox.sent(n, env.pool);
                 if side == Side::Client {
                     env.metrics.add(Metric::BytesToClients, n as u64);
+                    if !self.handshaking() && self.client.outbox.is_empty() {
+                        self.ticket_flight_sent = true;
+                    }
                 }
                 if !closing {
                     self.touch(env);
@@ -461,7 +484,13 @@ impl Conn {
     /// The driver's clock passed [`Conn::deadline`] (it may call early: nothing
     /// happens then).
     pub fn on_timeout(&mut self, env: &mut Env<'_>) {
-        let Some(deadline) = self.deadline() else {
+        if self.session.taken.is_some() && !self.handshaking() && env.now >= self.handshake_deadline
+        {
+            // The ticket's pending window is closing with the handshake long
+            // complete and the connection alive: the replacement went out then.
+            self.ticket_delivered = true;
+        }
+        let Some(deadline) = self.state_deadline() else {
             return;
         };
         if env.now < deadline {
@@ -496,6 +525,7 @@ impl Conn {
     // ---- the machine ----
 
     fn next_action(&mut self, env: &mut Env<'_>) -> Option<Action> {
+        self.settle_ticket(env);
         if let State::Closing { cancelled } = self.state {
             if !cancelled && self.in_flight() > 0 {
                 self.state = State::Closing { cancelled: true };
@@ -568,6 +598,49 @@ impl Conn {
         None
     }
 
+    /// Settle the TLS 1.3 ticket this connection took, once its fate is known:
+    /// erased when the device has its replacement, restored (1-RTT only) when
+    /// the connection ends first — a reset, a timeout, a TLS error, a device
+    /// that never closed after the new ticket went out.
+    ///
+    /// Why the device's own close is the proof, not our send completing: a
+    /// send completes when the kernel has the bytes, and the radio drop this is
+    /// for ("after the device sent its Finished") loses exactly those bytes.
+    /// A device reads the response behind the ticket and then closes; the
+    /// close comes after the ticket in its TCP stream. A device that dies
+    /// after reading the ticket is restored too: it then holds a new ticket and
+    /// an old one (1-RTT only), each single use, both bounded.
+    fn settle_ticket(&mut self, env: &mut Env<'_>) {
+        let Some(taken) = self.session.taken else {
+            return;
+        };
+        let closing = matches!(self.state, State::Closing { .. });
+        if !self.ticket_delivered && !closing {
+            return;
+        }
+        self.session.taken = None;
+        if let Some(cache) = env.tls.tickets() {
+            cache.settle(&taken, self.ticket_delivered);
+        }
+        env.metrics.add(
+            if self.ticket_delivered {
+                Metric::TicketsSpent
+            } else {
+                Metric::TicketsRestored
+            },
+            1,
+        );
+    }
+
+    /// The client closed its side: if the flight with its new ticket was out
+    /// by then, it has read past it.
+    fn client_closed(&mut self) {
+        self.client.eof = true;
+        if self.ticket_flight_sent && !self.handshaking() {
+            self.ticket_delivered = true;
+        }
+    }
+
     fn invariants_hold(&self) -> bool {
         let closing = matches!(self.state, State::Closing { .. });
         // No new work once closing; a send is only ever posted with bytes lent.
@@ -617,7 +690,7 @@ impl Conn {
     }
 
     fn client_eof(&mut self) {
-        self.client.eof = true;
+        self.client_closed();
         // A FIN after the handshake is a half-close: the request already read
         // still goes to the backend and its answer comes back.
         if matches!(
@@ -735,6 +808,13 @@ impl Conn {
                     let (policy, config) = env
                         .tls
                         .for_hello(&accepted.client_hello(), features.as_ref());
+                    let early_data = config.max_early_data_size > 0;
+                    if policy == TicketPolicy::Default
+                        && !early_data
+                        && env.tls.default_config().max_early_data_size > 0
+                    {
+                        env.metrics.add(Metric::EarlyDataSpentTicket, 1);
+                    }
                     match policy {
                         TicketPolicy::Default => {}
                         TicketPolicy::Tls12 => env.metrics.add(Metric::HelloRuleTls12, 1),
@@ -748,8 +828,12 @@ impl Conn {
                             tls12 = f.offers_tls12, tls13 = f.offers_tls13, ?policy, "ClientHello");
                     }
                     let config = config.clone();
-                    // Resumption lookups happen here: lend the lineage slot.
-                    let made = SessionCache::lineage_scope(&mut self.lineage, || {
+                    // Resumption lookups happen here: lend the session scope.
+                    // A ticket taken for a connection that may accept its early
+                    // data must never have been used before.
+                    self.session.early_data =
+                        early_data && features.as_ref().is_none_or(|f| f.offers_early_data);
+                    let made = SessionCache::ticket_scope(&mut self.session, || {
                         accepted.into_connection(config)
                     });
                     return match made {
@@ -809,7 +893,7 @@ impl Conn {
         };
         loop {
             let processed =
-                SessionCache::lineage_scope(&mut self.lineage, || tls.process_new_packets());
+                SessionCache::ticket_scope(&mut self.session, || tls.process_new_packets());
             if let Err(e) = processed {
                 return Err(TlsFailure::Protocol(e));
             }
@@ -826,11 +910,16 @@ impl Conn {
             }
             // Decrypted bytes for the backend, copied straight from rustls' own
             // buffer; an outbox buffer is taken only when there are some.
+            let handshaking = tls.is_handshaking();
             let mut reader = tls.reader();
             loop {
                 match reader.fill_buf() {
                     Ok([]) => {
-                        self.client.eof = true; // close_notify
+                        // close_notify (as `client_closed`, with rustls borrowed)
+                        self.client.eof = true;
+                        if self.ticket_flight_sent && !handshaking {
+                            self.ticket_delivered = true;
+                        }
                         break;
                     }
                     Ok(bytes) => {

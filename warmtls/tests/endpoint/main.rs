@@ -14,6 +14,7 @@ mod hostile;
 mod interop;
 mod interop_support;
 mod load;
+mod lossy;
 mod migration;
 mod no_io_uring;
 mod openssl;
