@@ -239,10 +239,15 @@ pub struct Conn {
     /// Everything queued for the client once the handshake was complete (the
     /// replacement ticket included) has been handed to the kernel.
     ticket_flight_sent: bool,
+    /// The device sent bytes after that flight went out: it is alive and
+    /// talking, not lost on the link.
+    client_spoke_after_ticket: bool,
     /// The device has its replacement ticket: it closed its side (FIN or
-    /// close_notify) after that flight went out, or the pending window is over
-    /// with the handshake long complete.
+    /// close_notify) after that flight went out, or it was still talking when
+    /// the pending window closed.
     ticket_delivered: bool,
+    /// The ticket's pending window is over: settle it, delivered or not.
+    settle_now: bool,
     /// 0-RTT bytes accepted from the client and queued for the backend.
     early_data: usize,
     /// The backend was started on accepted 0-RTT data, before the handshake
@@ -270,7 +275,9 @@ impl Conn {
             close_notify_sent: false,
             session: TicketScope::default(),
             ticket_flight_sent: false,
+            client_spoke_after_ticket: false,
             ticket_delivered: false,
+            settle_now: false,
             early_data: 0,
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
@@ -375,6 +382,7 @@ impl Conn {
             (Side::Client, Ok(bytes)) => {
                 env.metrics
                     .add(Metric::BytesFromClients, bytes.len() as u64);
+                self.client_spoke_after_ticket |= self.ticket_flight_sent;
                 if matches!(self.state, State::Draining { .. }) {
                     return; // discard while we linger
                 }
@@ -484,11 +492,13 @@ impl Conn {
     /// The driver's clock passed [`Conn::deadline`] (it may call early: nothing
     /// happens then).
     pub fn on_timeout(&mut self, env: &mut Env<'_>) {
-        if self.session.taken.is_some() && !self.handshaking() && env.now >= self.handshake_deadline
-        {
-            // The ticket's pending window is closing with the handshake long
-            // complete and the connection alive: the replacement went out then.
-            self.ticket_delivered = true;
+        if self.session.taken.is_some() && env.now >= self.handshake_deadline {
+            // The ticket's pending window is closing: settle it now. A device
+            // still talking after its new ticket went out has it; one that
+            // went quiet (the radio dropped after its Finished) gets its old
+            // ticket back.
+            self.ticket_delivered |= self.client_spoke_after_ticket && !self.handshaking();
+            self.settle_now = true;
         }
         let Some(deadline) = self.state_deadline() else {
             return;
@@ -615,7 +625,7 @@ impl Conn {
             return;
         };
         let closing = matches!(self.state, State::Closing { .. });
-        if !self.ticket_delivered && !closing {
+        if !self.ticket_delivered && !closing && !self.settle_now {
             return;
         }
         self.session.taken = None;
