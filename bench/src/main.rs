@@ -13,7 +13,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
-use cmd::{economy, fleet, hold, rtt, sleep, store};
+use cmd::{economy, fleet, hold, lossy, rtt, sleep, store};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Cmd {
     /// without TCP Fast Open, over a delayed link between two network namespaces
     /// (needs root).
     Rtt(rtt::RttArgs),
+    /// What a lossy link costs a device's next reconnect, per TLS version and
+    /// drop point, with and without restored tickets.
+    Lossy(lossy::LossyArgs),
     /// Which device sleep patterns resume, per TLS mode, on simulated time.
     Sleep(sleep::SleepArgs),
     /// Server memory per open idle or half-open connection.
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Economy(a) => economy::main(a),
         Cmd::Rtt(a) => rtt::main(a),
         Cmd::Sleep(a) => sleep::main(a),
+        Cmd::Lossy(a) => lossy::main(a),
         Cmd::Hold(a) => hold::main(a),
     };
     match result {

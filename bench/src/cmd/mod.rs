@@ -2,6 +2,7 @@
 pub mod economy;
 pub mod fleet;
 pub mod hold;
+pub mod lossy;
 pub mod netlab;
 pub mod rtt;
 pub mod sleep;
