@@ -953,7 +953,14 @@ impl Conn {
 
     fn fail(&mut self, why: TlsFailure, env: &mut Env<'_>) {
         env.metrics.add(Metric::TlsErrors, 1);
-        env.metrics.add(why.reason(), 1);
+        let reason = why.reason();
+        env.metrics.add(reason, 1);
+        if matches!(reason, Metric::TlsBadPskBinder) {
+            // Not a lossy link but a client that does not know the ticket's
+            // secret: the ticket is spent, not restored, so a forger cannot
+            // probe it again.
+            self.ticket_delivered = true;
+        }
         tracing::debug!("TLS error from client: {why}");
         // rustls has queued the matching alert; send it, then drain.
         self.flush_tls(env);
