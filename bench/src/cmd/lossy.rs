@@ -84,6 +84,31 @@ struct Tally {
     failed: u64,
     bytes: u64,
     cpu_us: u64,
+    /// Completed connections by handshake kind, with their bytes and device
+    /// CPU: what one full handshake costs over a resumption, measured in the
+    /// same rounds.
+    completed_full: u64,
+    completed_full_bytes: u64,
+    completed_full_cpu_us: u64,
+    completed_resumed: u64,
+    completed_resumed_bytes: u64,
+    completed_resumed_cpu_us: u64,
+}
+
+impl Tally {
+    /// Mean bytes and device CPU (µs) of a completed full handshake minus a
+    /// completed resumption.
+    fn full_premium(&self) -> Option<(f64, f64)> {
+        if self.completed_full == 0 || self.completed_resumed == 0 {
+            return None;
+        }
+        let f = self.completed_full as f64;
+        let r = self.completed_resumed as f64;
+        Some((
+            self.completed_full_bytes as f64 / f - self.completed_resumed_bytes as f64 / r,
+            self.completed_full_cpu_us as f64 / f - self.completed_resumed_cpu_us as f64 / r,
+        ))
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -167,6 +192,20 @@ fn round(
             t.cpu_us += o.cpu.as_micros() as u64;
             if o.resumed == Some(false) {
                 t.full += 1;
+            }
+            let cpu = o.cpu.as_micros() as u64;
+            match (o.completed, o.resumed) {
+                (true, Some(false)) => {
+                    t.completed_full += 1;
+                    t.completed_full_bytes += o.bytes;
+                    t.completed_full_cpu_us += cpu;
+                }
+                (true, Some(true)) => {
+                    t.completed_resumed += 1;
+                    t.completed_resumed_bytes += o.bytes;
+                    t.completed_resumed_cpu_us += cpu;
+                }
+                _ => {}
             }
             if plan[*d as usize].is_some() {
                 t.drops += 1;
@@ -276,7 +315,9 @@ pub fn main(a: LossyArgs) -> anyhow::Result<()> {
                         a.verbose,
                     )
                 };
-                run(&mut dropped, &mut rng, 0.0, None); // prime
+                // The prime round's full handshakes measure what one costs.
+                let mut prime: [Tally; 2] = Default::default();
+                run(&mut dropped, &mut rng, 0.0, Some(&mut prime));
                 run(&mut dropped, &mut rng, 0.0, None); // settle
                 let mut t: [Tally; 2] = Default::default();
                 for _ in 0..a.rounds {
@@ -295,7 +336,12 @@ pub fn main(a: LossyArgs) -> anyhow::Result<()> {
                         stats["tickets"], stats["timeouts"], stats["tls_errors"]
                     );
                 }
-                let [tls13, tls12] = t;
+                let [mut tls13, mut tls12] = t;
+                for (t, p) in [(&mut tls13, &prime[0]), (&mut tls12, &prime[1])] {
+                    t.completed_full += p.completed_full;
+                    t.completed_full_bytes += p.completed_full_bytes;
+                    t.completed_full_cpu_us += p.completed_full_cpu_us;
+                }
                 eprintln!(
                     "P={p} {:<20} {name}: TLS 1.3 next full {}/{}, TLS 1.2 next full {}/{} (failed without a drop: {}, {}; next failed {}, {})",
                     point.as_str(),
@@ -334,10 +380,23 @@ fn print_table(a: &LossyArgs, cells: &[Cell]) {
          {} rounds with drops, drops by reset or silence alternately, handshake timeout {} s\n",
         a.devices, a.rounds, a.handshake_timeout
     );
+    for c in cells.iter().take(2) {
+        for (tls, t) in [("1.3", &c.tls13), ("1.2", &c.tls12)] {
+            if let Some((b, cpu)) = t.full_premium() {
+                println!(
+                    "A full TLS {tls} handshake costs the device {b:.0} B and {cpu:.0} µs CPU more than a resumption ({}, P = {:.0}%, {}).",
+                    c.server,
+                    c.p * 100.0,
+                    c.point.as_str()
+                );
+            }
+        }
+    }
+    println!();
     println!(
-        "| P | drop point | TLS | server | drops | next reconnects | of them full | full per 1,000 reconnects | KB per 1,000 reconnects | device CPU ms per 1,000 reconnects |"
+        "| P | drop point | TLS | server | drops | next reconnects | of them full | full per 1,000 reconnects | KB per 1,000 reconnects | device CPU ms per 1,000 reconnects | drops' cost per 1,000 reconnects: KB, device CPU ms |"
     );
-    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in cells {
         for (tls, t) in [("1.3", &c.tls13), ("1.2", &c.tls12)] {
             let per_k = |v: u64| v as f64 * 1000.0 / (t.reconnects.max(1)) as f64;
@@ -350,8 +409,18 @@ fn print_table(a: &LossyArgs, cells: &[Cell]) {
             } else {
                 "-".into()
             };
+            // Full handshakes after drops (none happen otherwise), each
+            // costing what a full handshake costs over a resumption.
+            let cost = match t.full_premium() {
+                Some((b, cpu)) => format!(
+                    "{:.1} KB, {:.1} ms",
+                    per_k(t.next_full) * b / 1000.0,
+                    per_k(t.next_full) * cpu / 1000.0
+                ),
+                None => "-".into(),
+            };
             println!(
-                "| {:.0}% | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} |",
+                "| {:.0}% | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {} |",
                 c.p * 100.0,
                 c.point.as_str(),
                 tls,
@@ -362,6 +431,7 @@ fn print_table(a: &LossyArgs, cells: &[Cell]) {
                 per_k(t.full),
                 per_k(t.bytes) / 1000.0,
                 per_k(t.cpu_us) / 1000.0,
+                cost,
             );
         }
     }
