@@ -843,6 +843,7 @@ impl Conn {
                     // data must never have been used before.
                     self.session.early_data =
                         early_data && features.as_ref().is_none_or(|f| f.offers_early_data);
+                    self.session.settles = env.tls.tickets().is_some();
                     let made = SessionCache::ticket_scope(&mut self.session, || {
                         accepted.into_connection(config)
                     });

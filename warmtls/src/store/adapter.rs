@@ -9,7 +9,7 @@
 //! handshake stays resumable only until `max_session_age`, while each resumption
 //! refreshes `session_lifetime`. rustls gives the store no connection context, so
 //! the connection driver lends it for the duration of each call into rustls
-//! ([`SessionCache::lineage_scope`]): `take`/`get` record the lineage start of the
+//! ([`SessionCache::ticket_scope`]): `take`/`get` record the lineage start of the
 //! session being resumed, and the `put` of the ticket issued later in the same
 //! connection inherits it.
 //!
@@ -52,6 +52,9 @@ pub struct TicketScope {
     /// The connection's configuration accepts early data: a ticket taken for it
     /// must never have been used before (a restored one misses instead).
     pub early_data: bool,
+    /// The connection will settle the ticket it takes (its driver can reach the
+    /// store); if not, a take erases, as strict single use.
+    pub settles: bool,
 }
 
 /// Default cap on a chain of resumptions since its full handshake.
@@ -192,7 +195,11 @@ impl SessionCache {
     pub fn ticket_scope<R>(scope: &mut TicketScope, f: impl FnOnce() -> R) -> R {
         let outer_lineage = LINEAGE.replace(scope.lineage);
         let outer_taken = TAKEN.replace(scope.taken);
-        let outer_scope = SCOPE.replace(if scope.early_data { 2 } else { 1 });
+        let outer_scope = SCOPE.replace(match (scope.settles, scope.early_data) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        });
         let r = f();
         scope.lineage = LINEAGE.replace(outer_lineage);
         scope.taken = TAKEN.replace(outer_taken);
