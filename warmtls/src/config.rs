@@ -902,6 +902,19 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("early_data"));
         let c = Config {
+            ticket_restores: 4,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ticket_restores"));
+        assert_eq!(
+            Config::default().ticket_restores,
+            crate::store::DEFAULT_TICKET_RESTORES
+        );
+        let c = Config {
             stats_interval: Duration::from_millis(10),
             ..Config::default()
         };

@@ -123,14 +123,34 @@ fn start(cache: &Path, backend: &str) -> Server {
     )
 }
 
+/// The server for [`resumes_after`]: stateful tickets with 0-RTT on, or the
+/// store ticketer's 7-day tickets.
+#[derive(Clone, Copy)]
+enum Tickets {
+    Stateful,
+    StoreTicketer,
+}
+
 fn tickets(server: &Server) -> serde_json::Value {
     server.stats()["tickets"].clone()
 }
 
-fn resumes_after(cut: Cut) {
+fn resumes_after(cut: Cut, kind: Tickets) {
     let dir = tempfile::tempdir().unwrap();
     let (backend, requests, _) = logging_responder();
-    let server = start(&dir.path().join("c.cache"), &backend);
+    let server = match kind {
+        Tickets::Stateful => start(&dir.path().join("c.cache"), &backend),
+        Tickets::StoreTicketer => Server::start(
+            &dir.path().join("c.cache"),
+            &backend,
+            &[
+                "--tls13-tickets",
+                "store-ticketer",
+                "--handshake-timeout",
+                "2s",
+            ],
+        ),
+    };
     let sess = dir.path().join("sess.pem");
     let out = device_connect(&server.addr(), &sess, false, None, GET);
     assert!(
@@ -171,12 +191,19 @@ fn resumes_after(cut: Cut) {
 
 #[test]
 fn a_tls13_device_cut_after_its_client_hello_resumes_with_the_same_ticket() {
-    resumes_after(Cut::AfterClientHello);
+    resumes_after(Cut::AfterClientHello, Tickets::Stateful);
+}
+
+/// The store ticketer's tickets (7 days, no 0-RTT) are pending and restored
+/// the same way: `decrypt` takes them through the same store adapter.
+#[test]
+fn a_store_ticketer_device_cut_after_the_servers_flight_resumes_with_the_same_ticket() {
+    resumes_after(Cut::AfterServerFlight, Tickets::StoreTicketer);
 }
 
 #[test]
 fn a_tls13_device_cut_after_the_servers_flight_resumes_with_the_same_ticket() {
-    resumes_after(Cut::AfterServerFlight);
+    resumes_after(Cut::AfterServerFlight, Tickets::Stateful);
 }
 
 /// The early request of a cut 0-RTT connection reached the backend (that is
