@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminListener;
 use crate::config::Config;
-use crate::metrics::{self, WorkerMetrics};
-use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, ValueKey};
+use crate::metrics::{StatsSource, WorkerMetrics};
+use crate::runtime::{listener, worker, EventLoop};
+use crate::store::{check_key_apart, encoding, Flusher, SessionStore, ValueKey};
 use crate::tls::{self, CertResolver};
 
 /// Why the endpoint could not start.
@@ -92,9 +93,10 @@ fn note_if_fastopen_disabled(queue: u32) {
 /// stdout once every worker listens.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
     cfg.validate()?;
-    // Before touching the cache file: a host that forbids io_uring gets a clear
-    // error and no side effects.
-    crate::runtime::ring::Ring::new(8)?;
+    // Before touching the cache file: which event loop runs (a host that forbids
+    // io_uring falls back to epoll under `auto`, and gets a clear error and no
+    // side effects when io_uring was asked for).
+    let event_loop = EventLoop::choose(cfg.runtime)?;
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
 
@@ -184,7 +186,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
                         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one);
                     }
                 }
-                worker::run(setup, ready)
+                event_loop.run(setup, ready)
             })
             .map_err(|e| ServeError::Worker(index, e.to_string()))?;
         handles.push(h);
@@ -200,7 +202,26 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             Err(_) => return Err(ServeError::Worker(i, "exited during start-up".into())),
         }
     }
-    tracing::info!(%bound, workers, backend = %backend, cache = %cfg.cache.path.display(),
+    let stats = Arc::new(StatsSource::new(
+        metrics.clone(),
+        store.clone(),
+        encoding,
+        event_loop,
+    ));
+    let admin =
+        match cfg.metrics_addr() {
+            Some(addr) => Some(AdminListener::start(addr, stats.clone()).map_err(|io| {
+                ServeError::Listen {
+                    addr: addr.to_string(),
+                    io,
+                }
+            })?),
+            None => None,
+        };
+    if let Some(a) = &admin {
+        tracing::info!(addr = %a.local_addr(), "metrics at http://{}/metrics", a.local_addr());
+    }
+    tracing::info!(%bound, workers, runtime = event_loop.name(), backend = %backend, cache = %cfg.cache.path.display(),
         previous_shutdown_unclean = store.previous_shutdown_unclean(), "serving");
     println!("warmtls: listening on {bound}");
     let _ = std::io::stdout().flush();
@@ -222,7 +243,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         if last_stats.elapsed() >= cfg.stats_interval {
             last_stats = Instant::now();
-            report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+            report(&stats, cfg.stats_file.as_deref());
         }
     }
     tracing::info!(
@@ -233,9 +254,11 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     for h in handles {
         let _ = h.join();
     }
+    drop(admin);
     drop(flusher);
     store.flush()?;
-    report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+    report(&stats, cfg.stats_file.as_deref());
+    drop(stats);
     drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
@@ -268,29 +291,30 @@ fn log_sealed_room(store: &SessionStore) {
     }
 }
 
-fn report(
-    metrics: &[WorkerMetrics],
-    store: &SessionStore,
-    encoding: &EncodingStatus,
-    stats_file: Option<&std::path::Path>,
-    log: bool,
-) {
-    let m = metrics::snapshot(metrics);
-    let s = store.counters();
-    if log {
-        tracing::info!(
-            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
-            m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
-            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
-        );
-    }
+/// The stats line, and the stats file if there is one: both from one reading.
+fn report(stats: &StatsSource, stats_file: Option<&std::path::Path>) {
+    let st = stats.read();
+    let (m, s) = (&st.conns, &st.store.counters);
+    tracing::info!(
+        conns = m.connections,
+        active = m.active_connections,
+        full = m.full_handshakes,
+        resumed = m.resumed_handshakes,
+        tls_errors = m.tls_errors,
+        backend_errors = m.backend_errors,
+        timeouts = m.timeouts,
+        refused = m.refused,
+        store_hits = s.hits,
+        store_misses = s.misses,
+        store_puts = s.puts,
+        store_evictions = s.evictions,
+        store_undecodable = s.undecodable,
+        "stats"
+    );
     if let Some(path) = stats_file {
-        let mut v = serde_json::to_value(m).unwrap_or_default();
-        v["store"] = serde_json::to_value(s).unwrap_or_default();
-        // As found at start-up, before this build recorded its own generation.
-        v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, v.to_string())
+        let json = serde_json::to_string(&st).unwrap_or_default();
+        if std::fs::write(&tmp, json)
             .and_then(|_| std::fs::rename(&tmp, path))
             .is_err()
         {

@@ -232,6 +232,8 @@ pub struct Conn {
     first_flight: Option<FirstFlight>,
     /// The device's address and ours, when the driver knows them (PROXY header).
     addresses: Option<(SocketAddr, SocketAddr)>,
+    /// When the driver accepted it (the connection-time histogram).
+    accepted_at: Instant,
 }
 
 impl Conn {
@@ -250,6 +252,7 @@ impl Conn {
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
             addresses,
+            accepted_at: now,
         }
     }
 
@@ -334,8 +337,8 @@ impl Conn {
             return;
         }
         match (side, got) {
-            (Side::Client, Err(_)) => self.close(), // reset: nobody is left to answer
-            (Side::Client, Ok([])) => self.client_eof(),
+            (Side::Client, Err(_)) => self.close(env), // reset: nobody is left to answer
+            (Side::Client, Ok([])) => self.client_eof(env),
             (Side::Client, Ok(bytes)) => {
                 env.metrics
                     .add(Metric::BytesFromClients, bytes.len() as u64);
@@ -349,7 +352,7 @@ impl Conn {
                 // the device sees a truncation, not a complete answer.
                 env.metrics.add(Metric::BackendErrors, 1);
                 env.backend_log.failed(BackendFailure::Io(e), env.now);
-                self.close();
+                self.close(env);
             }
             (Side::Backend, Ok([])) => {
                 self.backend.eof = true;
@@ -391,7 +394,7 @@ impl Conn {
                     env.metrics.add(Metric::BackendErrors, 1);
                     env.backend_log.failed(BackendFailure::Io(e), env.now);
                 }
-                self.close();
+                self.close(env);
             }
         }
     }
@@ -465,16 +468,16 @@ impl Conn {
             }
             State::Hello | State::Handshaking | State::Connecting { .. } | State::Piping { .. } => {
                 env.metrics.add(Metric::Timeouts, 1);
-                self.close();
+                self.close(env);
             }
-            State::Draining { .. } => self.close(),
+            State::Draining { .. } => self.close(env),
             State::Closing { .. } => {}
         }
     }
 
     /// The endpoint is shutting down and its drain time is up: close now.
-    pub fn abort(&mut self) {
-        self.close();
+    pub fn abort(&mut self, env: &mut Env<'_>) {
+        self.close(env);
     }
 
     // ---- the machine ----
@@ -517,7 +520,7 @@ impl Conn {
         if let State::Draining { .. } = self.state {
             if self.client.outbox.is_empty() && !self.client.outbox.posted() {
                 if self.client.eof {
-                    self.close();
+                    self.close(env);
                     return self.next_action(env);
                 }
                 if !self.client.shut {
@@ -593,14 +596,17 @@ impl Conn {
         }
     }
 
-    /// Stop: nothing new is posted; what is in flight is cancelled.
-    fn close(&mut self) {
+    /// Stop: nothing new is posted; what is in flight is cancelled. The
+    /// connection's time ends here (whatever the driver still has to reap).
+    fn close(&mut self, env: &Env<'_>) {
         if !matches!(self.state, State::Closing { .. }) {
             self.state = State::Closing { cancelled: false };
+            env.metrics
+                .observe_connection_time(env.now.saturating_duration_since(self.accepted_at));
         }
     }
 
-    fn client_eof(&mut self) {
+    fn client_eof(&mut self, env: &Env<'_>) {
         self.client.eof = true;
         // A FIN after the handshake is a half-close: the request already read
         // still goes to the backend and its answer comes back.
@@ -609,7 +615,7 @@ impl Conn {
             State::Hello | State::Handshaking | State::Draining { .. }
         ) || self.handshaking()
         {
-            self.close();
+            self.close(env);
         }
     }
 
@@ -639,6 +645,7 @@ impl Conn {
         };
         let handshaking = tls.is_handshaking();
         let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+        let tls12 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
         if self.state == State::Hello {
             self.state = State::Handshaking;
         }
@@ -648,8 +655,7 @@ impl Conn {
             // the early data queued first. Only a resumption carries early data;
             // count it now, as the backend may answer and close before the
             // client's Finished arrives.
-            env.metrics.add(Metric::ResumedHandshakes, 1);
-            env.metrics.add(Metric::EarlyDataAccepted, 1);
+            env.metrics.add(Metric::ResumedTls13EarlyData, 1);
             self.zero_rtt = true;
             self.start_backend(env);
         }
@@ -662,17 +668,16 @@ impl Conn {
                     self.backend_closed(env);
                 }
             } else {
-                env.metrics.add(
-                    if resumed {
-                        Metric::ResumedHandshakes
-                    } else {
-                        Metric::FullHandshakes
-                    },
-                    1,
-                );
-                if self.early_data > 0 {
+                let kind = match (resumed, tls12) {
+                    (false, true) => Metric::FullTls12,
+                    (false, false) => Metric::FullTls13,
+                    (true, true) => Metric::ResumedTls12,
                     // Early data and Finished came in one read.
-                    env.metrics.add(Metric::EarlyDataAccepted, 1);
+                    (true, false) if self.early_data > 0 => Metric::ResumedTls13EarlyData,
+                    (true, false) => Metric::ResumedTls13,
+                };
+                env.metrics.add(kind, 1);
+                if self.early_data > 0 {
                     env.metrics
                         .add(Metric::EarlyDataBytes, self.early_data as u64);
                 }
@@ -833,6 +838,11 @@ impl Conn {
     /// handshake is complete) rather than a bare EOF, and count it.
     fn backend_failed(&mut self, why: BackendFailure, env: &mut Env<'_>) {
         env.metrics.add(Metric::BackendErrors, 1);
+        match why {
+            BackendFailure::Connect(_) => env.metrics.add(Metric::BackendConnectFailures, 1),
+            BackendFailure::ConnectTimeout(_) => env.metrics.add(Metric::BackendConnectTimeouts, 1),
+            BackendFailure::Io(_) => {}
+        }
         env.backend_log.failed(why, env.now);
         self.backend.eof = true;
         self.backend_closed(env);

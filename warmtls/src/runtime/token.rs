@@ -1,5 +1,6 @@
-//! `user_data` of a submission: which connection, which incarnation of its slab
-//! slot, and which operation — so a completion for a freed-and-reused slot is
+//! `user_data` of a submission (io_uring) or of a registered socket (epoll):
+//! which connection, which incarnation of its slab slot, and which operation or
+//! socket — so a completion or readiness for a freed-and-reused slot is
 //! recognised and dropped.
 
 /// The operation a completion belongs to.
@@ -16,6 +17,10 @@ pub enum Op {
     Cancel,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
+    /// Readiness of a connection's client socket (epoll).
+    Client,
+    /// Readiness of a connection's backend socket (epoll).
+    Backend,
 }
 
 impl Op {
@@ -30,6 +35,8 @@ impl Op {
             7 => Op::BackendSend,
             8 => Op::Cancel,
             9 => Op::Close,
+            10 => Op::Client,
+            11 => Op::Backend,
             _ => return None,
         })
     }
@@ -79,6 +86,8 @@ mod tests {
             Op::BackendSend,
             Op::Cancel,
             Op::Close,
+            Op::Client,
+            Op::Backend,
         ] {
             let t = ConnToken::new(123_456, 0x1FF_FFFF, op);
             assert_eq!(t.gen, 0xFF_FFFF);

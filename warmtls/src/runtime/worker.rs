@@ -1,121 +1,40 @@
-//! The per-core event loop: a slab of connections, one ring, one listener.
+//! The per-core io_uring loop: one ring, one listener, and the worker's
+//! connections (`slots`).
 //!
 //! Shape (as in io-uring's tcp_echo): push SQEs, submit and wait, drain CQEs,
 //! dispatch on the token, hand the event to the connection's state machine
 //! (`conn::Conn`), then carry out the actions it asks for. The loop owns the
-//! sockets, the ring, the timers and the buffers; the machine owns everything
-//! the connection knows. A connection is freed only when the machine says none
-//! of its operations is in flight, so the kernel never writes into a freed
+//! ring and the buffers; `slots` owns the connections, their deadlines and the
+//! drain, as it does for the epoll driver; the machine owns everything the
+//! connection knows. A connection is freed only when the machine says none of
+//! its operations is in flight, so the kernel never writes into a freed
 //! buffer; a completion whose token names an older occupant of the slot is
 //! dropped (its receive buffer, if it took one, goes back to the ring).
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
-use nix::sys::socket::{
-    self, shutdown, AddressFamily, Shutdown, SockFlag, SockType, SockaddrStorage, UnixAddr,
-};
-use slab::Slab;
+use nix::sys::socket::{shutdown, Shutdown};
 
-use super::ring::{buffer_id, more, Ring, TICK};
-use super::timer::TimerWheel;
+use super::listener;
+use super::ring::{buffer_id, more, Ring};
+pub use super::slots::WorkerSetup;
+use super::slots::{BackendAddr, Driver, Live, Slot, Slots};
 use super::token::{ConnToken, Op};
-use crate::config::Backend;
-use crate::conn::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, RECV_BUF};
-use crate::metrics::{Metric, WorkerMetrics};
-use crate::tls::ServerConfigs;
+use crate::conn::{Action, Env, Side, RECV_BUF};
 
-/// How far ahead the timer wheel files deadlines; later ones are re-filed.
-const TIMER_HORIZON: Duration = Duration::from_secs(64);
 /// Receive buffers in the worker's provided-buffer ring: a buffer is held only
 /// from the moment bytes arrive until the machine has consumed them (in the
 /// same loop iteration), so this bounds receives completing in one batch, not
 /// open connections.
 const RECV_BUFFERS: u16 = 256;
-/// Send buffers made at start-up (more are made, then reused, up to the bound).
-const WARM_SEND_BUFFERS: usize = 64;
 
-/// What a worker needs; all shared state is behind `Arc`s.
-pub struct WorkerSetup {
-    pub index: usize,
-    pub listener: OwnedFd,
-    pub tls: Arc<ServerConfigs>,
-    pub backend: Backend,
-    pub max_connections: usize,
-    pub limits: Limits,
-    pub drain_timeout: Duration,
-    pub metrics: Arc<Vec<WorkerMetrics>>,
-    pub shutdown: Arc<AtomicBool>,
-}
-
-/// A connection and the resources the loop holds for it.
-struct Slot {
-    conn: Conn,
-    /// The slab slot's incarnation, in every token of this connection.
-    gen: u32,
-    client: OwnedFd,
-    backend: Option<OwnedFd>,
-    /// The timer-wheel tick of this connection's live timer entry.
-    timer_tick: u64,
-}
-
-impl Slot {
-    fn fd(&self, side: Side) -> Option<RawFd> {
-        match side {
-            Side::Client => Some(self.client.as_raw_fd()),
-            Side::Backend => self.backend.as_ref().map(|b| b.as_raw_fd()),
-        }
-    }
-}
-
-/// What every connection's machine borrows while it handles an event.
-struct Shared {
-    index: usize,
-    tls: Arc<ServerConfigs>,
-    limits: Limits,
-    metrics: Arc<Vec<WorkerMetrics>>,
-    pool: BufPool,
-    backend_log: BackendLog,
-}
-
-impl Shared {
-    fn env(&mut self, now: Instant) -> Env<'_> {
-        Env {
-            now,
-            limits: &self.limits,
-            tls: &self.tls,
-            metrics: &self.metrics[self.index],
-            pool: &mut self.pool,
-            backend_log: &mut self.backend_log,
-        }
-    }
-
-    fn m(&self) -> &WorkerMetrics {
-        &self.metrics[self.index]
-    }
-}
-
-struct Worker {
+/// The ring and what the io_uring driver keeps beside it.
+struct Uring {
     ring: Ring,
-    slots: Slab<Slot>,
-    shared: Shared,
-    timers: TimerWheel,
-    next_gen: u32,
-    max_connections: usize,
-    /// The backend's family and address, resolved once; boxed so the connect
-    /// SQEs can point at it while the worker moves.
-    backend: (AddressFamily, Box<SockaddrStorage>),
-    drain_timeout: Duration,
-    shutdown: Arc<AtomicBool>,
     listener: Option<OwnedFd>,
     accept_armed: bool,
-    drain_deadline: Option<Instant>,
-    /// The time of the current batch of completions (one clock read per batch).
-    now: Instant,
-    due: Vec<(u64, super::timer::Entry)>,
     /// Receives that found the buffer ring empty, to post again once buffers
     /// come back.
     starved: Vec<ConnToken>,
@@ -134,103 +53,59 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             return;
         }
     };
-    let backend = match backend_sockaddr(&s.backend) {
-        Ok(b) => b,
+    let mut slots: Slots<()> = match Slots::new(&s) {
+        Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let now = Instant::now();
-    let cap = s.max_connections;
-    let mut w = Worker {
+    let mut io = Uring {
         ring,
-        slots: Slab::with_capacity(cap.min(65_536)),
-        shared: Shared {
-            index: s.index,
-            tls: s.tls,
-            limits: s.limits,
-            metrics: s.metrics,
-            // Two outboxes of two buffers per connection at most.
-            pool: BufPool::new(4 * cap, WARM_SEND_BUFFERS),
-            backend_log: BackendLog::new(s.backend.to_string(), s.index),
-        },
-        timers: TimerWheel::new(now, TICK, TIMER_HORIZON),
-        next_gen: 0,
-        max_connections: cap,
-        backend: (backend.0, Box::new(backend.1)),
-        drain_timeout: s.drain_timeout,
-        shutdown: s.shutdown,
         listener: Some(s.listener),
         accept_armed: false,
-        drain_deadline: None,
-        now,
-        due: Vec::new(),
         starved: Vec::with_capacity(usize::from(RECV_BUFFERS)),
     };
     let _ = ready.send(Ok(()));
-    w.arm_accept();
-    w.ring.push_tick();
+    io.arm_accept();
+    io.ring.push_tick();
     let mut cqes = Vec::with_capacity(4096);
     loop {
-        if let Err(e) = w.ring.submit_and_wait() {
-            tracing::error!(worker = w.shared.index, "io_uring_enter failed: {e}");
+        if let Err(e) = io.ring.submit_and_wait() {
+            tracing::error!(worker = slots.index(), "io_uring_enter failed: {e}");
             std::thread::sleep(Duration::from_millis(10));
         }
-        w.now = Instant::now();
-        w.ring.drain(&mut cqes);
+        slots.now = std::time::Instant::now();
+        io.ring.drain(&mut cqes);
         for &(ud, res, flags) in &cqes {
-            w.complete(ud, res, flags);
+            io.complete(&mut slots, ud, res, flags);
         }
-        if !w.starved.is_empty() {
+        if !io.starved.is_empty() {
             // Every buffer taken in this batch has been consumed and given back.
-            w.retry_starved();
+            io.retry_starved(&mut slots);
         }
-        if w.finished() {
+        if slots.finished() {
             break;
         }
     }
-    if let Err(e) = w.ring.submit() {
-        tracing::warn!(worker = w.shared.index, "last io_uring submit failed: {e}");
+    if let Err(e) = io.ring.submit() {
+        tracing::warn!(worker = slots.index(), "last io_uring submit failed: {e}");
     }
-    let stuck = w
-        .slots
-        .iter()
-        .filter(|(_, s)| s.conn.in_flight() > 0)
-        .count();
+    let stuck = slots.in_flight();
     if stuck > 0 {
         // The drain deadline passed with operations still in flight. The kernel
         // may still use their buffers until the ring is torn down, so leak them
         // (and the ring, with its receive buffers) rather than free memory it
         // could write into; the process is exiting.
         tracing::warn!(
-            worker = w.shared.index,
+            worker = slots.index(),
             stuck,
             "exiting with operations in flight"
         );
-        std::mem::forget(std::mem::take(&mut w.slots));
-        std::mem::forget(w.ring);
+        slots.leak();
+        std::mem::forget(io.ring);
     }
     tracing::debug!("worker stopped");
-}
-
-/// The backend's socket family and address, resolved once per worker.
-fn backend_sockaddr(b: &Backend) -> Result<(AddressFamily, SockaddrStorage), String> {
-    Ok(match b {
-        Backend::Tcp(a) => (
-            if a.is_ipv4() {
-                AddressFamily::Inet
-            } else {
-                AddressFamily::Inet6
-            },
-            SockaddrStorage::from(*a),
-        ),
-        Backend::Unix(p) => {
-            let u = UnixAddr::new(p.as_path())
-                .map_err(|e| format!("backend unix:{}: {e}", p.display()))?;
-            (AddressFamily::Unix, unix_storage(&u))
-        }
-    })
 }
 
 fn errno(res: i32) -> std::io::Error {
@@ -247,7 +122,7 @@ fn detached_token(op: Op) -> ConnToken {
     ConnToken::new(u32::MAX as usize, 0, op)
 }
 
-impl Worker {
+impl Uring {
     fn arm_accept(&mut self) {
         if let Some(l) = &self.listener {
             if !self.accept_armed {
@@ -258,36 +133,26 @@ impl Worker {
         }
     }
 
-    fn finished(&self) -> bool {
-        match self.drain_deadline {
-            Some(d) => self.slots.is_empty() || (self.now > d + Duration::from_secs(2)),
-            None => false,
-        }
-    }
-
-    fn complete(&mut self, ud: u64, res: i32, flags: u32) {
+    fn complete(&mut self, slots: &mut Slots<()>, ud: u64, res: i32, flags: u32) {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
         let side = match t.op {
-            Op::Accept => return self.accepted(res, flags),
-            Op::Tick => return self.tick(),
-            Op::Cancel | Op::Close => return,
+            Op::Accept => return self.accepted(slots, res, flags),
+            Op::Tick => return self.tick(slots),
+            Op::Cancel | Op::Close | Op::Client | Op::Backend => return,
             Op::ClientRecv | Op::ClientSend => Side::Client,
             Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
         };
         let bid = buffer_id(flags);
         let key = t.key as usize;
-        let live = self.slots.get(key).is_some_and(|s| s.gen == t.gen);
-        if !live {
+        let Some(Live { slot, mut env, .. }) = slots.live(key, t.gen) else {
             // A completion for a previous occupant of this slot.
             if let Some(bid) = bid {
                 self.ring.recv_buffers().recycle(bid);
             }
             return;
-        }
-        let slot = &mut self.slots[key];
-        let mut env = self.shared.env(self.now);
+        };
         match t.op {
             Op::ClientRecv | Op::BackendRecv => {
                 if res == -libc::ENOBUFS {
@@ -319,141 +184,31 @@ impl Worker {
                 slot.conn
                     .on_connected(if res < 0 { Err(-res) } else { Ok(()) }, &mut env);
             }
-            Op::Accept | Op::Tick | Op::Cancel | Op::Close => {}
+            _ => {}
         }
-        self.carry_out(key);
+        slots.carry_out(self, key);
     }
 
-    fn accepted(&mut self, res: i32, flags: u32) {
+    fn accepted(&mut self, slots: &mut Slots<()>, res: i32, flags: u32) {
         if !more(flags) {
             self.accept_armed = false; // re-armed on the next tick (a back-off on EMFILE)
         }
         if res < 0 {
             if res != -libc::ECANCELED {
-                self.shared.m().add(Metric::AcceptErrors, 1);
-                tracing::warn!(
-                    worker = self.shared.index,
-                    "accept failed: {}; backing off until the next tick",
-                    errno(res)
-                );
+                slots.accept_failed(errno(res));
             }
             return;
         }
-        let fd = owned_fd(res);
-        if self.slots.len() >= self.max_connections || self.drain_deadline.is_some() {
-            self.shared.m().add(Metric::Refused, 1);
-            return; // dropping `fd` closes it
-        }
-        let addresses = if self.shared.limits.proxy_protocol {
-            client_addresses(&fd)
-        } else {
-            None
-        };
-        self.next_gen = self.next_gen.wrapping_add(1) & ConnToken::GEN_MASK;
-        let key = self.slots.insert(Slot {
-            conn: Conn::new(self.now, &self.shared.limits, addresses),
-            gen: self.next_gen,
-            client: fd,
-            backend: None,
-            timer_tick: u64::MAX,
-        });
-        self.shared.m().add(Metric::Connections, 1);
-        self.shared.m().add(Metric::Active, 1);
-        self.carry_out(key);
-    }
-
-    /// Carry out what the connection asks for until it asks for nothing; free
-    /// it if it is finished, else make sure its deadline is on the wheel.
-    fn carry_out(&mut self, key: usize) {
-        loop {
-            let Some(slot) = self.slots.get_mut(key) else {
-                return;
-            };
-            let mut env = self.shared.env(self.now);
-            let Some(action) = slot.conn.poll(&mut env) else {
-                break;
-            };
-            let gen = slot.gen;
-            let token = move |op| ConnToken::new(key, gen, op);
-            match action {
-                Action::Recv(side) => {
-                    let op = match side {
-                        Side::Client => Op::ClientRecv,
-                        Side::Backend => Op::BackendRecv,
-                    };
-                    if let Some(fd) = slot.fd(side) {
-                        self.ring.push_recv_select(fd, token(op));
-                    }
-                }
-                Action::Send(side) => {
-                    let op = match side {
-                        Side::Client => Op::ClientSend,
-                        Side::Backend => Op::BackendSend,
-                    };
-                    if let Some(fd) = slot.fd(side) {
-                        // SAFETY: the bytes are the outbox's lent buffer, which is
-                        // neither touched nor freed until this send completes
-                        // (`on_sent`), and the connection is not freed while an
-                        // operation is in flight.
-                        unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
-                    }
-                }
-                Action::Connect => {
-                    let (family, addr) = (self.backend.0, &*self.backend.1);
-                    match backend_socket(family) {
-                        Ok(fd) => {
-                            let raw = fd.as_raw_fd();
-                            slot.backend = Some(fd);
-                            // SAFETY: the address is boxed in the worker and lives
-                            // as long as the ring.
-                            unsafe { self.ring.push_connect(raw, addr, token(Op::BackendConnect)) };
-                        }
-                        Err(e) => {
-                            tracing::warn!("cannot create a backend socket: {e}");
-                            slot.conn.on_connected(Err(e as i32), &mut env);
-                        }
-                    }
-                }
-                Action::CancelConnect => {
-                    if let Some(fd) = slot.fd(Side::Backend) {
-                        self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
-                    }
-                }
-                Action::ShutdownWrite(side) => {
-                    // shutdown(2), not IORING_OP_SHUTDOWN: the kernel always punts
-                    // the latter to an io-wq thread, dearer than the syscall.
-                    if let Some(fd) = slot.fd(side) {
-                        let _ = shutdown(fd, Shutdown::Write);
-                    }
-                }
-                Action::Cancel => {
-                    for side in [Side::Client, Side::Backend] {
-                        if let Some(fd) = slot.fd(side) {
-                            self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
-                        }
-                    }
-                }
-            }
-        }
-        let slot = &mut self.slots[key];
-        if slot.conn.is_finished() {
-            return self.free(key);
-        }
-        if let Some(at) = slot.conn.deadline() {
-            let tick = self.timers.tick_for(at);
-            if tick < slot.timer_tick {
-                slot.timer_tick = tick;
-                self.timers.insert(tick, (key as u32, slot.gen));
-            }
+        if let Some(key) = slots.admit(listener::adopt(res), |_, _| Ok(())) {
+            slots.carry_out(self, key);
         }
     }
 
     /// Post again the receives that found no buffer.
-    fn retry_starved(&mut self) {
+    fn retry_starved(&mut self, slots: &mut Slots<()>) {
         let starved = std::mem::take(&mut self.starved);
         for t in &starved {
-            let key = t.key as usize;
-            let Some(slot) = self.slots.get(key).filter(|s| s.gen == t.gen) else {
+            let Some(Live { slot, .. }) = slots.live(t.key as usize, t.gen) else {
                 continue;
             };
             let side = if t.op == Op::ClientRecv {
@@ -469,113 +224,107 @@ impl Worker {
         self.starved.clear();
     }
 
-    /// Free a finished connection: its buffers go back to the pool, its sockets
-    /// are closed by the ring (no close(2) of their own).
-    fn free(&mut self, key: usize) {
-        let mut slot = self.slots.remove(key);
-        slot.conn.release(&mut self.shared.pool);
+    fn tick(&mut self, slots: &mut Slots<()>) {
+        self.ring.push_tick();
+        let now = slots.now;
+        slots.tick(self, now);
+        if !slots.draining() {
+            self.arm_accept();
+        }
+    }
+}
+
+impl Driver for Uring {
+    type Io = ();
+
+    fn act(
+        &mut self,
+        key: usize,
+        slot: &mut Slot<()>,
+        action: Action,
+        backend: &BackendAddr,
+        env: &mut Env<'_>,
+    ) {
+        let gen = slot.gen;
+        let token = move |op| ConnToken::new(key, gen, op);
+        match action {
+            Action::Recv(side) => {
+                let op = match side {
+                    Side::Client => Op::ClientRecv,
+                    Side::Backend => Op::BackendRecv,
+                };
+                if let Some(fd) = slot.fd(side) {
+                    self.ring.push_recv_select(fd, token(op));
+                }
+            }
+            Action::Send(side) => {
+                let op = match side {
+                    Side::Client => Op::ClientSend,
+                    Side::Backend => Op::BackendSend,
+                };
+                if let Some(fd) = slot.fd(side) {
+                    // SAFETY: the bytes are the outbox's lent buffer, which is
+                    // neither touched nor freed until this send completes
+                    // (`on_sent`), and the connection is not freed while an
+                    // operation is in flight.
+                    unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
+                }
+            }
+            Action::Connect => match backend.socket() {
+                Ok(fd) => {
+                    let raw = fd.as_raw_fd();
+                    slot.backend = Some(fd);
+                    // SAFETY: the address is boxed in the worker's slots and
+                    // lives as long as the ring.
+                    unsafe {
+                        self.ring
+                            .push_connect(raw, &backend.addr, token(Op::BackendConnect))
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!("cannot create a backend socket: {e}");
+                    slot.conn.on_connected(Err(e as i32), env);
+                }
+            },
+            Action::CancelConnect => {
+                if let Some(fd) = slot.fd(Side::Backend) {
+                    self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
+                }
+            }
+            Action::ShutdownWrite(side) => {
+                // shutdown(2), not IORING_OP_SHUTDOWN: the kernel always punts
+                // the latter to an io-wq thread, dearer than the syscall.
+                if let Some(fd) = slot.fd(side) {
+                    let _ = shutdown(fd, Shutdown::Write);
+                }
+            }
+            Action::Cancel => {
+                for side in [Side::Client, Side::Backend] {
+                    if let Some(fd) = slot.fd(side) {
+                        self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Its sockets are closed by the ring (no close(2) of their own).
+    fn close(&mut self, slot: Slot<()>) {
         let token = detached_token(Op::Close);
         self.ring.push_close(slot.client, token);
         if let Some(b) = slot.backend {
             self.ring.push_close(b, token);
         }
-        self.shared.m().sub(Metric::Active, 1);
     }
 
-    fn tick(&mut self) {
-        self.ring.push_tick();
-        let now = self.now;
-        self.shared.backend_log.tick(now);
-        if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
-            self.drain_deadline = Some(now + self.drain_timeout);
-            if self.accept_armed {
-                // The multishot accept holds the listening socket open: cancel it,
-                // so dropping ours really closes it and the kernel stops queueing
-                // connections to this worker.
-                self.ring
-                    .push_cancel(accept_token(), detached_token(Op::Cancel));
-            }
-            self.listener = None;
-            tracing::debug!(
-                worker = self.shared.index,
-                open = self.slots.len(),
-                "draining"
-            );
+    fn stop_accepting(&mut self) {
+        if self.accept_armed {
+            // The multishot accept holds the listening socket open: cancel it,
+            // so dropping ours really closes it and the kernel stops queueing
+            // connections to this worker.
+            self.ring
+                .push_cancel(accept_token(), detached_token(Op::Cancel));
         }
-        if self.drain_deadline.is_none() {
-            self.arm_accept();
-        }
-        if self.drain_deadline.is_some_and(|d| now > d) {
-            // Drain time is up: everything still open goes.
-            let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                self.slots[key].conn.abort();
-                self.carry_out(key);
-            }
-            return;
-        }
-        let mut due = std::mem::take(&mut self.due);
-        due.clear();
-        self.timers.expire(now, &mut due);
-        for &(tick, (key, gen)) in &due {
-            let key = key as usize;
-            let Some(slot) = self.slots.get_mut(key) else {
-                continue;
-            };
-            if slot.gen != gen || slot.timer_tick != tick {
-                continue; // a stale entry: the connection has a newer one
-            }
-            slot.timer_tick = u64::MAX;
-            let mut env = self.shared.env(now);
-            slot.conn.on_timeout(&mut env);
-            // Files the deadline again if it is still ahead.
-            self.carry_out(key);
-        }
-        self.due = due;
+        self.listener = None;
     }
-}
-
-/// A non-blocking socket for the backend (TCP_NODELAY for TCP).
-fn backend_socket(family: AddressFamily) -> Result<OwnedFd, nix::errno::Errno> {
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    if family != AddressFamily::Unix {
-        let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
-    }
-    Ok(fd)
-}
-
-/// The device's address and the local address it connected to (two syscalls,
-/// only made for the PROXY header).
-fn client_addresses(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-    let to_std = |a: SockaddrStorage| -> Option<std::net::SocketAddr> {
-        if let Some(v4) = a.as_sockaddr_in() {
-            Some(std::net::SocketAddr::V4((*v4).into()))
-        } else {
-            a.as_sockaddr_in6()
-                .map(|v6| std::net::SocketAddr::V6((*v6).into()))
-        }
-    };
-    let peer = socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
-    let local = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
-    Some((to_std(peer)?, to_std(local)?))
-}
-
-fn owned_fd(fd: RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `fd` was just returned by a successful accept completion: it is
-    // open and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn unix_storage(u: &UnixAddr) -> SockaddrStorage {
-    use nix::sys::socket::SockaddrLike;
-    // SAFETY: `u` is a valid sockaddr_un of length `u.len()`; SockaddrStorage
-    // copies it.
-    unsafe { SockaddrStorage::from_raw(u.as_ptr().cast(), Some(u.len())) }
-        .expect("a unix address fits a sockaddr_storage")
 }

@@ -13,6 +13,7 @@ mod golden;
 mod hostile;
 mod load;
 mod no_io_uring;
+mod observability;
 mod openssl;
 mod operator;
 mod pipe;

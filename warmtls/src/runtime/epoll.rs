@@ -1,0 +1,538 @@
+//! The per-core epoll loop: the second driver of the same connection machine,
+//! for hosts where io_uring cannot be set up (a container runtime's default
+//! seccomp profile, `kernel.io_uring_disabled`, an old kernel) or where
+//! `runtime = "epoll"` asks for it.
+//!
+//! Readiness instead of completions. Each socket is registered once,
+//! edge-triggered, for input and output (nothing is re-armed); per socket the
+//! driver remembers whether it is readable and writable and which operations
+//! the machine has posted. A posted `Recv` on a readable socket is carried out
+//! at once — one `recv` into the worker's one buffer, the slice handed to
+//! `on_recv` — else when the socket reports input; `Send` alike with output
+//! (the outbox's bytes stay lent until `on_sent`). A short read or write means
+//! the socket is drained or full until its next edge (unless the peer has
+//! closed: its EOF has no edge of its own), as nginx reads it.
+//! `Cancel` completes what is posted at once with ECANCELED: the kernel holds
+//! nothing. Admission, deadlines, the drain and freeing are `slots`', as for
+//! io_uring, so both drivers behave and count alike.
+//!
+//! No `unsafe`: every buffer is ours for the length of one system call.
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{self, shutdown, MsgFlags, Shutdown};
+
+use super::listener;
+use super::slots::{BackendAddr, Driver, Live, Slot, Slots, WorkerSetup, TICK};
+use super::token::{ConnToken, Op};
+use crate::conn::{Action, Env, Side, RECV_BUF};
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+/// I/O calls carried out at once per connection per loop round; past it the
+/// connection waits for the next round, so one fast pair of peers cannot hold
+/// the worker.
+const ROUND_BUDGET: u16 = 16;
+
+/// What a connection's sockets are registered for (once, edge-triggered).
+fn socket_events() -> EpollFlags {
+    EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET
+}
+
+/// One socket of a connection, as the driver knows it.
+#[derive(Debug, Default, Clone, Copy)]
+struct SideIo {
+    /// Input may be waiting (no short read or EAGAIN since its last edge).
+    readable: bool,
+    /// The peer closed its side (EPOLLRDHUP): a read never waits again, and a
+    /// short read does not mean drained — the EOF behind the bytes has no edge
+    /// of its own.
+    peer_closed: bool,
+    /// Output room may be there (no short write or EAGAIN since its last edge).
+    writable: bool,
+    /// The machine posted a receive, not yet carried out.
+    recv: bool,
+    /// The machine posted a send, not yet carried out.
+    send: bool,
+}
+
+/// What the epoll driver keeps per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    client: SideIo,
+    backend: SideIo,
+    /// The backend connect is in flight.
+    connecting: bool,
+    /// The loop round `spent` counts for.
+    round: u64,
+    spent: u16,
+    /// Queued to be carried on next round.
+    deferred: bool,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            // A socket fresh from accept has room for output; input says so itself.
+            client: SideIo {
+                writable: true,
+                ..SideIo::default()
+            },
+            backend: SideIo::default(),
+            connecting: false,
+            round: 0,
+            spent: 0,
+            deferred: false,
+        }
+    }
+}
+
+impl Readiness {
+    fn side(&mut self, side: Side) -> &mut SideIo {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Backend => &mut self.backend,
+        }
+    }
+}
+
+/// The epoll instance and what the driver keeps beside it.
+struct Epoller {
+    epoll: Epoll,
+    listener: Option<OwnedFd>,
+    /// Accepting stopped until the next tick after an accept error (EMFILE ...).
+    accept_paused: bool,
+    /// The one receive buffer: bytes are handed to the machine during the same call.
+    buf: Box<[u8]>,
+    round: u64,
+    /// Connections that ran out of budget with I/O still to do.
+    deferred: Vec<(usize, u32)>,
+    /// Unix-socket connects the backend's full accept queue turned away
+    /// (EAGAIN): tried again every tick until the connect timeout.
+    connect_again: Vec<(usize, u32)>,
+}
+
+fn accept_token() -> u64 {
+    ConnToken::new(u32::MAX as usize, 0, Op::Accept).encode()
+}
+
+/// Set up the epoll instance and report the outcome through `ready`, then run
+/// until shutdown.
+pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot create an epoll instance: {e}")));
+            return;
+        }
+    };
+    let mut slots: Slots<Readiness> = match Slots::new(&s) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    // Level-triggered: a connection left in the queue is reported again.
+    if let Err(e) = epoll.add(
+        &s.listener,
+        EpollEvent::new(EpollFlags::EPOLLIN, accept_token()),
+    ) {
+        let _ = ready.send(Err(format!("cannot watch the listener with epoll: {e}")));
+        return;
+    }
+    let mut io = Epoller {
+        epoll,
+        listener: Some(s.listener),
+        accept_paused: false,
+        buf: vec![0; RECV_BUF].into_boxed_slice(),
+        round: 0,
+        deferred: Vec::new(),
+        connect_again: Vec::new(),
+    };
+    let _ = ready.send(Ok(()));
+    let mut events = vec![EpollEvent::empty(); EVENTS];
+    let mut next_tick = slots.now + TICK;
+    loop {
+        let timeout = if io.deferred.is_empty() {
+            let left = next_tick.saturating_duration_since(Instant::now());
+            // Rounded up, so the wait does not end just before the tick.
+            u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX)
+        } else {
+            0
+        };
+        let n = match io.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => {
+                tracing::error!(worker = slots.index(), "epoll_wait failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                0
+            }
+        };
+        slots.now = Instant::now();
+        io.round += 1;
+        for ev in &events[..n] {
+            io.ready(&mut slots, ev.data(), ev.events());
+        }
+        if !io.deferred.is_empty() {
+            io.round += 1;
+            io.run_deferred(&mut slots);
+        }
+        if slots.now >= next_tick {
+            next_tick = slots.now + TICK;
+            io.tick(&mut slots);
+        }
+        if slots.finished() {
+            break;
+        }
+    }
+    tracing::debug!("worker stopped");
+}
+
+impl Epoller {
+    /// A readiness event for the socket whose token is `data`.
+    fn ready(&mut self, slots: &mut Slots<Readiness>, data: u64, flags: EpollFlags) {
+        let Some(t) = ConnToken::decode(data) else {
+            return;
+        };
+        let side = match t.op {
+            Op::Accept => return self.accept(slots),
+            Op::Client => Side::Client,
+            Op::Backend => Side::Backend,
+            _ => return,
+        };
+        let key = t.key as usize;
+        let Some(Live { slot, mut env, .. }) = slots.live(key, t.gen) else {
+            return; // a previous occupant of this slot
+        };
+        // An error or hang-up: the next call on the socket says which.
+        let failed = flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP);
+        let s = slot.io.side(side);
+        if failed || flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP) {
+            s.readable = true;
+        }
+        if failed || flags.contains(EpollFlags::EPOLLRDHUP) {
+            s.peer_closed = true;
+        }
+        if failed || flags.contains(EpollFlags::EPOLLOUT) {
+            s.writable = true;
+        }
+        if side == Side::Backend
+            && slot.io.connecting
+            && (failed || flags.contains(EpollFlags::EPOLLOUT))
+        {
+            Self::connected(slot, failed, &mut env);
+        }
+        self.attempt(slot, side, &mut env);
+        slots.carry_out(self, key);
+    }
+
+    /// Carry out what is posted on `side` and ready.
+    fn attempt(&mut self, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
+        let s = *slot.io.side(side);
+        if s.recv && s.readable {
+            self.recv(slot, side, env);
+        }
+        let s = *slot.io.side(side);
+        if s.send && s.writable {
+            self.send(slot, side, env);
+        }
+    }
+
+    /// One more I/O call for this connection this round, or queue it for the next.
+    fn spend(&mut self, key: usize, slot: &mut Slot<Readiness>) -> bool {
+        let io = &mut slot.io;
+        if io.round != self.round {
+            io.round = self.round;
+            io.spent = 0;
+        }
+        if io.spent < ROUND_BUDGET {
+            io.spent += 1;
+            return true;
+        }
+        if !io.deferred {
+            io.deferred = true;
+            self.deferred.push((key, slot.gen));
+        }
+        false
+    }
+
+    fn run_deferred(&mut self, slots: &mut Slots<Readiness>) {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        for &(key, gen) in &deferred {
+            let Some(Live { slot, mut env, .. }) = slots.live(key, gen) else {
+                continue;
+            };
+            slot.io.deferred = false;
+            for side in [Side::Client, Side::Backend] {
+                self.attempt(slot, side, &mut env);
+            }
+            slots.carry_out(self, key);
+        }
+        deferred.clear();
+        if self.deferred.is_empty() {
+            self.deferred = deferred; // keep the capacity
+        }
+    }
+
+    /// Receive into the worker's buffer and hand the bytes to the machine.
+    fn recv(&mut self, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
+        let Some(fd) = slot.fd(side) else {
+            return;
+        };
+        let s = slot.io.side(side);
+        match socket::recv(fd, &mut self.buf, MsgFlags::empty()) {
+            Ok(n) => {
+                s.recv = false;
+                if n < self.buf.len() && !s.peer_closed {
+                    s.readable = false; // drained: wait for the next edge
+                }
+                slot.conn.on_recv(side, Ok(&self.buf[..n]), env);
+            }
+            Err(Errno::EAGAIN) => s.readable = false,
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                s.recv = false;
+                slot.conn.on_recv(side, Err(e as i32), env);
+            }
+        }
+    }
+
+    /// Send the outbox's lent bytes and tell the machine how many went.
+    fn send(&mut self, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
+        let Some(fd) = slot.fd(side) else {
+            return;
+        };
+        let bytes = slot.conn.send_buf(side);
+        let len = bytes.len();
+        let s = slot.io.side(side);
+        match socket::send(fd, bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => {
+                s.send = false;
+                if n < len {
+                    s.writable = false; // full: wait for the next edge
+                }
+                slot.conn.on_sent(side, Ok(n), env);
+            }
+            Err(Errno::EAGAIN) => s.writable = false,
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                s.send = false;
+                slot.conn.on_sent(side, Err(e as i32), env);
+            }
+        }
+    }
+
+    /// Connect the backend socket: done at once (a unix socket), in progress
+    /// (registered: its output edge says it is done), or refused.
+    fn start_connect(
+        &mut self,
+        key: usize,
+        slot: &mut Slot<Readiness>,
+        backend: &BackendAddr,
+        env: &mut Env<'_>,
+    ) {
+        let Some(fd) = slot.backend.as_ref() else {
+            return;
+        };
+        // Registered only once the connect is under way: an unconnected socket
+        // reports a hang-up.
+        let register = |fd: &OwnedFd| {
+            let token = ConnToken::new(key, slot.gen, Op::Backend).encode();
+            self.epoll.add(fd, EpollEvent::new(socket_events(), token))
+        };
+        let outcome = match socket::connect(fd.as_raw_fd(), &*backend.addr) {
+            Ok(()) => register(fd).map(|()| true),
+            Err(Errno::EINPROGRESS) => register(fd).map(|()| false),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(true) => {
+                slot.io.connecting = false;
+                slot.io.backend.writable = true;
+                slot.conn.on_connected(Ok(()), env);
+            }
+            Ok(false) => slot.io.connecting = true,
+            Err(Errno::EAGAIN) => {
+                // A unix socket whose accept queue is full.
+                slot.io.connecting = true;
+                self.connect_again.push((key, slot.gen));
+            }
+            Err(e) => {
+                tracing::debug!("backend connect failed: {e}");
+                slot.io.connecting = false;
+                slot.conn.on_connected(Err(e as i32), env);
+            }
+        }
+    }
+
+    /// The backend socket reported output (connected) or an error.
+    fn connected(slot: &mut Slot<Readiness>, failed: bool, env: &mut Env<'_>) {
+        slot.io.connecting = false;
+        let result = if failed {
+            let errno = slot
+                .backend
+                .as_ref()
+                .map(|fd| socket::getsockopt(fd, socket::sockopt::SocketError))
+                .unwrap_or(Ok(libc::ENOTCONN));
+            match errno {
+                Ok(0) => Err(libc::ECONNRESET),
+                Ok(e) => Err(e),
+                Err(e) => Err(e as i32),
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::debug!(
+                "backend connect failed: {}",
+                std::io::Error::from_raw_os_error(e)
+            );
+        }
+        slot.conn.on_connected(result, env);
+    }
+
+    /// The listener has a connection waiting: take one (the listener is
+    /// level-triggered, so the next waits for the next round, as nginx does).
+    fn accept(&mut self, slots: &mut Slots<Readiness>) {
+        let Some(l) = &self.listener else {
+            return;
+        };
+        match listener::accept(l) {
+            Ok(fd) => {
+                let epoll = &self.epoll;
+                let key = slots.admit(fd, |fd, token| {
+                    epoll
+                        .add(fd, EpollEvent::new(socket_events(), token.encode()))
+                        .map_err(std::io::Error::from)
+                });
+                if let Some(key) = key {
+                    slots.carry_out(self, key);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                slots.accept_failed(e);
+                // Out of descriptors or memory: the listener would report the
+                // same connection at once, so stop watching it until the tick.
+                let mut none = EpollEvent::new(EpollFlags::empty(), accept_token());
+                if self.epoll.modify(l, &mut none).is_ok() {
+                    self.accept_paused = true;
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, slots: &mut Slots<Readiness>) {
+        let now = slots.now;
+        slots.tick(self, now);
+        if self.accept_paused && !slots.draining() {
+            if let Some(l) = &self.listener {
+                let mut watch = EpollEvent::new(EpollFlags::EPOLLIN, accept_token());
+                if self.epoll.modify(l, &mut watch).is_ok() {
+                    self.accept_paused = false;
+                }
+            }
+        }
+        let mut again = std::mem::take(&mut self.connect_again);
+        for &(key, gen) in &again {
+            let Some(Live {
+                slot,
+                mut env,
+                backend,
+            }) = slots.live(key, gen)
+            else {
+                continue;
+            };
+            // Unless the machine gave up on it (its connect timeout cancelled it).
+            if slot.io.connecting {
+                self.start_connect(key, slot, backend, &mut env);
+                slots.carry_out(self, key);
+            }
+        }
+        again.clear();
+        if self.connect_again.is_empty() {
+            self.connect_again = again;
+        }
+    }
+}
+
+impl Driver for Epoller {
+    type Io = Readiness;
+
+    fn act(
+        &mut self,
+        key: usize,
+        slot: &mut Slot<Readiness>,
+        action: Action,
+        backend: &BackendAddr,
+        env: &mut Env<'_>,
+    ) {
+        match action {
+            Action::Recv(side) => {
+                slot.io.side(side).recv = true;
+                if slot.io.side(side).readable && self.spend(key, slot) {
+                    self.recv(slot, side, env);
+                }
+            }
+            Action::Send(side) => {
+                slot.io.side(side).send = true;
+                if slot.io.side(side).writable && self.spend(key, slot) {
+                    self.send(slot, side, env);
+                }
+            }
+            Action::Connect => match backend.socket() {
+                Ok(fd) => {
+                    slot.backend = Some(fd);
+                    self.start_connect(key, slot, backend, env);
+                }
+                Err(e) => {
+                    tracing::warn!("cannot create a backend socket: {e}");
+                    slot.conn.on_connected(Err(e as i32), env);
+                }
+            },
+            Action::CancelConnect => {
+                if std::mem::take(&mut slot.io.connecting) {
+                    slot.conn.on_connected(Err(libc::ECANCELED), env);
+                }
+            }
+            Action::ShutdownWrite(side) => {
+                if let Some(fd) = slot.fd(side) {
+                    let _ = shutdown(fd, Shutdown::Write);
+                }
+            }
+            Action::Cancel => {
+                // Nothing is in the kernel's hands: complete what is posted.
+                for side in [Side::Client, Side::Backend] {
+                    if std::mem::take(&mut slot.io.side(side).recv) {
+                        slot.conn.on_recv(side, Err(libc::ECANCELED), env);
+                    }
+                    if std::mem::take(&mut slot.io.side(side).send) {
+                        slot.conn.on_sent(side, Err(libc::ECANCELED), env);
+                    }
+                }
+                if std::mem::take(&mut slot.io.connecting) {
+                    slot.conn.on_connected(Err(libc::ECANCELED), env);
+                }
+            }
+        }
+    }
+
+    /// Closing the sockets also takes them out of the epoll set.
+    fn close(&mut self, slot: Slot<Readiness>) {
+        drop(slot);
+    }
+
+    fn stop_accepting(&mut self) {
+        self.listener = None;
+    }
+}
