@@ -201,6 +201,20 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt:
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// Counters of one name, told apart by their labels.
+fn counters<const L: usize>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[([(&str, &str); L], u64)],
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 /// Every metric, from one reading. Names: `warmtls_` + what; counters end in
 /// `_total` (added by the encoder).
 fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -240,37 +254,26 @@ fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
         "Accepts that failed (out of file descriptors or memory).",
         m.accept_errors,
     )?;
-    {
-        let c = ConstCounter::new(0u64);
-        let mut family = e.encode_descriptor(
-            "warmtls_handshakes",
-            "Completed TLS handshakes by kind (full, resumed, resumed_early_data: the request came as accepted 0-RTT data) and version.",
-            None,
-            c.metric_type(),
-        )?;
-        for (kind, version, v) in [
-            ("full", "1.2", h.tls12_full),
-            ("resumed", "1.2", h.tls12_resumed),
-            ("full", "1.3", h.tls13_full),
-            ("resumed", "1.3", h.tls13_resumed),
-            ("resumed_early_data", "1.3", h.tls13_resumed_early_data),
-        ] {
-            let labels = [("kind", kind), ("version", version)];
-            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
-        }
-    }
-    {
-        let c = ConstCounter::new(0u64);
-        let mut family = e.encode_descriptor(
-            "warmtls_tls_errors",
-            "Client connections ended by a TLS error, by reason (the alert the client got).",
-            None,
-            c.metric_type(),
-        )?;
-        for (reason, v) in m.tls_error_reasons.by_name() {
-            ConstCounter::new(v).encode(family.encode_family(&[("reason", reason)])?)?;
-        }
-    }
+    counters(
+        e,
+        "warmtls_handshakes",
+        "Completed TLS handshakes by kind (full, resumed, resumed_early_data: the request came as accepted 0-RTT data) and version.",
+        &[
+            ([("kind", "full"), ("version", "1.2")], h.tls12_full),
+            ([("kind", "resumed"), ("version", "1.2")], h.tls12_resumed),
+            ([("kind", "full"), ("version", "1.3")], h.tls13_full),
+            ([("kind", "resumed"), ("version", "1.3")], h.tls13_resumed),
+            ([("kind", "resumed_early_data"), ("version", "1.3")], h.tls13_resumed_early_data),
+        ],
+    )?;
+    counters(
+        e,
+        "warmtls_tls_errors",
+        "Client connections ended by a TLS error, by reason (the alert the client got).",
+        &m.tls_error_reasons
+            .by_name()
+            .map(|(reason, v)| ([("reason", reason)], v)),
+    )?;
     counter(e, "warmtls_backend_errors", "Backend failures of every kind: connect failures, connect timeouts, errors on an open backend connection.", m.backend_errors)?;
     counter(
         e,
@@ -329,18 +332,12 @@ fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
         "TLS 1.3 tickets redeemed (taken: single use).",
         s.takes,
     )?;
-    {
-        let c = ConstCounter::new(0u64);
-        let mut family = e.encode_descriptor(
-            "warmtls_store_evictions",
-            "Slots given up for a new session: state=live evicted a session still resumable (the cache is too small), state=expired reclaimed an expired one (also by lookups and the sweep).",
-            None,
-            c.metric_type(),
-        )?;
-        for (state, v) in [("live", s.evictions), ("expired", s.expired)] {
-            ConstCounter::new(v).encode(family.encode_family(&[("state", state)])?)?;
-        }
-    }
+    counters(
+        e,
+        "warmtls_store_evictions",
+        "Slots given up for a new session: state=live evicted a session still resumable (the cache is too small), state=expired reclaimed an expired one (also by lookups and the sweep).",
+        &[([("state", "live")], s.evictions), ([("state", "expired")], s.expired)],
+    )?;
     counter(e, "warmtls_store_decrypt_failures", "Sealed sessions that did not open with this cache key (key rotated or bytes altered): each a full handshake.", s.decrypt_failures)?;
     counter(e, "warmtls_store_undecodable", "Stored sessions this build's rustls cannot decode (another session encoding): each a full handshake.", s.undecodable)?;
     counter(
