@@ -226,19 +226,19 @@ impl Epoller {
         {
             Self::connected(slot, failed, &mut env);
         }
-        self.attempt(slot, side, &mut env);
+        self.attempt(key, slot, side, &mut env);
         slots.carry_out(self, key);
     }
 
     /// Carry out what is posted on `side` and ready.
-    fn attempt(&mut self, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
+    fn attempt(&mut self, key: usize, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
         let s = *slot.io.side(side);
         if s.recv && s.readable {
-            self.recv(slot, side, env);
+            self.recv(key, slot, side, env);
         }
         let s = *slot.io.side(side);
         if s.send && s.writable {
-            self.send(slot, side, env);
+            self.send(key, slot, side, env);
         }
     }
 
@@ -253,11 +253,16 @@ impl Epoller {
             io.spent += 1;
             return true;
         }
-        if !io.deferred {
-            io.deferred = true;
+        self.defer(key, slot);
+        false
+    }
+
+    /// Carry on with this connection's posted I/O next round.
+    fn defer(&mut self, key: usize, slot: &mut Slot<Readiness>) {
+        if !slot.io.deferred {
+            slot.io.deferred = true;
             self.deferred.push((key, slot.gen));
         }
-        false
     }
 
     fn run_deferred(&mut self, slots: &mut Slots<Readiness>) {
@@ -268,7 +273,7 @@ impl Epoller {
             };
             slot.io.deferred = false;
             for side in [Side::Client, Side::Backend] {
-                self.attempt(slot, side, &mut env);
+                self.attempt(key, slot, side, &mut env);
             }
             slots.carry_out(self, key);
         }
@@ -279,7 +284,7 @@ impl Epoller {
     }
 
     /// Receive into the worker's buffer and hand the bytes to the machine.
-    fn recv(&mut self, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
+    fn recv(&mut self, key: usize, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
         let Some(fd) = slot.fd(side) else {
             return;
         };
@@ -293,7 +298,7 @@ impl Epoller {
                 slot.conn.on_recv(side, Ok(&self.buf[..n]), env);
             }
             Err(Errno::EAGAIN) => s.readable = false,
-            Err(Errno::EINTR) => {}
+            Err(Errno::EINTR) => self.defer(key, slot),
             Err(e) => {
                 s.recv = false;
                 slot.conn.on_recv(side, Err(e as i32), env);
@@ -302,7 +307,7 @@ impl Epoller {
     }
 
     /// Send the outbox's lent bytes and tell the machine how many went.
-    fn send(&mut self, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
+    fn send(&mut self, key: usize, slot: &mut Slot<Readiness>, side: Side, env: &mut Env<'_>) {
         let Some(fd) = slot.fd(side) else {
             return;
         };
@@ -318,7 +323,7 @@ impl Epoller {
                 slot.conn.on_sent(side, Ok(n), env);
             }
             Err(Errno::EAGAIN) => s.writable = false,
-            Err(Errno::EINTR) => {}
+            Err(Errno::EINTR) => self.defer(key, slot),
             Err(e) => {
                 s.send = false;
                 slot.conn.on_sent(side, Err(e as i32), env);
@@ -481,13 +486,13 @@ impl Driver for Epoller {
             Action::Recv(side) => {
                 slot.io.side(side).recv = true;
                 if slot.io.side(side).readable && self.spend(key, slot) {
-                    self.recv(slot, side, env);
+                    self.recv(key, slot, side, env);
                 }
             }
             Action::Send(side) => {
                 slot.io.side(side).send = true;
                 if slot.io.side(side).writable && self.spend(key, slot) {
-                    self.send(slot, side, env);
+                    self.send(key, slot, side, env);
                 }
             }
             Action::Connect => match backend.socket() {
