@@ -53,6 +53,10 @@ pub const RECV_BUF: usize = 16 * 1024;
 /// How long a connection that sent its alert or close_notify waits for the
 /// client's EOF before it is closed anyway.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+/// How long a backend connect the kernel turned away with EAGAIN (a unix
+/// backend whose accept queue is full, or no local port left) waits before it
+/// is tried again, until the connect timeout.
+pub const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
 /// Which socket of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +184,8 @@ enum Link {
     Wanted,
     /// `Action::Connect` handed out, not completed.
     Connecting,
+    /// The connect was turned away for now (EAGAIN): `Wanted` again at `at`.
+    Retry { at: Instant },
     /// Connected.
     Open,
     /// Down (connect failed or timed out, or an I/O error). `cancel` while a
@@ -283,11 +289,17 @@ impl Conn {
         let hs = self.handshake_deadline;
         match self.state {
             State::Hello | State::Handshaking => Some(hs),
-            State::Connecting { deadline } => Some(if handshaking {
-                deadline.min(hs)
-            } else {
-                deadline
-            }),
+            State::Connecting { deadline } => {
+                let deadline = match self.link {
+                    Link::Retry { at } => deadline.min(at),
+                    _ => deadline,
+                };
+                Some(if handshaking {
+                    deadline.min(hs)
+                } else {
+                    deadline
+                })
+            }
             State::Piping { idle_deadline } => Some(if handshaking {
                 idle_deadline.min(hs)
             } else {
@@ -435,6 +447,15 @@ impl Conn {
                     self.backend_closed(env);
                 }
             }
+            Err(libc::EAGAIN) => {
+                // Not refused, only not now: the backend's accept queue is full
+                // (a unix socket says so at once, where TCP would wait for the
+                // SYN to be taken). Try again shortly, within the connect timeout.
+                tracing::debug!("backend connect would block; trying again");
+                self.link = Link::Retry {
+                    at: env.now + CONNECT_RETRY,
+                };
+            }
             Err(e) => {
                 self.link = Link::Failed {
                     connect_in_flight: false,
@@ -453,6 +474,13 @@ impl Conn {
         };
         if env.now < deadline {
             return;
+        }
+        if let (State::Connecting { deadline: d }, Link::Retry { at }) = (self.state, self.link) {
+            let handshake_late = self.handshaking() && env.now >= self.handshake_deadline;
+            if env.now >= at && env.now < d && !handshake_late {
+                self.link = Link::Wanted; // `poll` hands out the connect again
+                return;
+            }
         }
         match self.state {
             State::Connecting { deadline: d } if env.now >= d => {

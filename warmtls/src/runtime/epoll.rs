@@ -109,9 +109,6 @@ struct Epoller {
     round: u64,
     /// Connections that ran out of budget with I/O still to do.
     deferred: Vec<(usize, u32)>,
-    /// Unix-socket connects the backend's full accept queue turned away
-    /// (EAGAIN): tried again every tick until the connect timeout.
-    connect_again: Vec<(usize, u32)>,
 }
 
 fn accept_token() -> u64 {
@@ -150,7 +147,6 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         buf: vec![0; RECV_BUF].into_boxed_slice(),
         round: 0,
         deferred: Vec::new(),
-        connect_again: Vec::new(),
     };
     let _ = ready.send(Ok(()));
     let mut events = vec![EpollEvent::empty(); EVENTS];
@@ -332,7 +328,8 @@ impl Epoller {
     }
 
     /// Connect the backend socket: done at once (a unix socket), in progress
-    /// (registered: its output edge says it is done), or refused.
+    /// (registered: its output edge says it is done), or refused or turned
+    /// away for now (EAGAIN: the machine tries again with a new socket).
     fn start_connect(
         &mut self,
         key: usize,
@@ -361,13 +358,10 @@ impl Epoller {
                 slot.conn.on_connected(Ok(()), env);
             }
             Ok(false) => slot.io.connecting = true,
-            Err(Errno::EAGAIN) => {
-                // A unix socket whose accept queue is full.
-                slot.io.connecting = true;
-                self.connect_again.push((key, slot.gen));
-            }
             Err(e) => {
-                tracing::debug!("backend connect failed: {e}");
+                if e != Errno::EAGAIN {
+                    tracing::debug!("backend connect failed: {e}");
+                }
                 slot.io.connecting = false;
                 slot.conn.on_connected(Err(e as i32), env);
             }
@@ -447,26 +441,6 @@ impl Epoller {
                     self.accept_paused = false;
                 }
             }
-        }
-        let mut again = std::mem::take(&mut self.connect_again);
-        for &(key, gen) in &again {
-            let Some(Live {
-                slot,
-                mut env,
-                backend,
-            }) = slots.live(key, gen)
-            else {
-                continue;
-            };
-            // Unless the machine gave up on it (its connect timeout cancelled it).
-            if slot.io.connecting {
-                self.start_connect(key, slot, backend, &mut env);
-                slots.carry_out(self, key);
-            }
-        }
-        again.clear();
-        if self.connect_again.is_empty() {
-            self.connect_again = again;
         }
     }
 }

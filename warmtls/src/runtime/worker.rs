@@ -178,7 +178,7 @@ impl Uring {
                 slot.conn.on_sent(side, done, &mut env);
             }
             Op::BackendConnect => {
-                if res < 0 && res != -libc::ECANCELED {
+                if res < 0 && res != -libc::ECANCELED && res != -libc::EAGAIN {
                     tracing::debug!("backend connect failed: {}", errno(res));
                 }
                 slot.conn
