@@ -11,7 +11,8 @@
 # Usage: TLSFUZZER=/tmp/tlsf/tlsfuzzer PYTHON=/tmp/tlsf/venv/bin/python bench/tlsfuzzer.sh [SCRIPT...]
 #   (script names without .py; default: the set below). Output: a summary in
 #   $OUT/summary.txt and each script's log in $OUT/<script>.log
-#   (OUT defaults to bench/out/tlsfuzzer). Knobs: SKIP_BUILD=1, TIMEOUT=300 (per script).
+#   (OUT defaults to bench/out/tlsfuzzer). Knobs: SKIP_BUILD=1, TIMEOUT=300 (per script),
+#   WARMTLS=path/to/warmtls (another build to compare; implies SKIP_BUILD).
 #
 # The server gets an RSA-2048 and an ECDSA P-256 certificate (tlsfuzzer's
 # scripts mostly sign with RSA; warmtls picks per client), its default groups
@@ -36,7 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+WARMTLS=${WARMTLS:-}
+if [ -z "$WARMTLS" ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
   (cd "$ROOT" && cargo build --release --locked --bin warmtls)
 fi
 
@@ -91,7 +93,7 @@ key = "$W/ec.key"
 cert = "$W/rsa.pem"
 key = "$W/rsa.key"
 EOF
-RUST_LOG=warn "$ROOT/target/release/warmtls" serve --config "$W/warmtls.toml" > "$W/serve.out" 2> "$OUT/serve.log" &
+RUST_LOG=warn "${WARMTLS:-$ROOT/target/release/warmtls}" serve --config "$W/warmtls.toml" > "$W/serve.out" 2> "$OUT/serve.log" &
 SERVER=$!
 PIDS+=($SERVER)
 for _ in $(seq 200); do grep -q "listening on" "$W/serve.out" 2>/dev/null && break; sleep 0.05; done

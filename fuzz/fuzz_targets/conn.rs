@@ -1,5 +1,6 @@
 //! Drive the endpoint's connection state machine (a real rustls server with the
-//! real session store) through its whole life with arbitrary events: client
+//! real session store, the configuration chosen per ClientHello by the default
+//! ticket rules, as the endpoint does) through its whole life with arbitrary events: client
 //! bytes in arbitrary chunks, EOFs and errors on either side, backend connects
 //! that succeed, fail or hang, backend bytes, partial sends, and time passing
 //! (timeouts, draining). Never a panic, never an action out of order (the
@@ -17,7 +18,7 @@ use warmtls::store::{SessionStore, StoreConfig};
 use warmtls::tls::{self, ServerConfigs};
 
 fn server_configs() -> ServerConfigs {
-    static CFG: OnceLock<(tempfile::TempDir, Arc<rustls::ServerConfig>)> = OnceLock::new();
+    static CFG: OnceLock<(tempfile::TempDir, ServerConfigs)> = OnceLock::new();
     let sc = CFG
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
@@ -34,12 +35,12 @@ fn server_configs() -> ServerConfigs {
                 .unwrap(),
             );
             let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
-            let sc = tls::server_config(&cfg, resolver, store, Duration::from_secs(3600)).unwrap();
+            let sc = tls::server_configs(&cfg, resolver, store, Duration::from_secs(3600)).unwrap();
             (dir, sc)
         })
         .1
         .clone();
-    ServerConfigs::new(sc)
+    sc
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -305,6 +305,15 @@ fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
         "Bytes sent to clients (TLS records).",
         m.bytes_to_clients,
     )?;
+    counters(
+        e,
+        "warmtls_ticket_rule_handshakes",
+        "Handshakes whose ClientHello matched a ticket rule, by what they were served (tls12: TLS 1.2, resumes by session ID; no_tls13_tickets: TLS 1.3 without a ticket).",
+        &[
+            ([("served", "tls12")], m.ticket_rules.tls12),
+            ([("served", "no_tls13_tickets")], m.ticket_rules.no_tls13_tickets),
+        ],
+    )?;
     counter(
         e,
         "warmtls_early_data_bytes",
@@ -363,6 +372,24 @@ fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
         "warmtls_store_purged",
         "Entries erased by warmtls-cache purge.",
         s.purged,
+    )?;
+    counter(
+        e,
+        "warmtls_store_displacements",
+        "Sessions moved to their other candidate bucket to make room instead of evicting a live one.",
+        s.displacements,
+    )?;
+    counter(
+        e,
+        "warmtls_store_migrated",
+        "Sessions moved into this cache file from the previous file of a migration (another capacity, slot size or sealing).",
+        s.migrated,
+    )?;
+    counter(
+        e,
+        "warmtls_store_migration_dropped",
+        "Sessions of the previous file of a migration that did not fit the new one (the youngest were kept): each a full handshake.",
+        s.migration_dropped,
     )?;
     gauge(
         e,

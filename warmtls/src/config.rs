@@ -228,6 +228,57 @@ pub enum Runtime {
     Epoll,
 }
 
+/// Clients that must not get a TLS 1.3 ticket, recognised by their ClientHello
+/// (see `tls::hello_rule`): the first matching rule decides.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRule {
+    /// For logs and the stats file.
+    pub name: String,
+    /// The ClientHello's extensions begin with these types, in this order
+    /// (IANA numbers: 45 psk_key_exchange_modes, 51 key_share, 43 supported_versions, ...).
+    pub extensions_start: Vec<u16>,
+    /// If set, the client's psk_key_exchange_modes, exactly and in order
+    /// (0 psk_ke, 1 psk_dhe_ke).
+    #[serde(default)]
+    pub psk_modes: Option<Vec<u8>>,
+    /// What a matching client is served.
+    #[serde(default)]
+    pub serves: RuleServes,
+}
+
+/// What a client matched by a [`TicketRule`] gets instead of TLS 1.3 tickets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleServes {
+    /// TLS 1.2 when the client offers it (resumes by session ID, the cheapest
+    /// reconnect), else TLS 1.3 without tickets.
+    #[default]
+    Tls12OrNoTickets,
+    /// TLS 1.3 without tickets: connects every time, never resumes TLS 1.3.
+    NoTls13Tickets,
+}
+
+impl TicketRule {
+    /// wolfSSL's ClientHello whenever it offers TLS 1.3: psk_key_exchange_modes
+    /// is the first extension, offering psk_ke then psk_dhe_ke. wolfSSL pushes
+    /// each extension onto the front of its list and adds that one last, so it
+    /// leads whatever the application set up (groups, key shares, SNI,
+    /// max_fragment_length), full or resuming. Captured from Debian's wolfSSL
+    /// 5.5.4 (tests/fixtures/hello/). The first extension alone is not enough:
+    /// rustls (like browsers) shuffles its extensions, and one ClientHello in
+    /// about eleven starts with psk_key_exchange_modes; none of them, nor
+    /// OpenSSL or GnuTLS, offers psk_ke (GnuTLS offers psk_dhe_ke first).
+    pub fn wolfssl_default() -> TicketRule {
+        TicketRule {
+            name: "wolfssl-8-byte-ticket-nonce".into(),
+            extensions_start: vec![45],
+            psk_modes: Some(vec![0, 1]),
+            serves: RuleServes::Tls12OrNoTickets,
+        }
+    }
+}
+
 /// A certificate chain and its private key, PEM files.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +437,16 @@ pub struct Config {
     /// loopback or a management network; never the TLS address). Default: off.
     #[arg(long, value_name = "ADDR", help_heading = "Operations")]
     pub metrics_listen: Option<String>,
+    /// Clients recognised by their ClientHello that get no TLS 1.3 ticket
+    /// (default: wolfSSL, which fails on rustls' 32-byte ticket nonce). `[]`:
+    /// none. Only in the file (`[[ticket_rules]]`).
+    #[arg(skip = vec![TicketRule::wolfssl_default()])]
+    pub ticket_rules: Vec<TicketRule>,
+    /// The most plaintext bytes in one record sent (512 to 16384). rustls
+    /// ignores a client's max_fragment_length and record_size_limit; this caps
+    /// every record for every client. Default: none (16384).
+    #[arg(long, value_name = "BYTES", help_heading = "TLS")]
+    pub max_record_size: Option<u16>,
 }
 
 impl Default for Config {
@@ -577,6 +638,26 @@ impl Config {
             }
         }
         self.store_config().validate().map_err(ConfigError::Cache)?;
+        if let Some(n) = self.max_record_size {
+            if !(512..=16_384).contains(&n) {
+                return invalid(
+                    "max_record_size",
+                    format!("{n} is outside 512 to 16384 bytes"),
+                );
+            }
+        }
+        for r in &self.ticket_rules {
+            if r.extensions_start.is_empty() || r.extensions_start.len() > 8 {
+                return invalid(
+                    "ticket_rules",
+                    format!(
+                        "rule {:?}: extensions_start needs 1 to 8 extension types, has {}",
+                        r.name,
+                        r.extensions_start.len()
+                    ),
+                );
+            }
+        }
         if self.groups.is_empty() {
             return invalid("groups", "at least one key exchange group is needed".into());
         }
@@ -847,8 +928,10 @@ mod tests {
         for (k, v) in &table {
             match v.as_table() {
                 Some(t) => keys.extend(t.keys().map(|k2| format!("{k}.{k2}"))),
-                None if k != "certs" => keys.push(k.clone()),
-                None => {} // --cert/--key: serve's own pair of flags
+                // --cert/--key: serve's own pair of flags; ticket rules are
+                // structured, in the file only.
+                None if k != "certs" && k != "ticket_rules" => keys.push(k.clone()),
+                None => {}
             }
         }
         let ids: Vec<String> = cmd
@@ -927,5 +1010,50 @@ mod tests {
         c.cache.capacity = 1000;
         c.cache.slot_size = 100;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn ticket_rules_default_to_wolfssl_and_can_be_replaced_or_emptied() {
+        assert_eq!(
+            Config::default().ticket_rules,
+            vec![TicketRule::wolfssl_default()]
+        );
+        assert!(Config::from_toml("ticket_rules = []")
+            .unwrap()
+            .ticket_rules
+            .is_empty());
+        let c = Config::from_toml(
+            "[[ticket_rules]]\nname = \"my-wolfssl\"\nextensions_start = [45, 43]\nserves = \"no-tls13-tickets\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ticket_rules.len(), 1);
+        assert_eq!(c.ticket_rules[0].extensions_start, vec![45, 43]);
+        assert_eq!(c.ticket_rules[0].psk_modes, None);
+        assert_eq!(c.ticket_rules[0].serves, RuleServes::NoTls13Tickets);
+        c.validate().unwrap();
+        assert!(Config::from_toml(
+            "[[ticket_rules]]\nname = \"x\"\nextensions_start = [45]\nserves = \"tls12\"\n"
+        )
+        .unwrap_err()
+        .contains("tls12-or-no-tickets"));
+        let mut c = Config::default();
+        c.ticket_rules[0].extensions_start.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("extensions_start"), "{e}");
+    }
+
+    #[test]
+    fn max_record_size_is_bounded() {
+        let c = Config::from_toml("max_record_size = 4096").unwrap();
+        assert_eq!(c.max_record_size, Some(4096));
+        c.validate().unwrap();
+        for bad in [100, 20_000] {
+            let c = Config {
+                max_record_size: Some(bad),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("max_record_size"), "{e}");
+        }
     }
 }

@@ -52,9 +52,12 @@ pub enum Metric {
     TlsDecryptFailed,
     TlsPeerAlert,
     TlsOther,
+    // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
+    HelloRuleTls12,
+    HelloRuleNoTickets,
 }
 
-const N: usize = 26;
+const N: usize = Metric::HelloRuleNoTickets as usize + 1;
 
 /// Upper bounds of the connection-time histogram's buckets, in microseconds
 /// (the last bucket, +Inf, is implicit). Devices should be done in < 100 ms.
@@ -123,6 +126,17 @@ pub struct Snapshot {
     pub early_data_bytes: u64,
     pub tls_error_reasons: TlsErrorReasons,
     pub connection_time: ConnectionTime,
+    /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
+    pub ticket_rules: TicketRuleCounts,
+}
+
+/// Handshakes whose ClientHello matched a ticket rule, by what they got.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct TicketRuleCounts {
+    /// Served TLS 1.2 (resumes by session ID).
+    pub tls12: u64,
+    /// Served TLS 1.3 without a ticket (offered no TLS 1.2).
+    pub no_tls13_tickets: u64,
 }
 
 /// Completed handshakes by kind and TLS version; each handshake is in exactly one.
@@ -247,6 +261,10 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             other: s(Metric::TlsOther),
         },
         connection_time,
+        ticket_rules: TicketRuleCounts {
+            tls12: s(Metric::HelloRuleTls12),
+            no_tls13_tickets: s(Metric::HelloRuleNoTickets),
+        },
     }
 }
 

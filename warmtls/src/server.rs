@@ -112,9 +112,12 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), cfg.flush_interval);
     let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
-    let server_cfg =
-        tls::server_config(&cfg, resolver.clone(), store.clone(), cfg.session_lifetime)?;
-    let tls_cfgs = Arc::new(tls::ServerConfigs::new(server_cfg));
+    let tls_cfgs = Arc::new(tls::server_configs(
+        &cfg,
+        resolver.clone(),
+        store.clone(),
+        cfg.session_lifetime,
+    )?);
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));

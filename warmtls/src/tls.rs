@@ -19,6 +19,9 @@ use rustls::sign::CertifiedKey;
 use crate::config::{CertConfig, Config, Tls13Tickets};
 use crate::store::{SessionCache, SessionStore, StoreTicketer};
 
+pub mod hello_rule;
+use hello_rule::{HelloRules, TicketPolicy};
+
 /// Why certificates or the TLS configuration could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -180,31 +183,6 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The rustls configurations an endpoint serves, built once at start-up, and
-/// which one a ClientHello gets. Every worker holds one (no lock, no per-accept
-/// refcount traffic beyond the `Arc<ServerConfig>` rustls itself needs).
-#[derive(Debug, Clone)]
-pub struct ServerConfigs {
-    default: Arc<rustls::ServerConfig>,
-}
-
-impl ServerConfigs {
-    /// One configuration for every client.
-    pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
-        ServerConfigs { default }
-    }
-
-    /// The configuration for the connection that sent `hello`.
-    pub fn for_hello(&self, _hello: &ClientHello<'_>) -> &Arc<rustls::ServerConfig> {
-        &self.default
-    }
-
-    /// The configuration most clients get.
-    pub fn default_config(&self) -> &Arc<rustls::ServerConfig> {
-        &self.default
-    }
-}
-
 /// Load the configured certificates (or the self-signed one).
 pub fn load_certs(cfg: &Config) -> Result<Vec<Arc<CertifiedKey>>, TlsError> {
     if cfg.certs.is_empty() {
@@ -239,6 +217,108 @@ pub fn server_config_with_time(
     session_lifetime: Duration,
     time: Arc<dyn rustls::time_provider::TimeProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cache =
+        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
+    build(cfg, resolver, cache, time, TicketPolicy::Default)
+}
+
+/// The rustls configurations an endpoint serves, built once at start-up, and
+/// which one a ClientHello gets (`hello_rule`). Every worker holds one (no
+/// lock, no per-accept refcount traffic beyond the `Arc<ServerConfig>` rustls
+/// itself needs).
+#[derive(Debug, Clone)]
+pub struct ServerConfigs {
+    default: Arc<rustls::ServerConfig>,
+    /// TLS 1.2 only; `None` when no TLS 1.2 cipher suite is configured.
+    tls12: Option<Arc<rustls::ServerConfig>>,
+    /// As `default`, without TLS 1.3 tickets.
+    no_tls13_tickets: Arc<rustls::ServerConfig>,
+    rules: HelloRules,
+}
+
+impl ServerConfigs {
+    /// One configuration for every client (no ticket rules).
+    pub fn new(default: Arc<rustls::ServerConfig>) -> ServerConfigs {
+        ServerConfigs {
+            tls12: None,
+            no_tls13_tickets: default.clone(),
+            default,
+            rules: HelloRules::default(),
+        }
+    }
+
+    /// Whether a ClientHello's bytes are needed ([`ServerConfigs::for_hello`]'s
+    /// `features`): only when there are ticket rules.
+    pub fn reads_hellos(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// The configuration for the connection that sent `hello` (`features`: read
+    /// from its bytes, see [`hello_rule::HelloFeatures`]), and why.
+    pub fn for_hello(
+        &self,
+        hello: &ClientHello<'_>,
+        features: Option<&hello_rule::HelloFeatures>,
+    ) -> (TicketPolicy, &Arc<rustls::ServerConfig>) {
+        let policy = hello_rule::ticket_policy(hello, features, &self.rules);
+        let config = match policy {
+            TicketPolicy::Default => &self.default,
+            TicketPolicy::Tls12 => self.tls12.as_ref().unwrap_or(&self.no_tls13_tickets),
+            TicketPolicy::NoTls13Tickets => &self.no_tls13_tickets,
+        };
+        (policy, config)
+    }
+
+    /// The configuration most clients get.
+    pub fn default_config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.default
+    }
+}
+
+/// [`server_config`] and its variants for clients matched by `cfg.ticket_rules`,
+/// all sharing one session store and one certificate resolver.
+pub fn server_configs(
+    cfg: &Config,
+    resolver: Arc<CertResolver>,
+    store: Arc<SessionStore>,
+    session_lifetime: Duration,
+) -> Result<ServerConfigs, TlsError> {
+    let time: Arc<dyn rustls::time_provider::TimeProvider> =
+        Arc::new(rustls::time_provider::DefaultTimeProvider);
+    let cache =
+        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
+    let variant = |policy| build(cfg, resolver.clone(), cache.clone(), time.clone(), policy);
+    let default = variant(TicketPolicy::Default)?;
+    let tls12_suites: Vec<rustls::CipherSuite> = default
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .map(|s| s.suite())
+        .collect();
+    let tls12 = if tls12_suites.is_empty() {
+        None
+    } else {
+        Some(variant(TicketPolicy::Tls12)?)
+    };
+    Ok(ServerConfigs {
+        default,
+        tls12,
+        no_tls13_tickets: variant(TicketPolicy::NoTls13Tickets)?,
+        rules: HelloRules {
+            rules: cfg.ticket_rules.clone(),
+            tls12_suites,
+        },
+    })
+}
+
+fn build(
+    cfg: &Config,
+    resolver: Arc<CertResolver>,
+    cache: SessionCache,
+    time: Arc<dyn rustls::time_provider::TimeProvider>,
+    policy: TicketPolicy,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let groups = cfg.groups.iter().map(|g| g.rustls()).collect();
     let mut suites: Vec<_> = cfg.cipher_suites.iter().map(|s| s.0).collect();
     if suites.is_empty() {
@@ -249,17 +329,24 @@ pub fn server_config_with_time(
         cipher_suites: suites,
         ..provider::default_provider()
     };
+    let versions: &[&rustls::SupportedProtocolVersion] = match policy {
+        TicketPolicy::Tls12 => &[&rustls::version::TLS12],
+        TicketPolicy::Default | TicketPolicy::NoTls13Tickets => {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        }
+    };
     let mut sc = rustls::ServerConfig::builder_with_details(Arc::new(provider), time)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    let cache =
-        SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age);
     if cfg.tls13_tickets == Tls13Tickets::StoreTicketer {
         sc.ticketer = Arc::new(StoreTicketer::new(cache.clone()));
     }
     sc.session_storage = Arc::new(cache.with_stateful_ticket_cap());
-    sc.send_tls13_tickets = cfg.tickets_per_handshake;
+    sc.send_tls13_tickets = match policy {
+        TicketPolicy::Default => cfg.tickets_per_handshake,
+        TicketPolicy::Tls12 | TicketPolicy::NoTls13Tickets => 0,
+    };
     // 0-RTT needs the stateful store (rustls refuses it with a ticketer): its
     // single-use `take` is the replay protection. The answer to an early request
     // goes out as 0.5-RTT data, right behind our Finished: there is no client
@@ -268,5 +355,7 @@ pub fn server_config_with_time(
     sc.max_early_data_size = cfg.early_data;
     sc.send_half_rtt_data = cfg.early_data > 0;
     sc.ignore_client_order = true;
+    // rustls counts the 5-byte record header in its fragment size.
+    sc.max_fragment_size = cfg.max_record_size.map(|n| usize::from(n) + 5);
     Ok(Arc::new(sc))
 }

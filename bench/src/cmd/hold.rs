@@ -27,11 +27,17 @@ pub enum Stage {
 #[derive(clap::Args, Debug)]
 pub struct HoldArgs {
     /// The endpoint (IP:PORT).
-    #[arg(long)]
-    target: SocketAddr,
+    #[arg(long, required_unless_present = "rustls_alone")]
+    target: Option<SocketAddr>,
     /// The server's pid, to read its resident memory.
+    #[arg(long, required_unless_present = "rustls_alone")]
+    server_pid: Option<u32>,
+    /// Measure rustls alone instead, in this process: N server connections
+    /// (warmtls' rustls configuration, made from the ClientHello through an
+    /// `Acceptor`, as the endpoint does) fed a ClientHello and kept, with their
+    /// flight written out — what rustls itself holds per half-open handshake.
     #[arg(long)]
-    server_pid: u32,
+    rustls_alone: bool,
     /// Connections to hold.
     #[arg(long, default_value_t = 6_000)]
     connections: usize,
@@ -90,6 +96,60 @@ fn client_hello() -> anyhow::Result<Vec<u8>> {
     Ok(hello)
 }
 
+/// rustls' own memory per half-open handshake, in this process.
+fn rustls_alone(a: &HoldArgs, hello: &[u8]) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = warmtls::config::Config::default();
+    cfg.cache.path = dir.path().join("hold.cache");
+    cfg.cache.capacity = 10_000;
+    let store = Arc::new(warmtls::store::SessionStore::open_or_create(
+        &warmtls::store::StoreConfig {
+            path: cfg.cache.path.clone(),
+            capacity: cfg.cache.capacity,
+            slot_size: cfg.cache.slot_size,
+        },
+    )?);
+    let resolver = Arc::new(warmtls::tls::CertResolver::new(warmtls::tls::load_certs(
+        &cfg,
+    )?));
+    let server = warmtls::tls::server_config(&cfg, resolver, store, cfg.session_lifetime)?;
+    let mut sink = Vec::with_capacity(64 * 1024);
+    let mut make = || -> anyhow::Result<rustls::ServerConnection> {
+        let mut acceptor = rustls::server::Acceptor::default();
+        let mut rd = hello;
+        acceptor.read_tls(&mut rd)?;
+        let accepted = acceptor
+            .accept()
+            .map_err(|(e, _)| e)?
+            .context("a whole ClientHello")?;
+        let mut conn = accepted
+            .into_connection(server.clone())
+            .map_err(|(e, _)| e)?;
+        conn.process_new_packets()?;
+        while conn.wants_write() {
+            sink.clear();
+            conn.write_tls(&mut sink)?;
+        }
+        Ok(conn)
+    };
+    drop(make()?); // one-time set-up out of the figure
+    let before = probe::own_rss_bytes().context("reading this process's RSS")?;
+    let mut held = Vec::with_capacity(a.connections);
+    for _ in 0..a.connections {
+        held.push(make()?);
+    }
+    let during = probe::own_rss_bytes().context("reading this process's RSS")?;
+    println!(
+        "{} rustls server connections held after the ClientHello (rustls alone): RSS {:.1} MB -> {:.1} MB, {:.0} bytes per connection",
+        a.connections,
+        before as f64 / 1e6,
+        during as f64 / 1e6,
+        during.saturating_sub(before) as f64 / a.connections as f64
+    );
+    drop(held);
+    Ok(())
+}
+
 pub fn main(a: HoldArgs) -> anyhow::Result<()> {
     let want = a.connections as u64 + 64;
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
@@ -102,10 +162,16 @@ pub fn main(a: HoldArgs) -> anyhow::Result<()> {
         .context("raising the open-file limit")?;
     }
     let hello = client_hello()?;
-    let before = probe::rss_bytes(a.server_pid).context("reading the server's RSS")?;
+    if a.rustls_alone {
+        return rustls_alone(&a, &hello);
+    }
+    let (Some(target), Some(server_pid)) = (a.target, a.server_pid) else {
+        bail!("--target and --server-pid are needed");
+    };
+    let before = probe::rss_bytes(server_pid).context("reading the server's RSS")?;
     let mut held = Vec::with_capacity(a.connections);
     for i in 0..a.connections {
-        let mut s = TcpStream::connect_timeout(&a.target, Duration::from_secs(5))
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
             .with_context(|| format!("connection {i}"))?;
         if a.stage == Stage::Hello {
             s.write_all(&hello)?;
@@ -113,7 +179,7 @@ pub fn main(a: HoldArgs) -> anyhow::Result<()> {
         held.push(s);
     }
     std::thread::sleep(a.settle);
-    let during = probe::rss_bytes(a.server_pid).context("reading the server's RSS")?;
+    let during = probe::rss_bytes(server_pid).context("reading the server's RSS")?;
     if during < before {
         bail!("the server's RSS fell while connections were held ({before} -> {during})");
     }

@@ -1,6 +1,9 @@
 //! `warmtls-bench store`: the session store in-process, against rustls' own
 //! `ServerSessionMemoryCache` with the same entries and operations, in one run;
-//! with `--encrypt`, also with values sealed at rest, side by side.
+//! with `--encrypt`, also with values sealed at rest, side by side; with
+//! `--churn N`, N rounds of TLS 1.3 churn in a table sized at the fleet × 1.02
+//! (live evictions, displacements, bytes per stored session); with `--migrate`,
+//! the time to move a full table into one twice its size.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +33,19 @@ pub struct StoreArgs {
     /// Skip the rustls in-memory cache comparison.
     #[arg(long)]
     no_rustls: bool,
+    /// Also run this many rounds of TLS 1.3 churn (every device takes its
+    /// ticket and puts a new one, in random order) on a file sized at
+    /// `--entries` × `--churn-sizing`, and report live evictions per round.
+    #[arg(long, default_value_t = 0)]
+    churn: u32,
+    /// Capacity of the churn file, as a multiple of the devices (`--entries`).
+    #[arg(long, default_value_t = 1.02)]
+    churn_sizing: f64,
+    /// Also time the migration of the full table into one of twice the
+    /// capacity (`warmtls-cache migrate`, or an endpoint restarted with a
+    /// larger `cache.capacity`).
+    #[arg(long)]
+    migrate: bool,
     /// Write the results as JSON to stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -276,6 +292,17 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         None
     };
 
+    let churn = if a.churn > 0 {
+        Some(churn(&a, dir.path(), &value)?)
+    } else {
+        None
+    };
+    let migration = if a.migrate {
+        Some(migration(&a, dir.path(), &keys, &value)?)
+    } else {
+        None
+    };
+
     let rustls = (!a.no_rustls).then(|| {
         let cache = ServerSessionMemoryCache::new(a.entries as usize);
         let p = run(&cache, &keys, &value, a.threads, Op::Put);
@@ -308,6 +335,8 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         "get_ratio_vs_rustls_memcache": ratio(&get, rustls.as_ref().map(|r| &r.1)),
         "take_ratio_vs_rustls_memcache": ratio(&take, rustls.as_ref().map(|r| &r.2)),
         "put_ratio_vs_rustls_memcache": ratio(&put, rustls.as_ref().map(|r| &r.0)),
+        "churn": churn,
+        "migration": migration,
         "sealed": sealed.map(|(p, g, t)| serde_json::json!({
             "put": p, "get": g, "take": t,
             "put_extra_ns_per_op": extra_ns(&put, &p),
@@ -390,6 +419,165 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         println!("(ns per operation; mean extra = difference of 1/throughput, noisier than p50 on a shared machine)");
     }
     Ok(())
+}
+
+/// One round of TLS 1.3 churn.
+#[derive(serde::Serialize, Clone, Copy)]
+struct ChurnRound {
+    /// Devices whose ticket was gone when they came back.
+    lost: u64,
+    resumed_pct: f64,
+    /// Live sessions evicted to make room, and residents moved instead.
+    evictions: u64,
+    displacements: u64,
+    takes_puts_per_s: f64,
+}
+
+#[derive(serde::Serialize)]
+struct ChurnReport {
+    devices: u64,
+    capacity: u64,
+    file_bytes: u64,
+    live_at_end: u64,
+    bytes_per_stored_session: f64,
+    rounds: Vec<ChurnRound>,
+}
+
+/// `--churn`: devices × 1.02 capacity, one ticket per device, then rounds in
+/// which every device (in a random order) takes its ticket and puts a new one.
+fn churn(a: &StoreArgs, dir: &std::path::Path, value: &[u8]) -> anyhow::Result<ChurnReport> {
+    let devices = a.entries;
+    let capacity = ((devices as f64) * a.churn_sizing).ceil() as u64;
+    let cfg = StoreConfig {
+        path: dir.join("churn.cache"),
+        capacity,
+        slot_size: 128,
+    };
+    let store = SessionStore::open_or_create(&cfg)?;
+    let ttl = Duration::from_secs(86_400);
+    let key = |n: u64| -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&n.to_le_bytes());
+        k[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        k
+    };
+    let mut ticket: Vec<u64> = (0..devices).collect();
+    for d in 0..devices {
+        store.put(&key(d), value, ttl);
+    }
+    let mut next = devices;
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut order: Vec<u64> = (0..devices).collect();
+    let mut rounds = Vec::new();
+    for r in 0..a.churn {
+        // A fresh random order each round (Fisher-Yates, xorshift).
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let before = store.counters();
+        let t = Instant::now();
+        let mut lost = 0;
+        for &d in &order {
+            let d = d as usize;
+            if store.take(&key(ticket[d])).is_none() {
+                lost += 1;
+            }
+            ticket[d] = next;
+            store.put(&key(next), value, ttl);
+            next += 1;
+        }
+        let after = store.counters();
+        let round = ChurnRound {
+            lost,
+            resumed_pct: 100.0 * (devices - lost) as f64 / devices as f64,
+            evictions: after.evictions - before.evictions,
+            displacements: after.displacements - before.displacements,
+            takes_puts_per_s: devices as f64 / t.elapsed().as_secs_f64(),
+        };
+        eprintln!(
+            "churn round {}: resumed {:.4}%, {} live evictions, {} displacements",
+            r + 1,
+            round.resumed_pct,
+            round.evictions,
+            round.displacements
+        );
+        rounds.push(round);
+    }
+    let live = store.scan(|_| {}).live;
+    let file_bytes = std::fs::metadata(&cfg.path)?.len();
+    Ok(ChurnReport {
+        devices,
+        capacity,
+        file_bytes,
+        live_at_end: live,
+        bytes_per_stored_session: file_bytes as f64 / live.max(1) as f64,
+        rounds,
+    })
+}
+
+#[derive(serde::Serialize)]
+struct MigrationBench {
+    sessions: u64,
+    from_capacity: u64,
+    to_capacity: u64,
+    open_ms: f64,
+    moved: u64,
+    dropped: u64,
+    seconds: f64,
+    sessions_per_s: f64,
+}
+
+/// `--migrate`: a file filled to capacity, reopened with twice the capacity,
+/// and every entry moved at once (what `warmtls-cache migrate` does; an
+/// endpoint does the same in the background, in batches).
+fn migration(
+    a: &StoreArgs,
+    dir: &std::path::Path,
+    keys: &[[u8; 32]],
+    value: &[u8],
+) -> anyhow::Result<MigrationBench> {
+    let cfg = StoreConfig {
+        path: dir.join("migrate.cache"),
+        capacity: a.entries,
+        slot_size: 128,
+    };
+    let store = SessionStore::open_or_create(&cfg)?;
+    for k in keys {
+        store.put(k, value, Duration::from_secs(86_400));
+    }
+    let sessions = store.scan(|_| {}).live;
+    store.close()?;
+    let bigger = StoreConfig {
+        capacity: a.entries * 2,
+        ..cfg
+    };
+    let t = Instant::now();
+    let store = SessionStore::open_or_create(&bigger)?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let r = store.finish_migration()?;
+    anyhow::ensure!(
+        store.get(&keys[keys.len() / 3]).as_deref() == Some(value),
+        "an entry did not survive the migration"
+    );
+    eprintln!(
+        "migration of {sessions} sessions to twice the capacity: {:.2} s ({:.0} sessions/s), {} dropped",
+        r.seconds,
+        r.moved as f64 / r.seconds,
+        r.dropped
+    );
+    Ok(MigrationBench {
+        sessions,
+        from_capacity: a.entries,
+        to_capacity: a.entries * 2,
+        open_ms,
+        moved: r.moved,
+        dropped: r.dropped,
+        seconds: r.seconds,
+        sessions_per_s: r.moved as f64 / r.seconds,
+    })
 }
 
 /// Wall-clock nanoseconds per operation that `sealed` costs more than `plain`.

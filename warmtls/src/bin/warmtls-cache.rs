@@ -1,8 +1,10 @@
 //! `warmtls-cache`: inspect a warmtls session cache file, live or not.
 //!
 //! Reads never block the endpoint (optimistic, sequence-checked copies); `purge`
-//! takes bucket locks one at a time, like the endpoint does. Never prints secret
-//! bytes: entries are identified by a prefix of their keyed fingerprint.
+//! takes bucket locks one at a time, like the endpoint does; `migrate` re-shapes
+//! a file nobody has open, with the same code the endpoint uses when its cache
+//! configuration changes. Never prints secret bytes: entries are identified by a
+//! prefix of their keyed fingerprint.
 #![forbid(unsafe_code)]
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use warmtls::store::{
-    Access, Counters, EncodingStatus, ScanTotals, SessionStore, SlotInfo, SlotState,
+    open_elsewhere, previous_file_of, Access, Counters, EncodingStatus, ScanTotals, SessionStore,
+    SlotInfo, SlotState, StoreConfig, StoreError, ValueKey,
 };
 
 #[derive(Parser)]
@@ -43,6 +46,21 @@ enum Cmd {
     },
     /// Check every slot; report torn or corrupt ones; exit 1 if there are any.
     Verify { file: PathBuf },
+    /// Give a cache file a new capacity and/or slot size (and seal its values
+    /// with --key) without losing a session: what the endpoint does by itself
+    /// when its configuration changes, done now on a file nobody has open.
+    Migrate {
+        file: PathBuf,
+        /// Sessions the new table holds.
+        #[arg(long)]
+        capacity: u64,
+        /// Bytes per slot of the new table (a multiple of 64, 128 to 4096).
+        #[arg(long)]
+        slot_size: Option<u32>,
+        /// Key file (`warmtls keygen`) to seal the values with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
     /// Erase expired and corrupt entries (--expired, the default) or everything (--all).
     Purge {
         file: PathBuf,
@@ -95,6 +113,8 @@ struct Stats {
     sealed: u64,
     expired: u64,
     corrupt: u64,
+    /// Slots a killed writer left half-written; the next writer clears them.
+    torn: u64,
     empty: u64,
     load_factor: f64,
     /// File size / capacity: what a session of capacity costs.
@@ -110,6 +130,14 @@ struct Stats {
     age_histogram: Histogram,
     expiry_histogram: Histogram,
     counters: Counters,
+    /// The previous file of a migration in progress, and its live entries.
+    migrating_from: Option<Migrating>,
+}
+
+#[derive(serde::Serialize)]
+struct Migrating {
+    file: String,
+    live: u64,
 }
 
 fn main() -> ExitCode {
@@ -194,6 +222,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("... and {} more", bad.len() - 20);
             }
             print_totals(&t);
+            if t.torn > 0 {
+                println!(
+                    "{} slots were left half-written by a writer that was killed; they read as misses and the next writer to open the file clears them",
+                    t.torn
+                );
+            }
             if t.busy_buckets > 0 {
                 println!(
                     "{} buckets were busy with writers and not checked; run verify again",
@@ -206,6 +240,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("OK");
         }
+        Cmd::Migrate {
+            file,
+            capacity,
+            slot_size,
+            key,
+        } => migrate(&file, capacity, slot_size, key.as_deref())?,
         Cmd::Purge {
             file,
             expired: _,
@@ -247,6 +287,7 @@ fn stats(s: &SessionStore, file: &std::path::Path) -> anyhow::Result<Stats> {
         sealed: t.sealed,
         expired: t.expired,
         corrupt: t.corrupt,
+        torn: t.torn,
         empty: t.empty,
         load_factor: t.live as f64 / geo.slot_count() as f64,
         bytes_per_session: file_bytes as f64 / geo.capacity as f64,
@@ -258,13 +299,85 @@ fn stats(s: &SessionStore, file: &std::path::Path) -> anyhow::Result<Stats> {
         age_histogram: age,
         expiry_histogram: expiry,
         counters: s.counters(),
+        migrating_from: migrating_from(file)?,
     })
+}
+
+/// The previous file of a migration of `file`, if one is in progress.
+fn migrating_from(file: &std::path::Path) -> anyhow::Result<Option<Migrating>> {
+    let prev = previous_file_of(file);
+    if !prev.exists() {
+        return Ok(None);
+    }
+    let live = SessionStore::open_existing(&prev, Access::ReadOnly)?
+        .scan(|_| {})
+        .live;
+    Ok(Some(Migrating {
+        file: prev.display().to_string(),
+        live,
+    }))
+}
+
+fn migrate(
+    file: &std::path::Path,
+    capacity: u64,
+    slot_size: Option<u32>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if !file.exists() {
+        anyhow::bail!("{} does not exist; the endpoint creates a cache file of the configured geometry by itself", file.display());
+    }
+    if let Some(pid) = open_elsewhere(file)? {
+        return Err(StoreError::InUse {
+            path: file.to_path_buf(),
+            pid,
+        }
+        .into());
+    }
+    let old = SessionStore::open_existing(file, Access::ReadOnly)?;
+    let from = old.geometry();
+    let live = old.scan(|_| {}).live;
+    drop(old);
+    let cfg = StoreConfig {
+        path: file.to_path_buf(),
+        capacity,
+        slot_size: slot_size.unwrap_or(from.slot_size),
+    };
+    let mut store = SessionStore::open_or_create(&cfg)?;
+    if let Some(k) = key {
+        warmtls::store::check_key_apart(k, file)?;
+        store = store.seal_values_with(ValueKey::load(k)?);
+    }
+    let r = store
+        .finish_migration()
+        .with_context(|| format!("migrating {}", file.display()))?;
+    let to = store.geometry();
+    store.close()?;
+    println!(
+        "{}: capacity {} -> {}, slot size {} -> {}; {} live sessions: {} moved, {} dropped{} in {:.2} s ({:.0} sessions/s)",
+        file.display(),
+        from.capacity,
+        to.capacity,
+        from.slot_size,
+        to.slot_size,
+        live,
+        r.moved,
+        r.dropped,
+        if r.dropped > 0 {
+            " (the new table is smaller: the youngest were kept)"
+        } else {
+            ""
+        },
+        r.seconds,
+        r.moved as f64 / r.seconds.max(1e-9)
+    );
+    Ok(())
 }
 
 fn print_totals(t: &ScanTotals) {
     println!(
-        "slots {}: live {}, expired {}, empty {}, corrupt {}",
-        t.slots, t.live, t.expired, t.empty, t.corrupt
+        "slots {}: live {}, expired {}, empty {}, corrupt {}, torn {}",
+        t.slots, t.live, t.expired, t.empty, t.corrupt, t.torn
     );
 }
 
@@ -293,8 +406,8 @@ fn print_stats(s: &Stats) {
         s.sealed
     );
     println!(
-        "expired           {}   corrupt {}   empty {}",
-        s.expired, s.corrupt, s.empty
+        "expired           {}   corrupt {}   torn {}   empty {}",
+        s.expired, s.corrupt, s.torn, s.empty
     );
     println!(
         "writer            {}",
@@ -307,9 +420,15 @@ fn print_stats(s: &Stats) {
     print_encoding(&s.session_encoding);
     let c = &s.counters;
     println!(
-        "counters          hits {} misses {} puts {} takes {} evictions {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {} undecodable {}",
-        c.hits, c.misses, c.puts, c.takes, c.evictions, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures, c.undecodable
+        "counters          hits {} misses {} puts {} takes {} evictions {} (live sessions) displacements {} expired {} corrupt {} too_large {} lock_steals {} purged {} decrypt_failures {} undecodable {} migrated {} migration_dropped {}",
+        c.hits, c.misses, c.puts, c.takes, c.evictions, c.displacements, c.expired, c.corrupt, c.too_large, c.lock_steals, c.purged, c.decrypt_failures, c.undecodable, c.migrated, c.migration_dropped
     );
+    if let Some(m) = &s.migrating_from {
+        println!(
+            "migrating from    {} ({} live sessions still there; they resume from it and move here)",
+            m.file, m.live
+        );
+    }
     for (name, h) in [
         ("age", &s.age_histogram),
         ("expires in", &s.expiry_histogram),

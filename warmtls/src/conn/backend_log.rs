@@ -56,6 +56,7 @@ struct Window {
 }
 
 impl BackendLog {
+    /// A log for worker `worker`'s failures reaching `backend`.
     pub fn new(backend: String, worker: usize) -> BackendLog {
         BackendLog {
             backend,

@@ -15,8 +15,11 @@ use crate::tls::ServerConfigs;
 /// Operations the machine has handed out and the driver holds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Posted {
+    /// A receive on the device's socket.
     pub client_recv: bool,
+    /// A receive on the backend's socket.
     pub backend_recv: bool,
+    /// The backend connect.
     pub connect: bool,
 }
 
@@ -45,6 +48,7 @@ impl World {
 
 /// One connection driven in memory.
 pub struct MemoryDriver {
+    /// The connection being driven.
     pub conn: Conn,
     world: World,
     posted: Posted,

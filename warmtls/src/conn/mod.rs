@@ -25,7 +25,9 @@
 //! | `Piping` | bytes either way, idle timeout | close_notify sent and out → `Draining` |
 //! | `Draining` | our last bytes out, then the client's EOF (a short linger) | `Closing` |
 //! | `Closing` | operations still in flight to complete | freed |
-use std::io::{Read, Write};
+#![deny(missing_docs)]
+
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ use rustls::{HandshakeKind, ServerConnection};
 
 use crate::metrics::{Metric, WorkerMetrics};
 use crate::store::SessionCache;
+use crate::tls::hello_rule::{self, HelloFeatures, TicketPolicy};
 use crate::tls::ServerConfigs;
 
 mod backend_log;
@@ -90,8 +93,11 @@ pub enum Action {
 /// Timeouts and options, the same for every connection of an endpoint.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// From accept to the client's Finished (`handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Between bytes once piping (`idle_timeout`).
     pub idle_timeout: Duration,
+    /// For the backend connect (`backend_connect_timeout`).
     pub backend_connect_timeout: Duration,
     /// Send a PROXY protocol v2 header to the backend first.
     pub proxy_protocol: bool,
@@ -99,11 +105,17 @@ pub struct Limits {
 
 /// What a connection needs from its worker while it handles an event.
 pub struct Env<'a> {
+    /// The driver's clock for this event.
     pub now: Instant,
+    /// The endpoint's timeouts and options.
     pub limits: &'a Limits,
+    /// The TLS configurations, chosen per ClientHello.
     pub tls: &'a ServerConfigs,
+    /// This worker's counters.
     pub metrics: &'a WorkerMetrics,
+    /// This worker's send buffers.
     pub pool: &'a mut BufPool,
+    /// This worker's backend failure log.
     pub backend_log: &'a mut BackendLog,
 }
 
@@ -199,7 +211,7 @@ enum Link {
 /// One socket's side of the connection: what waits to go out on it, and where
 /// its receive and write direction stand.
 #[derive(Debug, Default)]
-pub struct Half {
+struct Half {
     outbox: Outbox,
     recv_posted: bool,
     /// EOF (for the client: TCP FIN or close_notify) seen.
@@ -240,6 +252,9 @@ pub struct Conn {
     addresses: Option<(SocketAddr, SocketAddr)>,
     /// When the driver accepted it (the connection-time histogram).
     accepted_at: Instant,
+    /// The ClientHello's bytes when it came in more than one read and ticket
+    /// rules need them (empty, unallocated, otherwise).
+    hello_bytes: Vec<u8>,
 }
 
 impl Conn {
@@ -259,6 +274,7 @@ impl Conn {
             first_flight: Some(FirstFlight::default()),
             addresses,
             accepted_at: now,
+            hello_bytes: Vec::new(),
         }
     }
 
@@ -719,17 +735,52 @@ impl Conn {
     /// configuration for that ClientHello makes the connection, which takes
     /// whatever followed. Leaves in `rd` the bytes the connection has not read.
     fn accept_hello(&mut self, rd: &mut &[u8], env: &mut Env<'_>) -> Result<(), TlsFailure> {
-        if matches!(self.tls, Tls::Waiting) {
+        let first_read = matches!(self.tls, Tls::Waiting);
+        if first_read {
             self.tls = Tls::Accepting(Acceptor::default());
         }
         let Tls::Accepting(acceptor) = &mut self.tls else {
             return Ok(());
         };
+        // This read's bytes, for the ticket rules (`tls::hello_rule`): a
+        // ClientHello that came whole in its first read is read in place.
+        let this_read = *rd;
+        let reads_hellos = env.tls.reads_hellos();
+        let keep = |kept: &mut Vec<u8>, rd: &[u8]| {
+            let read = &this_read[..this_read.len() - rd.len()];
+            if reads_hellos && kept.len() + read.len() <= hello_rule::MAX_HELLO_BYTES {
+                kept.extend_from_slice(read);
+            }
+        };
         loop {
             match acceptor.accept() {
                 Ok(None) => {}
                 Ok(Some(accepted)) => {
-                    let config = env.tls.for_hello(&accepted.client_hello()).clone();
+                    let features = if !reads_hellos {
+                        None
+                    } else if first_read {
+                        HelloFeatures::parse(&this_read[..this_read.len() - rd.len()])
+                    } else {
+                        keep(&mut self.hello_bytes, rd);
+                        HelloFeatures::parse(&self.hello_bytes)
+                    };
+                    self.hello_bytes = Vec::new();
+                    let (policy, config) = env
+                        .tls
+                        .for_hello(&accepted.client_hello(), features.as_ref());
+                    match policy {
+                        TicketPolicy::Default => {}
+                        TicketPolicy::Tls12 => env.metrics.add(Metric::HelloRuleTls12, 1),
+                        TicketPolicy::NoTls13Tickets => {
+                            env.metrics.add(Metric::HelloRuleNoTickets, 1)
+                        }
+                    }
+                    if let Some(f) = &features {
+                        // What an operator needs to write a rule for a device's stack.
+                        tracing::debug!(extensions = ?f.extensions(), psk_modes = ?f.psk_modes(),
+                            tls12 = f.offers_tls12, tls13 = f.offers_tls13, ?policy, "ClientHello");
+                    }
+                    let config = config.clone();
                     // Resumption lookups happen here: lend the lineage slot.
                     let made = SessionCache::lineage_scope(&mut self.lineage, || {
                         accepted.into_connection(config)
@@ -766,10 +817,14 @@ impl Conn {
                 }
             }
             if rd.is_empty() {
+                keep(&mut self.hello_bytes, rd);
                 return Ok(());
             }
             match acceptor.read_tls(rd) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    keep(&mut self.hello_bytes, rd);
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.tls = Tls::Refused;
@@ -796,16 +851,28 @@ impl Conn {
             // already taken) never gets here, and it bounds them by
             // `max_early_data_size` (≤ PIPE_LIMIT).
             if let Some(mut early) = tls.early_data() {
-                let out = self.backend.outbox.writer(env.pool);
-                let before = out.len();
-                let _ = early.read_to_end(out);
-                self.early_data += out.len() - before;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = early.read(&mut chunk) {
+                    self.backend.outbox.queue(&chunk[..n], env.pool);
+                    self.early_data += n;
+                }
             }
-            // Decrypted bytes for the backend.
-            let out = self.backend.outbox.writer(env.pool);
-            // Ok: close_notify; WouldBlock: nothing more for now.
-            if tls.reader().read_to_end(out).is_ok() {
-                self.client.eof = true;
+            // Decrypted bytes for the backend, copied straight from rustls' own
+            // buffer; an outbox buffer is taken only when there are some.
+            let mut reader = tls.reader();
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => {
+                        self.client.eof = true; // close_notify
+                        break;
+                    }
+                    Ok(bytes) => {
+                        let n = bytes.len();
+                        self.backend.outbox.queue(bytes, env.pool);
+                        reader.consume(n);
+                    }
+                    Err(_) => break, // WouldBlock: nothing more for now
+                }
             }
             if rd.is_empty() {
                 return Ok(());

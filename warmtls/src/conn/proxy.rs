@@ -24,14 +24,17 @@ const TCP_IPV6: u8 = 0x21;
 pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
 /// TLS details, with sub-TLVs.
 pub const PP2_TYPE_SSL: u8 = 0x20;
+/// `PP2_TYPE_SSL` sub-TLV: the TLS version, e.g. "TLSv1.3".
 pub const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+/// `PP2_TYPE_SSL` sub-TLV: the cipher suite's name.
 pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
 /// `PP2_TYPE_SSL`'s client field: the connection was made over TLS.
 pub const PP2_CLIENT_SSL: u8 = 0x01;
 /// warmtls' own TLV (0xE0 is the first of the application-specific types).
 pub const PP2_TYPE_WARMTLS: u8 = 0xE0;
-/// Flags in `PP2_TYPE_WARMTLS`.
+/// Flag in `PP2_TYPE_WARMTLS`: the TLS session was resumed.
 pub const FLAG_RESUMED: u8 = 0x01;
+/// Flag in `PP2_TYPE_WARMTLS`: the request arrived as 0-RTT early data.
 pub const FLAG_EARLY_DATA: u8 = 0x02;
 
 /// What the header says about one connection.
@@ -40,10 +43,15 @@ pub struct ProxyInfo<'a> {
     /// The device's address, and ours as it connected to (`None` when the
     /// socket could not tell, e.g. already reset).
     pub addresses: Option<(SocketAddr, SocketAddr)>,
+    /// The server name the device asked for.
     pub sni: Option<&'a str>,
+    /// "TLSv1.2" or "TLSv1.3".
     pub tls_version: Option<&'static str>,
+    /// The negotiated cipher suite's IANA name.
     pub cipher: Option<&'static str>,
+    /// The session was resumed (0-RTT included).
     pub resumed: bool,
+    /// The first bytes arrived as 0-RTT early data.
     pub early_data: bool,
 }
 

@@ -8,16 +8,21 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 }
 
 /// The system's wall clock: session lifetimes must span restarts and reboots,
-/// so a monotonic clock would not do.
+/// so a monotonic clock would not do. Read with `CLOCK_REALTIME_COARSE` (the
+/// last timer tick, a few milliseconds old at most): whole seconds are all the
+/// store needs, and every lookup reads the clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_secs(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE) {
+            Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0),
+            Err(_) => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
     }
 }
 

@@ -244,7 +244,7 @@ impl SessionStore {
     /// flood it; the counter has the number).
     pub(crate) fn count_undecodable(&self, value: &[u8]) {
         static LOGGED: AtomicBool = AtomicBool::new(false);
-        self.bump(0, Counter::Undecodable);
+        self.bump(Counter::Undecodable);
         if !LOGGED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 path = %self.path().display(),

@@ -6,8 +6,6 @@
 //! messages name settings (the cache path, capacity), not one program's flags.
 use std::path::PathBuf;
 
-use super::format::Geometry;
-
 /// A cache file could not be created, opened or flushed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,14 +53,11 @@ pub enum StoreError {
         expected: u64,
     },
 
-    #[error("cache file {path} was created for {found_capacity} sessions of {found_slot}-byte slots; the configuration asks for {want_capacity} sessions of {want_slot}-byte slots — set the cache capacity and slot size (`--cache-capacity`/`--cache-slot-size`, `[cache] capacity`/`slot_size`) back to the file's values, or delete the file to start a fresh cache")]
-    Geometry {
-        path: PathBuf,
-        found_capacity: u64,
-        found_slot: u32,
-        want_capacity: u64,
-        want_slot: u32,
-    },
+    #[error("cache file {path} is still being migrated from {previous} by another running warmtls process, and this one asks for yet another geometry; give it the same cache capacity and slot size as that process (it takes over the migration), or stop that process first")]
+    MigrationBusy { path: PathBuf, previous: PathBuf },
+
+    #[error("cache file {path} is open in another process (pid {pid}); `warmtls-cache migrate` works on a file nobody has open — stop that process, or change its configuration and restart it: the endpoint migrates the file by itself")]
+    InUse { path: PathBuf, pid: u32 },
 
     #[error("invalid cache geometry: {0}")]
     InvalidConfig(String),
@@ -97,16 +92,4 @@ pub enum StoreError {
 
     #[error("cache key file {path} is the cache file itself; keep the key apart from the cache (e.g. /etc/warmtls/cache.key)")]
     KeyFileIsCache { path: PathBuf },
-}
-
-impl StoreError {
-    pub(crate) fn geometry(path: PathBuf, found: &Geometry, want: &Geometry) -> StoreError {
-        StoreError::Geometry {
-            path,
-            found_capacity: found.capacity,
-            found_slot: found.slot_size,
-            want_capacity: want.capacity,
-            want_slot: want.slot_size,
-        }
-    }
 }

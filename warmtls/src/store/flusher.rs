@@ -1,15 +1,19 @@
 //! The store's background duties: `fdatasync` on an interval (bounding what a power
-//! cut can lose; a killed process loses nothing, the mapping is shared) and a slow
-//! sweep that reclaims expired slots nobody looks up any more.
+//! cut can lose; a killed process loses nothing, the mapping is shared), a slow
+//! sweep that reclaims expired slots nobody looks up any more, and the moving of
+//! entries out of the previous file of a migration (migrate.rs).
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::migrate::MigrationState;
 use super::table::SessionStore;
 
 /// A full sweep of the table takes about this long.
 const SWEEP_PERIOD: Duration = Duration::from_secs(600);
+/// Entries a migration moves between pauses (a few milliseconds of work).
+const MIGRATION_BATCH: usize = 4096;
 
 /// Runs the flush and sweep until dropped; dropping it flushes one last time.
 #[derive(Debug)]
@@ -42,13 +46,30 @@ fn run(store: &SessionStore, interval: Duration, stop: &mpsc::Receiver<()>) {
     let per_tick = buckets.div_ceil(ticks_per_sweep).max(1);
     let mut cursor = 0u64;
     let mut last_flush = Instant::now();
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
-        store.sweep(cursor..cursor + per_tick);
-        cursor = if cursor + per_tick >= buckets {
-            0
-        } else {
-            cursor + per_tick
+    let mut next_sweep = Instant::now() + tick;
+    loop {
+        // A migration moves a batch, then pauses as long as the batch took: it
+        // uses at most about half of one core, and finishes 1M entries in seconds.
+        let started = Instant::now();
+        let wait = match store.migrate_some(MIGRATION_BATCH) {
+            MigrationState::Moving | MigrationState::Done => {
+                started.elapsed().max(Duration::from_millis(1))
+            }
+            MigrationState::Idle | MigrationState::WaitingForOtherProcesses => tick,
         };
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + tick;
+            store.sweep(cursor..cursor + per_tick);
+            cursor = if cursor + per_tick >= buckets {
+                0
+            } else {
+                cursor + per_tick
+            };
+        }
         if last_flush.elapsed() >= interval {
             if let Err(e) = store.flush() {
                 tracing::error!("{e}");

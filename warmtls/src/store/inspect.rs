@@ -3,11 +3,11 @@
 //!
 //! Readers copy a bucket, then check its sequence number did not move; the
 //! endpoint never waits for them. Nothing here exposes value bytes.
-use super::format::Counter;
-use super::format::{SLOTS_PER_BUCKET, SLOT_META_SIZE, VALUE_OFFSET};
-use super::table::{
-    born_of, erase, expires_of, is_sealed, slot_intact, tag_of, val_len, SessionStore,
+use super::format::{Counter, SLOTS_PER_BUCKET};
+use super::slot::{
+    born_of, expires_of, fingerprint_of, is_sealed, slot_intact, tag_of, val_len, SlotBuf,
 };
+use super::table::{erase, SessionStore};
 
 /// What a slot holds, as seen by a reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -16,9 +16,14 @@ pub enum SlotState {
     Empty,
     Live,
     Expired,
-    /// Torn by a crash or corrupted: its checksum, tag or place does not verify.
-    /// Lookups treat it as a miss.
+    /// Corrupted: its checksum, tag or place does not verify. Lookups treat it
+    /// as a miss.
     Corrupt,
+    /// Left half-written by a writer that was killed inside its bucket (the
+    /// bucket's lock word or sequence number still says so). Lookups treat it as
+    /// a miss; the next writer to lock the bucket, or to open the file after the
+    /// crash, clears it. Not damage: what a kill -9 mid-write is expected to leave.
+    Torn,
 }
 
 /// One slot's metadata (never its secret bytes).
@@ -47,6 +52,8 @@ pub struct ScanTotals {
     pub live: u64,
     pub expired: u64,
     pub corrupt: u64,
+    /// Slots a killed writer left half-written (see [`SlotState::Torn`]).
+    pub torn: u64,
     /// Live entries whose value is encrypted at rest.
     pub sealed: u64,
     /// Buckets a writer kept busy for the whole scan attempt (not inspected).
@@ -61,6 +68,7 @@ impl ScanTotals {
             SlotState::Live => self.live += 1,
             SlotState::Expired => self.expired += 1,
             SlotState::Corrupt => self.corrupt += 1,
+            SlotState::Torn => self.torn += 1,
         }
     }
 }
@@ -89,10 +97,9 @@ impl SessionStore {
         let max_value = geo.max_value_len();
         let map = self.mapping();
         let mut buf = vec![0u8; slot_size * SLOTS_PER_BUCKET];
-        let mut tags = [0u16; SLOTS_PER_BUCKET];
         let mut totals = ScanTotals::default();
         for b in range.start..range.end.min(geo.bucket_count) {
-            let mut ok = false;
+            let mut read = None;
             let started = std::time::Instant::now();
             for attempt in 0u32.. {
                 if attempt % 64 == 63 && started.elapsed() > READ_PATIENCE {
@@ -102,25 +109,25 @@ impl SessionStore {
                     std::thread::yield_now();
                     continue;
                 };
-                let hoff = geo.bucket_header_offset(b);
-                for (i, t) in tags.iter_mut().enumerate() {
-                    *t = map
-                        .atomic_u16(hoff + 8 + 2 * i)
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                }
-                map.read_volatile(geo.slot_offset(b, 0), &mut buf);
+                let tags = map.tag_words(&geo, b);
+                map.load_bytes(geo.slot_offset(b, 0), &mut buf);
                 if map.read_validate_scan(&geo, b, seq) {
-                    ok = true;
+                    // An odd sequence number here is stale: its writer was killed.
+                    read = Some((tags, seq.0 & 1 == 1));
                     break;
                 }
             }
-            if !ok {
+            let Some((tags, interrupted)) = read else {
                 totals.busy_buckets += 1;
                 continue;
-            }
-            for (i, tag) in tags.iter().enumerate() {
+            };
+            for i in 0..SLOTS_PER_BUCKET {
+                let tag = (tags[i / 4] >> (16 * (i % 4))) as u16;
                 let s = &buf[i * slot_size..(i + 1) * slot_size];
-                let info = self.classify(s, b, i, *tag, now, max_value);
+                let mut info = self.classify(s, b, i, tag, now, max_value);
+                if interrupted && info.state == SlotState::Corrupt {
+                    info.state = SlotState::Torn;
+                }
                 totals.add(info.state);
                 if info.state == SlotState::Live && info.sealed {
                     totals.sealed += 1;
@@ -140,9 +147,7 @@ impl SessionStore {
         now: u64,
         max_value: usize,
     ) -> SlotInfo {
-        let fp: [u8; 16] = s[SLOT_META_SIZE..VALUE_OFFSET]
-            .try_into()
-            .expect("16 bytes");
+        let fp = fingerprint_of(s);
         let state = if tag == 0 {
             if s.iter().all(|&b| b == 0) {
                 SlotState::Empty
@@ -180,6 +185,7 @@ impl SessionStore {
         let geo = self.geometry();
         let now = self.now();
         let max_value = geo.max_value_len();
+        let mut buf = SlotBuf::new(geo.slot_size as usize);
         let mut n = 0;
         for b in 0..geo.bucket_count {
             let Some(mut g) = self.lock(b) else {
@@ -189,8 +195,9 @@ impl SessionStore {
             };
             let mut here = 0;
             for i in 0..SLOTS_PER_BUCKET {
-                let s = g.slot(i);
                 let tag = g.tag(i);
+                g.load_slot(i, buf.bytes_mut());
+                let s = buf.bytes();
                 if tag == 0 && s.iter().all(|&x| x == 0) {
                     continue;
                 }
@@ -201,7 +208,7 @@ impl SessionStore {
                 }
             }
             drop(g);
-            self.bump_by(b, Counter::Purged, here);
+            self.bump_by(Counter::Purged, here);
             n += here;
         }
         self.flush()?;

@@ -22,7 +22,9 @@ mod flusher;
 pub mod format;
 pub mod inspect;
 mod map;
+mod migrate;
 mod seal;
+mod slot;
 mod table;
 mod ticketer;
 
@@ -33,6 +35,33 @@ pub use error::StoreError;
 pub use flusher::Flusher;
 pub use format::Geometry;
 pub use inspect::{ScanTotals, SlotInfo, SlotState};
+pub use migrate::{open_elsewhere, previous_file_of, MigrationReport, MigrationState};
 pub use seal::{check_key_apart, ValueKey, SEAL_OVERHEAD, VALUE_KEY_LEN};
 pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
 pub use ticketer::{StoreTicketer, MAX_TICKET_LIFETIME, TICKET_ID_LEN};
+
+/// Why a file that holds secrets (the cache, the value key) is not private enough.
+pub(crate) enum NotPrivate {
+    /// Group or others have some access: the file's permission bits.
+    Mode(u32),
+    /// Another user owns it: the owner and our effective uid.
+    Owner { owner: u32, euid: u32 },
+}
+
+/// The one check for the cache file and the value key file: no access for group
+/// or others, and (when `must_own`, unless we are root) owned by this user.
+pub(crate) fn check_private(meta: &std::fs::Metadata, must_own: bool) -> Result<(), NotPrivate> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(NotPrivate::Mode(mode));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if must_own && euid != 0 && meta.uid() != euid {
+        return Err(NotPrivate::Owner {
+            owner: meta.uid(),
+            euid,
+        });
+    }
+    Ok(())
+}

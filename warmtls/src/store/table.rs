@@ -1,14 +1,24 @@
-//! The session table: put/get/take over the mapped file.
+//! The session table: put/get/take over one mapped file.
 //!
-//! Owns the open/create sequence (permissions, header and geometry checks, the
-//! file lock that tells whether other processes have the file mapped) and the
-//! slot logic (lookup, eviction, expiry, checksums, erasure). It must never
+//! Owns the open/create sequence of one file (permissions, header and geometry
+//! checks, the file lock that tells whether other processes have the file
+//! mapped, recovery after a crash) and the slot logic (lookup, placement,
+//! cuckoo displacement, eviction, expiry, checksums, erasure). It must never
 //! return bytes whose checksum does not match, never leave a secret in a slot it
-//! has given up, and never block on anything but a bucket lock.
+//! has given up, never store a key twice, and never block on anything but a
+//! bucket lock.
+//!
+//! Reads are lock-free: one pass copies both candidate buckets' tags (their two
+//! header lines are fetched at once) and the matching slot, then checks that
+//! neither bucket's sequence number moved. Reading both buckets under one check
+//! is what lets an entry move between its two buckets (displacement, which holds
+//! both locks) without a reader missing it. Writers lock the one bucket a
+//! lock-free probe found the key in, or both candidate buckets (lower index
+//! first, in every process) when they place a key.
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +29,17 @@ use super::clock::{Clock, SystemClock};
 use super::error::StoreError;
 use super::format::{
     hdr, Counter, Geometry, HeaderProblem, StaticHeader, COUNTER_STRIPES, COUNTER_STRIPE_SIZE,
-    FINGERPRINT_LEN, FLAG_OPEN, HEADER_SIZE, MAGIC, SLOTS_PER_BUCKET, SLOT_LIVE, SLOT_META_SIZE,
-    SLOT_SEALED, VALUE_OFFSET, VERSION,
+    FINGERPRINT_LEN, FLAG_OPEN, FLAG_SEALED, HEADER_SIZE, MAGIC, SLOTS_PER_BUCKET, SLOT_SEALED,
+    VERSION,
 };
 use super::map::{BucketGuard, Mapping};
+use super::migrate::Predecessor;
 use super::seal::{ValueKey, SEAL_OVERHEAD};
+use super::slot::{
+    born_of, compose, expires_of, fingerprint_of, raw_value, reseal_place, slot_intact,
+    slots_tagged, tag_of, Entry, RawValue, SlotBuf,
+};
+use super::NotPrivate;
 
 /// Default number of sessions a cache file is sized for.
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
@@ -35,7 +51,7 @@ pub const DEFAULT_SLOT_SIZE: u32 = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub path: PathBuf,
-    /// Sessions the file holds (the table has 8/7 as many slots).
+    /// Sessions the file holds (the table has 33/32 as many slots).
     pub capacity: u64,
     /// Bytes per slot: a multiple of 64 from 128 to 4096; values up to `slot_size - 32`.
     pub slot_size: u32,
@@ -87,6 +103,7 @@ pub struct Counters {
     pub misses: u64,
     pub puts: u64,
     pub takes: u64,
+    /// Live sessions evicted to make room (the table was full around them).
     pub evictions: u64,
     pub expired: u64,
     pub corrupt: u64,
@@ -101,6 +118,14 @@ pub struct Counters {
     /// cannot decode: stored in another session encoding (see encoding.rs).
     /// Each one is a full handshake.
     pub undecodable: u64,
+    /// Resident entries moved to their other candidate bucket to make room
+    /// instead of evicting a live session.
+    pub displacements: u64,
+    /// Entries moved into this file from the previous file of a migration.
+    pub migrated: u64,
+    /// Entries of the previous file of a migration that did not fit (the new
+    /// table is smaller than the live sessions; the youngest were kept).
+    pub migration_dropped: u64,
 }
 
 /// A memory-mapped, file-backed table of TLS sessions shared by every core and
@@ -115,37 +140,115 @@ pub struct SessionStore {
     clock: Arc<dyn Clock>,
     owner: u32,
     previous_unclean: bool,
+    /// Whether this open created the file.
+    created: bool,
     /// Seals values at rest when set (see seal.rs).
     value_key: Option<ValueKey>,
+    /// This store seals, but values put before sealing was turned on may still
+    /// be in the file: they are served, and sealed in place by the background
+    /// pass, which then marks the file [`FLAG_SEALED`] and clears this.
+    pub(crate) unsealed_ok: AtomicBool,
+    /// The file's [`FLAG_SEALED`] as this process last saw or set it.
+    marked_sealed: AtomicBool,
+    /// Next bucket of the in-place seal pass (migrate.rs).
+    pub(crate) seal_cursor: AtomicU64,
+    /// The file this one replaces, while its entries move here (migrate.rs).
+    pub(crate) predecessor: Option<Box<Predecessor>>,
 }
 
-/// A value copied out of its slot, still sealed if `sealed`.
-struct RawValue {
-    bytes: Vec<u8>,
-    born: u64,
-    sealed: bool,
-}
-
-/// Where a key may live: its two candidate buckets (two-choice hashing keeps a
-/// full table from overflowing single buckets), tag and fingerprint.
+/// Where a key may live: its two candidate buckets (two-choice hashing with
+/// cuckoo displacement keeps a nearly full table from evicting), tag and
+/// fingerprint.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyHash {
     pub(crate) bucket: u64,
     pub(crate) alt: u64,
     pub(crate) tag: u16,
     pub(crate) fingerprint: [u8; FINGERPRINT_LEN],
+    fp_words: [u64; 2],
 }
 
-impl KeyHash {
-    /// The distinct buckets the entry may be in, primary first.
-    fn candidates(&self) -> impl Iterator<Item = u64> {
-        let alt = (self.alt != self.bucket).then_some(self.alt);
-        std::iter::once(self.bucket).chain(alt)
+/// What one lock-free pass over a key's two candidate buckets saw.
+enum Probe {
+    Absent,
+    Found {
+        bucket: u64,
+        slot: usize,
+    },
+    /// Writers kept a bucket busy: decide under the lock.
+    Busy,
+}
+
+/// How a new entry may make room for itself in two full buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// A put: evict the live entry closest to expiry if nothing can move.
+    Put,
+    /// An entry moving in from the previous file: keep whichever of it and the
+    /// entry closest to expiry expires later (a shrink keeps the youngest), and
+    /// keep an entry already stored under the key.
+    Migrate,
+}
+
+/// What [`SessionStore::store_entry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Written,
+    /// A live entry under the key was already here (kept; migrations only).
+    AlreadyThere,
+    /// No room for an entry older than everything around it (migrations only).
+    Dropped,
+    ReadOnly,
+}
+
+/// The candidate buckets of one key, locked (lower index first).
+pub(crate) struct LockedPair<'a> {
+    guards: [Option<BucketGuard<'a>>; 2],
+}
+
+impl<'a> LockedPair<'a> {
+    pub(crate) fn guard(&mut self, gi: usize) -> &mut BucketGuard<'a> {
+        self.guards[gi].as_mut().expect("a locked bucket")
     }
 }
 
+impl KeyHash {
+    fn matches(&self, g: &BucketGuard<'_>, slot: usize) -> bool {
+        g.tag(slot) == self.tag
+            && g.slot_word(slot, 2) == self.fp_words[0]
+            && g.slot_word(slot, 3) == self.fp_words[1]
+    }
+}
+
+thread_local! {
+    /// This thread's counter stripe (see [`SessionStore::bump`]).
+    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The counter stripe of the calling thread: threads of one process take
+/// stripes in turn (offset by the pid, for other processes), so a core's
+/// counter increments stay in a cache line no other core writes.
+fn stripe() -> usize {
+    STRIPE.with(|s| {
+        let mut v = s.get();
+        if v == usize::MAX {
+            v = (std::process::id() as usize)
+                .wrapping_mul(7)
+                .wrapping_add(NEXT_STRIPE.fetch_add(1, Ordering::Relaxed))
+                % COUNTER_STRIPES;
+            s.set(v);
+        }
+        v
+    })
+}
+
 impl SessionStore {
-    /// Open the cache file of `cfg`, creating it if it does not exist.
+    /// Open the cache file of `cfg`, creating it if it does not exist. A file of
+    /// another geometry is not refused: it becomes the previous file of a
+    /// migration into a new file of the configured geometry, and its sessions
+    /// stay resumable while they move (migrate.rs).
     pub fn open_or_create(cfg: &StoreConfig) -> Result<SessionStore, StoreError> {
         SessionStore::open_or_create_with_clock(cfg, Arc::new(SystemClock))
     }
@@ -156,25 +259,13 @@ impl SessionStore {
         clock: Arc<dyn Clock>,
     ) -> Result<SessionStore, StoreError> {
         cfg.validate()?;
-        let want = Geometry::for_capacity(cfg.capacity, cfg.slot_size);
-        match std::fs::symlink_metadata(&cfg.path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create_file(&cfg.path, &want, &*clock)?
-            }
-            Err(source) => {
-                return Err(StoreError::Open {
-                    path: cfg.path.clone(),
-                    io: source,
-                })
-            }
-        }
-        SessionStore::open_inner(&cfg.path, Some(&want), Access::ReadWrite, clock)
+        super::migrate::open_or_migrate(cfg, clock)
     }
 
     /// Open an existing cache file with whatever geometry it has (the inspector).
+    /// Never migrates and never attaches a previous file.
     pub fn open_existing(path: &Path, access: Access) -> Result<SessionStore, StoreError> {
-        SessionStore::open_inner(path, None, access, Arc::new(SystemClock))
+        SessionStore::open_inner(path, access, Arc::new(SystemClock))
     }
 
     /// As [`SessionStore::open_existing`], with time taken from `clock`.
@@ -183,12 +274,11 @@ impl SessionStore {
         access: Access,
         clock: Arc<dyn Clock>,
     ) -> Result<SessionStore, StoreError> {
-        SessionStore::open_inner(path, None, access, clock)
+        SessionStore::open_inner(path, access, clock)
     }
 
-    fn open_inner(
+    pub(crate) fn open_inner(
         path: &Path,
-        want: Option<&Geometry>,
         access: Access,
         clock: Arc<dyn Clock>,
     ) -> Result<SessionStore, StoreError> {
@@ -203,54 +293,19 @@ impl SessionStore {
             .open(path)
             .map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::Permissions {
+        super::check_private(&meta, writable).map_err(|e| match e {
+            NotPrivate::Mode(mode) => StoreError::Permissions {
                 path: path.to_path_buf(),
                 mode,
-            });
-        }
-        let euid = nix::unistd::geteuid().as_raw();
-        if writable && euid != 0 && meta.uid() != euid {
-            return Err(StoreError::Owner {
+            },
+            NotPrivate::Owner { owner, euid } => StoreError::Owner {
                 path: path.to_path_buf(),
-                owner: meta.uid(),
+                owner,
                 euid,
-            });
-        }
-        let len = meta.len();
-        if len < HEADER_SIZE as u64 {
-            let mut found = [0u8; 8];
-            let n = file.read_at(&mut found, 0).unwrap_or(0);
-            if n == 8 && found != MAGIC {
-                return Err(StoreError::BadMagic {
-                    path: path.to_path_buf(),
-                    found,
-                    expected: MAGIC,
-                });
-            }
-            return Err(StoreError::Truncated {
-                path: path.to_path_buf(),
-                found: len,
-                expected: HEADER_SIZE as u64,
-            });
-        }
-        let mut head = [0u8; 68];
-        file.read_exact_at(&mut head, 0).map_err(open_err)?;
-        let header = StaticHeader::decode(&head).map_err(|p| header_error(path, p))?;
+            },
+        })?;
+        let header = check_header(path, &file, meta.len())?;
         let geo = header.geometry;
-        if len != geo.file_len() {
-            return Err(StoreError::Truncated {
-                path: path.to_path_buf(),
-                found: len,
-                expected: geo.file_len(),
-            });
-        }
-        if let Some(want) = want {
-            if want.capacity != geo.capacity || want.slot_size != geo.slot_size {
-                return Err(StoreError::geometry(path.to_path_buf(), &geo, want));
-            }
-        }
 
         // Exclusive flock = nobody else has the file mapped: locks left in it are
         // from a dead process and may be cleared. Everyone then holds it shared.
@@ -278,28 +333,17 @@ impl SessionStore {
             path: path.to_path_buf(),
             io: source,
         })?;
-        // Lookups touch one random bucket: read-ahead would only waste page cache.
-        let _ = raw.advise(memmap2::Advice::Random);
+        // Lookups touch two random buckets anywhere in the file: with 4 KiB pages
+        // nearly every one is a TLB miss, and in a VM a nested page walk costs
+        // about as much as the memory access itself. Huge pages (2 MiB page-cache
+        // folios mapped by one entry, where the filesystem has large folios, e.g.
+        // ext4 on Linux 6.16+; a no-op elsewhere) make the whole table fit the
+        // TLB. Measured in bench/RESULTS.md.
+        let _ = raw.advise(memmap2::Advice::HugePage);
         let map = Mapping::new(raw, writable);
 
-        let mut previous_unclean = false;
-        if writable {
-            let prev = map
-                .atomic_u32(hdr::FLAGS)
-                .fetch_or(FLAG_OPEN, Ordering::AcqRel);
-            map.atomic_u64(hdr::OPEN_COUNT)
-                .fetch_add(1, Ordering::Relaxed);
-            if exclusive {
-                previous_unclean = prev & FLAG_OPEN != 0;
-                if previous_unclean {
-                    let cleared = map.reset_locks(&geo);
-                    tracing::warn!(path = %path.display(), stale_locks = cleared,
-                        "cache file was not closed cleanly; torn slots will read as misses");
-                }
-                let _ = file.relock(FlockArg::LockShared);
-            }
-        }
-        Ok(SessionStore {
+        let flags = map.atomic_u32(hdr::FLAGS).load(Ordering::Acquire);
+        let mut store = SessionStore {
             path: path.to_path_buf(),
             file,
             hasher: SipHasher13::new_with_key(&header.seed),
@@ -307,23 +351,100 @@ impl SessionStore {
             map,
             clock,
             owner: std::process::id(),
-            previous_unclean,
+            previous_unclean: false,
+            created: false,
             value_key: None,
-        })
+            unsealed_ok: AtomicBool::new(false),
+            marked_sealed: AtomicBool::new(flags & FLAG_SEALED != 0),
+            seal_cursor: AtomicU64::new(0),
+            predecessor: None,
+        };
+        if writable {
+            let prev = store
+                .map
+                .atomic_u32(hdr::FLAGS)
+                .fetch_or(FLAG_OPEN, Ordering::AcqRel);
+            store
+                .map
+                .atomic_u64(hdr::OPEN_COUNT)
+                .fetch_add(1, Ordering::Relaxed);
+            if exclusive {
+                store.previous_unclean = prev & FLAG_OPEN != 0;
+                if store.previous_unclean {
+                    let interrupted = store.map.reset_locks(&geo);
+                    let torn = store.scrub_buckets(&interrupted);
+                    tracing::warn!(path = %path.display(), interrupted_writes = interrupted.len(), torn,
+                        "cache file was not closed cleanly; slots its writers left half-written were cleared");
+                }
+                let _ = store.file.relock(FlockArg::LockShared);
+            }
+        }
+        Ok(store)
+    }
+
+    /// Mark this store as the one that created its file (a fresh, empty table).
+    pub(crate) fn set_created(&mut self) {
+        self.created = true;
+    }
+
+    pub(crate) fn is_created(&self) -> bool {
+        self.created
+    }
+
+    /// The file's hash seed: shared with the file a migration moves entries to,
+    /// so an entry's fingerprint stays the same. Never leaves the cache files.
+    pub(crate) fn seed(&self) -> [u8; 16] {
+        self.header.seed
+    }
+
+    /// The open file (its lock, its inode).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub(crate) fn set_path(&mut self, path: PathBuf) {
+        self.path = path;
     }
 
     /// Seal every value put from now on with `key`, and open values read with it.
-    /// Values sealed under another key, and unsealed values, read as misses
-    /// (counted in `decrypt_failures`). Sealing costs [`SEAL_OVERHEAD`] bytes of
-    /// each slot's value room.
+    /// Sealed values under another key, and unsealed values, read as misses
+    /// (counted in `decrypt_failures`) — except, when sealing was just turned on
+    /// for this file, the unsealed values already in it: they stay resumable and
+    /// are sealed in place in the background ([`SessionStore::migrate_some`]),
+    /// after which the file is marked sealed. Sealing costs [`SEAL_OVERHEAD`]
+    /// bytes of each slot's value room.
     pub fn seal_values_with(mut self, key: ValueKey) -> SessionStore {
         self.value_key = Some(key);
+        if !self.marked_sealed.load(Ordering::Relaxed) {
+            if self.created && self.map.writable() {
+                self.mark_sealed();
+            } else {
+                self.unsealed_ok.store(true, Ordering::Relaxed);
+            }
+        }
         self
+    }
+
+    /// Set the file's [`FLAG_SEALED`]: from now on a store that seals serves no
+    /// unsealed value from it. Never cleared: values a store without the key
+    /// puts later are misses for one with it, as before sealing was turned on.
+    pub(crate) fn mark_sealed(&self) {
+        if !self.map.writable() {
+            return;
+        }
+        self.map
+            .atomic_u32(hdr::FLAGS)
+            .fetch_or(FLAG_SEALED, Ordering::AcqRel);
+        self.marked_sealed.store(true, Ordering::Relaxed);
     }
 
     /// Whether values are sealed at rest.
     pub fn seals_values(&self) -> bool {
         self.value_key.is_some()
+    }
+
+    pub(crate) fn value_key(&self) -> Option<&ValueKey> {
+        self.value_key.as_ref()
     }
 
     /// Largest value `put` accepts: the slot's value room, less the seal's tag.
@@ -361,6 +482,11 @@ impl SessionStore {
         self.map.atomic_u32(hdr::FLAGS).load(Ordering::Relaxed) & FLAG_OPEN != 0
     }
 
+    /// Whether the file is marked as holding only sealed values.
+    pub fn marked_sealed(&self) -> bool {
+        self.map.atomic_u32(hdr::FLAGS).load(Ordering::Relaxed) & FLAG_SEALED != 0
+    }
+
     /// Unix seconds of the last clean close (0: never).
     pub fn last_clean_close(&self) -> u64 {
         self.map
@@ -383,21 +509,36 @@ impl SessionStore {
         let mut fingerprint = [0u8; FINGERPRINT_LEN];
         fingerprint[..8].copy_from_slice(&h.h1.to_le_bytes());
         fingerprint[8..].copy_from_slice(&h.h2.to_le_bytes());
-        let (bucket, alt) = self.buckets_of_fingerprint(&fingerprint);
+        self.key_hash_of(&fingerprint)
+    }
+
+    /// Where an entry with fingerprint `fp` lives in this table (a migration
+    /// places the old file's entries by their fingerprints: both files share
+    /// their seed).
+    pub(crate) fn key_hash_of(&self, fp: &[u8; FINGERPRINT_LEN]) -> KeyHash {
+        let fp_words = [
+            u64::from_le_bytes(fp[..8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(fp[8..].try_into().expect("8 bytes")),
+        ];
+        let (bucket, alt) = self.buckets_of_words(fp_words);
         KeyHash {
             bucket,
             alt,
-            tag: tag_of(&fingerprint),
-            fingerprint,
+            tag: tag_of(fp),
+            fingerprint: *fp,
+            fp_words,
         }
     }
 
     /// The two buckets an entry with fingerprint `fp` may live in (equal only in a
     /// one-bucket table).
     pub(crate) fn buckets_of_fingerprint(&self, fp: &[u8; FINGERPRINT_LEN]) -> (u64, u64) {
+        let k = self.key_hash_of(fp);
+        (k.bucket, k.alt)
+    }
+
+    fn buckets_of_words(&self, [h1, h2]: [u64; 2]) -> (u64, u64) {
         let n = self.header.geometry.bucket_count;
-        let h1 = u64::from_le_bytes(fp[..8].try_into().expect("8 bytes"));
-        let h2 = u64::from_le_bytes(fp[8..].try_into().expect("8 bytes"));
         let b1 = ((h1 as u128 * n as u128) >> 64) as u64;
         let mut b2 = ((h2 as u128 * n as u128) >> 64) as u64;
         if b2 == b1 {
@@ -406,14 +547,15 @@ impl SessionStore {
         (b1, b2)
     }
 
-    pub(crate) fn bump(&self, bucket: u64, c: Counter) {
-        self.bump_by(bucket, c, 1)
+    /// Count one event. Each thread adds to its own stripe of the counters, so
+    /// the increment is a locked add on a line that stays in its core's cache.
+    pub(crate) fn bump(&self, c: Counter) {
+        self.bump_by(c, 1)
     }
 
-    pub(crate) fn bump_by(&self, bucket: u64, c: Counter, n: u64) {
+    pub(crate) fn bump_by(&self, c: Counter, n: u64) {
         if self.map.writable() && n > 0 {
-            let stripe = (bucket as usize) % COUNTER_STRIPES;
-            let off = hdr::COUNTERS + stripe * COUNTER_STRIPE_SIZE + c as usize * 8;
+            let off = hdr::COUNTERS + stripe() * COUNTER_STRIPE_SIZE + c as usize * 8;
             self.map.atomic_u64(off).fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -441,22 +583,84 @@ impl SessionStore {
             purged: get(Counter::Purged),
             decrypt_failures: get(Counter::DecryptFailures),
             undecodable: get(Counter::Undecodable),
+            displacements: get(Counter::Displacements),
+            migrated: get(Counter::Migrated),
+            migration_dropped: get(Counter::MigrationDropped),
         }
     }
 
     pub(crate) fn lock(&self, bucket: u64) -> Option<BucketGuard<'_>> {
-        let guard = self
+        let mut guard = self
             .map
             .lock_bucket(&self.header.geometry, bucket, self.owner)?;
         if guard.was_stolen() {
-            self.bump(bucket, Counter::LockSteals);
-            tracing::warn!(bucket, "took over a bucket lock left by a dead process");
+            self.bump(Counter::LockSteals);
+            let torn = self.scrub(&mut guard);
+            tracing::warn!(
+                bucket,
+                torn,
+                "took over a bucket lock left by a dead process"
+            );
         }
         Some(guard)
     }
 
+    /// Lock both candidate buckets of `kh`, lower index first (every process
+    /// follows that order, so two writers cannot deadlock). `None` if read-only.
+    pub(crate) fn lock_pair(&self, kh: &KeyHash) -> Option<LockedPair<'_>> {
+        let (lo, hi) = (kh.bucket.min(kh.alt), kh.bucket.max(kh.alt));
+        let g_lo = self.lock(lo)?;
+        let g_hi = if hi != lo { self.lock(hi) } else { None };
+        Some(LockedPair {
+            guards: [Some(g_lo), g_hi],
+        })
+    }
+
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.map
+    }
+
+    fn slot_buf(&self) -> SlotBuf {
+        SlotBuf::new(self.header.geometry.slot_size as usize)
+    }
+
+    /// Clear the slots of the locked bucket `g` that a writer killed inside it
+    /// may have left half-written (data without a tag, or a tag whose slot does
+    /// not verify). Returns how many, counted as corrupt.
+    pub(crate) fn scrub(&self, g: &mut BucketGuard<'_>) -> u64 {
+        let mut buf = self.slot_buf();
+        let max = self.max_value_len();
+        let mut n = 0;
+        for i in 0..SLOTS_PER_BUCKET {
+            let tag = g.tag(i);
+            g.load_slot(i, buf.bytes_mut());
+            let s = buf.bytes();
+            let torn = if tag == 0 {
+                s.iter().any(|&b| b != 0)
+            } else {
+                let fp = fingerprint_of(s);
+                let (b1, b2) = self.buckets_of_fingerprint(&fp);
+                !slot_intact(s, g.bucket(), i, max)
+                    || tag != tag_of(&fp)
+                    || (g.bucket() != b1 && g.bucket() != b2)
+            };
+            if torn {
+                erase(g, i);
+                n += 1;
+            }
+        }
+        self.bump_by(Counter::Corrupt, n);
+        n
+    }
+
+    fn scrub_buckets(&self, buckets: &[u64]) -> u64 {
+        let mut n = 0;
+        for &b in buckets {
+            if let Some(mut g) = self.map.lock_bucket(&self.header.geometry, b, self.owner) {
+                n += self.scrub(&mut g);
+            }
+        }
+        n
     }
 
     /// Store `value` under `key` for `ttl`. Returns false if the value does not fit a
@@ -479,10 +683,11 @@ impl SessionStore {
     fn put_at(&self, key: &[u8], value: &[u8], now: u64, ttl: Duration, born: u64) -> bool {
         let kh = self.key_hash(key);
         if value.len() > self.max_put_len() {
-            self.bump(kh.bucket, Counter::TooLarge);
+            self.bump(Counter::TooLarge);
             return false;
         }
         let born = clamp_secs(born);
+        let expires = clamp_secs(now.saturating_add(ttl.as_secs()));
         // Sealed before any lock is taken: the cipher's cost is not paid under it.
         // (The buffer is only initialised when sealing: unsealed puts pay nothing.)
         let mut sealed: [u8; super::format::MAX_SLOT_SIZE as usize];
@@ -495,25 +700,20 @@ impl SessionStore {
             }
             None => (value, 0),
         };
-        // Both candidate buckets are locked, lower index first (every process
-        // follows that order, so two puts cannot deadlock), so a key is never
-        // stored twice.
-        let (lo, hi) = (kh.bucket.min(kh.alt), kh.bucket.max(kh.alt));
-        let Some(g_lo) = self.lock(lo) else {
-            return false;
+        let entry = Entry {
+            fingerprint: &kh.fingerprint,
+            value,
+            expires,
+            born,
+            flags,
         };
-        let g_hi = if hi != lo { self.lock(hi) } else { None };
-        let mut guards = [Some(g_lo), g_hi];
-        let expires = clamp_secs(now.saturating_add(ttl.as_secs()));
-        let (gi, idx) = match self.find_in(&mut guards, &kh, now) {
-            Some(at) => at,
-            None => self.victim(&mut guards, now),
-        };
-        let g = guards[gi].as_mut().expect("chosen guard exists");
-        write_slot(g, idx, &kh, value, expires, born, flags);
-        drop(guards);
-        self.bump(kh.bucket, Counter::Puts);
-        true
+        match self.store_entry(&kh, &entry, now, Placement::Put) {
+            Stored::ReadOnly => false,
+            _ => {
+                self.bump(Counter::Puts);
+                true
+            }
+        }
     }
 
     /// A copy of the value stored under `key`, if present, unexpired and intact.
@@ -537,28 +737,39 @@ impl SessionStore {
     ) -> Option<(Vec<u8>, u64)> {
         let kh = self.key_hash(key);
         let now = self.clock.now_secs();
-        let found = self
-            .with_locked_entry(&kh, now, |g, i| {
-                let born = u64::from(born_of(g.slot(i)));
-                if now.saturating_sub(born) > max_age.as_secs() {
-                    erase(g, i);
-                    self.bump(g.bucket(), Counter::Expired);
-                    return None;
-                }
-                // Opened under the lock, so a value that does not open (the key
-                // was rotated) is erased at once rather than kept alive.
-                let Some(v) = self.open_value(&kh, raw_value(g.slot(i))) else {
-                    erase(g, i);
-                    return None;
-                };
-                let s = g.slot(i);
-                let expires = clamp_secs(now.saturating_add(ttl.as_secs())).max(expires_of(s));
-                rewrite_expiry(g, i, expires);
-                Some(v)
-            })
-            .flatten();
-        self.count_lookup(kh.bucket, found.is_some());
+        let found = match self.active_predecessor() {
+            Some(p) => self.get_refreshed_migrating(p, &kh, now, ttl, max_age),
+            None => self.get_refreshed_in_file(&kh, now, ttl, max_age),
+        };
+        self.count_lookup(found.is_some());
         found
+    }
+
+    pub(crate) fn get_refreshed_in_file(
+        &self,
+        kh: &KeyHash,
+        now: u64,
+        ttl: Duration,
+        max_age: Duration,
+    ) -> Option<(Vec<u8>, u64)> {
+        self.with_locked_entry(kh, now, |g, i, s| {
+            let born = u64::from(born_of(s));
+            if now.saturating_sub(born) > max_age.as_secs() {
+                erase(g, i);
+                self.bump(Counter::Expired);
+                return None;
+            }
+            // Opened under the lock, so a value that does not open (the key
+            // was rotated) is erased at once rather than kept alive.
+            let Some(v) = self.open_value(kh, raw_value(s), false) else {
+                erase(g, i);
+                return None;
+            };
+            let expires = clamp_secs(now.saturating_add(ttl.as_secs())).max(expires_of(s));
+            rewrite_expiry(g, i, expires, born_of(s));
+            Some(v)
+        })
+        .flatten()
     }
 
     /// Remove the value stored under `key` and return it. Exactly one caller, in
@@ -572,104 +783,184 @@ impl SessionStore {
         self.lookup(key, true)
     }
 
-    /// A lock-free read of `kh`: copies candidate slots and checks the bucket's
-    /// sequence number did not move. `None` when the locked path must decide
-    /// (a writer kept the bucket busy, or the entry is expired or corrupt and
-    /// must be erased).
-    fn get_optimistic(&self, kh: &KeyHash, now: u64) -> Option<Option<RawValue>> {
-        let geo = &self.header.geometry;
-        let slot_size = geo.slot_size as usize;
-        let mut buf = [0u8; super::format::MAX_SLOT_SIZE as usize];
-        let buf = &mut buf[..slot_size];
-        // Start the second bucket's cache miss now, in parallel with the first's.
-        let _ = self.map.read_begin(geo, kh.alt);
-        for b in kh.candidates() {
-            let mut settled = false;
-            for _ in 0..64 {
-                let Some(seq) = self.map.read_begin(geo, b) else {
-                    std::hint::spin_loop();
-                    continue;
-                };
-                let tags = geo.bucket_header_offset(b) + 8;
-                let mut hit = None;
-                for i in 0..SLOTS_PER_BUCKET {
-                    if self.map.atomic_u16(tags + 2 * i).load(Ordering::Relaxed) != kh.tag {
-                        continue;
-                    }
-                    let off = geo.slot_offset(b, i);
-                    self.map
-                        .read_volatile_words(off + SLOT_META_SIZE, &mut buf[..FINGERPRINT_LEN]);
-                    if buf[..FINGERPRINT_LEN] == kh.fingerprint {
-                        self.map.read_volatile_words(off, buf);
-                        hit = Some(i);
-                        break;
-                    }
-                }
-                if !self.map.read_validate(geo, b, seq) {
-                    continue;
-                }
-                settled = true;
-                if let Some(i) = hit {
-                    if !slot_intact(buf, b, i, geo.max_value_len())
-                        || u64::from(expires_of(buf)) <= now
-                    {
-                        return None;
-                    }
-                    return Some(Some(raw_value(buf)));
-                }
-                break;
-            }
-            if !settled {
-                return None;
-            }
-        }
-        Some(None)
-    }
-
     fn lookup(&self, key: &[u8], remove: bool) -> Option<(Vec<u8>, u64)> {
         let kh = self.key_hash(key);
         let now = self.clock.now_secs();
-        let raw = match (!remove).then(|| self.get_optimistic(&kh, now)).flatten() {
-            Some(found) => found,
-            None => self.with_locked_entry(&kh, now, |g, i| {
-                let raw = raw_value(g.slot(i));
-                if remove {
-                    erase(g, i);
-                }
-                raw
-            }),
+        let found = match self.active_predecessor() {
+            Some(p) => self.lookup_migrating(p, &kh, now, remove),
+            None => {
+                let raw = if remove {
+                    self.take_in_file(&kh, now)
+                } else {
+                    self.get_in_file(&kh, now)
+                };
+                // Opened outside the bucket lock: the cipher's cost is not paid under it.
+                raw.and_then(|r| self.open_value(&kh, r, false))
+            }
         };
-        // Opened outside the bucket lock: the cipher's cost is not paid under it.
-        let found = raw.and_then(|r| self.open_value(&kh, r));
-        self.count_lookup(kh.bucket, found.is_some());
+        self.count_lookup(found.is_some());
         if found.is_some() && remove {
-            self.bump(kh.bucket, Counter::Takes);
+            self.bump(Counter::Takes);
         }
         found
     }
 
-    /// Find `kh` under its bucket's lock and apply `f` to its slot. Entries never
-    /// move between buckets, so locking one candidate bucket at a time is enough:
-    /// a stored entry is in exactly one of them. `None` if absent (or read-only).
+    /// One lock-free pass over both candidate buckets of `kh`: their sequence
+    /// numbers (both header lines are fetched at once), tags, the fingerprint of
+    /// each slot whose tag matches, and a copy of the matching slot into `copy`.
+    /// The pass counts only if neither bucket was written meanwhile; reading
+    /// both under one check means an entry moving between the two (which holds
+    /// both locks) cannot slip past.
+    fn probe(&self, kh: &KeyHash, mut copy: Option<&mut SlotBuf>) -> Probe {
+        let geo = &self.header.geometry;
+        let (b1, b2) = (kh.bucket, kh.alt);
+        for _ in 0..64 {
+            let s1 = self.map.read_begin(geo, b1);
+            let s2 = self.map.read_begin(geo, b2);
+            let (Some(s1), Some(s2)) = (s1, s2) else {
+                std::hint::spin_loop();
+                continue;
+            };
+            let mut found = None;
+            'buckets: for b in [b1, b2] {
+                let mut m = slots_tagged(&self.map.tag_words(geo, b), kh.tag);
+                while m != 0 {
+                    let i = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    let off = geo.slot_offset(b, i);
+                    if self.map.load_word(off + 16) == kh.fp_words[0]
+                        && self.map.load_word(off + 24) == kh.fp_words[1]
+                    {
+                        if let Some(buf) = copy.as_deref_mut() {
+                            self.map.load_bytes(off, buf.bytes_mut());
+                        }
+                        found = Some((b, i));
+                        break 'buckets;
+                    }
+                }
+            }
+            if self.map.read_validate(geo, b1, s1) && self.map.read_validate(geo, b2, s2) {
+                return match found {
+                    Some((bucket, slot)) => Probe::Found { bucket, slot },
+                    None => Probe::Absent,
+                };
+            }
+        }
+        Probe::Busy
+    }
+
+    /// The value of `kh` in this file: lock-free when the entry is whole and
+    /// alive; under the lock (which erases an expired or corrupt entry) otherwise.
+    pub(crate) fn get_in_file(&self, kh: &KeyHash, now: u64) -> Option<RawValue> {
+        let mut buf = self.slot_buf();
+        match self.probe(kh, Some(&mut buf)) {
+            Probe::Absent => return None,
+            Probe::Found { bucket, slot } => {
+                let s = buf.bytes();
+                if slot_intact(s, bucket, slot, self.max_value_len())
+                    && u64::from(expires_of(s)) > now
+                {
+                    return Some(raw_value(s));
+                }
+            }
+            Probe::Busy => {}
+        }
+        self.with_locked_entry(kh, now, |_, _, s| raw_value(s))
+    }
+
+    /// Remove `kh` from this file and return its value.
+    pub(crate) fn take_in_file(&self, kh: &KeyHash, now: u64) -> Option<RawValue> {
+        self.with_locked_entry(kh, now, |g, i, s| {
+            erase(g, i);
+            raw_value(s)
+        })
+    }
+
+    /// Find `kh` under its bucket's lock and apply `f` to its slot (with a copy
+    /// of the slot's bytes, verified and unexpired). A lock-free probe says which
+    /// bucket to lock; if the entry moved meanwhile, both candidate buckets are
+    /// locked and searched. `None` if absent (or read-only).
     fn with_locked_entry<R>(
         &self,
         kh: &KeyHash,
         now: u64,
-        f: impl FnOnce(&mut BucketGuard<'_>, usize) -> R,
+        f: impl FnOnce(&mut BucketGuard<'_>, usize, &[u8]) -> R,
     ) -> Option<R> {
-        for b in kh.candidates() {
-            let mut g = self.lock(b)?;
-            if let Some(i) = self.find(&mut g, kh, now) {
-                return Some(f(&mut g, i));
+        let mut buf = self.slot_buf();
+        match self.probe(kh, None) {
+            Probe::Absent => return None,
+            Probe::Found { bucket, slot } => {
+                let mut g = self.lock(bucket)?;
+                if kh.matches(&g, slot) {
+                    if !self.check_locked(&mut g, slot, now, &mut buf) {
+                        return None;
+                    }
+                    return Some(f(&mut g, slot, buf.bytes()));
+                }
+                // Moved to its other bucket, or gone, since the probe.
+            }
+            Probe::Busy => {}
+        }
+        let mut pair = self.lock_pair(kh)?;
+        let (gi, i) = self.find_locked(&mut pair, kh, now, &mut buf)?;
+        Some(f(pair.guard(gi), i, buf.bytes()))
+    }
+
+    /// With `kh`'s buckets locked: where its live entry is, with a copy of its
+    /// bytes in `buf`. Expired and corrupt matches met on the way are erased.
+    pub(crate) fn find_locked(
+        &self,
+        pair: &mut LockedPair<'_>,
+        kh: &KeyHash,
+        now: u64,
+        buf: &mut SlotBuf,
+    ) -> Option<(usize, usize)> {
+        for gi in 0..2 {
+            let Some(g) = pair.guards[gi].as_mut() else {
+                continue;
+            };
+            let mut m = slots_tagged(&g.tag_words(), kh.tag);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if kh.matches(g, i) && self.check_locked(g, i, now, buf) {
+                    return Some((gi, i));
+                }
             }
         }
         None
     }
 
+    /// Copy slot `i` of the locked bucket into `buf` and check it: a corrupt or
+    /// expired entry is erased (and counted) and `false` returned.
+    fn check_locked(&self, g: &mut BucketGuard<'_>, i: usize, now: u64, buf: &mut SlotBuf) -> bool {
+        g.load_slot(i, buf.bytes_mut());
+        let s = buf.bytes();
+        if !slot_intact(s, g.bucket(), i, self.max_value_len()) {
+            erase(g, i);
+            self.bump(Counter::Corrupt);
+            return false;
+        }
+        if u64::from(expires_of(s)) <= now {
+            erase(g, i);
+            self.bump(Counter::Expired);
+            return false;
+        }
+        true
+    }
+
     /// The plaintext of a value copied out of `kh`'s slot, if this store can
     /// vouch for it: unsealed when the store does not seal, sealed under this
-    /// store's key when it does. Anything else is counted and missed.
-    fn open_value(&self, kh: &KeyHash, raw: RawValue) -> Option<(Vec<u8>, u64)> {
+    /// store's key when it does — and unsealed ones too while sealing is being
+    /// turned on, or when they come from the previous file of a migration
+    /// (`from_previous`), which was written before. Anything else is counted and
+    /// missed.
+    pub(crate) fn open_value(
+        &self,
+        kh: &KeyHash,
+        raw: RawValue,
+        from_previous: bool,
+    ) -> Option<(Vec<u8>, u64)> {
         let RawValue {
             mut bytes,
             born,
@@ -680,6 +971,9 @@ impl SessionStore {
             (Some(k), true) => k
                 .open(&kh.fingerprint, born as u32, &mut bytes)
                 .map(|p| p.len()),
+            (Some(_), false) if from_previous || self.unsealed_ok.load(Ordering::Relaxed) => {
+                Some(bytes.len())
+            }
             _ => None,
         };
         match opened {
@@ -688,25 +982,68 @@ impl SessionStore {
                 Some((bytes, born))
             }
             None => {
-                self.bump(kh.bucket, Counter::DecryptFailures);
+                self.bump(Counter::DecryptFailures);
                 None
             }
         }
     }
 
-    fn count_lookup(&self, bucket: u64, hit: bool) {
-        self.bump(bucket, if hit { Counter::Hits } else { Counter::Misses });
+    pub(crate) fn count_lookup(&self, hit: bool) {
+        self.bump(if hit { Counter::Hits } else { Counter::Misses });
     }
 
-    fn find_in(
+    /// Write `e` under `kh`: over an entry already stored under the key (a put;
+    /// a migration keeps a live one), else into an empty slot of the emptier
+    /// candidate bucket, else over an expired one, else into a slot made free by
+    /// moving a resident to its other bucket, else over the live entry closest
+    /// to expiry (see [`Placement`]).
+    pub(crate) fn store_entry(
         &self,
-        guards: &mut [Option<BucketGuard<'_>>; 2],
         kh: &KeyHash,
+        e: &Entry<'_>,
         now: u64,
-    ) -> Option<(usize, usize)> {
-        for (gi, g) in guards.iter_mut().enumerate() {
-            if let Some(g) = g {
-                if let Some(i) = self.find(g, kh, now) {
+        placement: Placement,
+    ) -> Stored {
+        let geo = &self.header.geometry;
+        // Start both header lines' misses before the first lock waits on one.
+        self.map
+            .prefetch_for_write(geo.bucket_header_offset(kh.bucket));
+        self.map
+            .prefetch_for_write(geo.bucket_header_offset(kh.alt));
+        let Some(mut pair) = self.lock_pair(kh) else {
+            return Stored::ReadOnly;
+        };
+        let at = match self.find_key(&pair, kh) {
+            Some((gi, i)) => {
+                if placement == Placement::Migrate {
+                    let mut buf = self.slot_buf();
+                    if self.check_locked(pair.guard(gi), i, now, &mut buf) {
+                        return Stored::AlreadyThere;
+                    }
+                }
+                (gi, i)
+            }
+            None => match self.room(&mut pair, now, e.expires, placement) {
+                Some(at) => at,
+                None => return Stored::Dropped,
+            },
+        };
+        let mut buf = self.slot_buf();
+        let g = pair.guard(at.0);
+        compose(buf.bytes_mut(), e, g.bucket(), at.1);
+        write_slot(g, at.1, buf.bytes(), kh.tag);
+        Stored::Written
+    }
+
+    /// A slot holding `kh` (alive or not), in either locked bucket.
+    fn find_key(&self, pair: &LockedPair<'_>, kh: &KeyHash) -> Option<(usize, usize)> {
+        for (gi, g) in pair.guards.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let mut m = slots_tagged(&g.tag_words(), kh.tag);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if kh.matches(g, i) {
                     return Some((gi, i));
                 }
             }
@@ -714,75 +1051,134 @@ impl SessionStore {
         None
     }
 
-    /// The slot holding `kh` in this bucket, if live and intact. Expired and
-    /// corrupt matches met on the way are erased and counted.
-    fn find(&self, g: &mut BucketGuard<'_>, kh: &KeyHash, now: u64) -> Option<usize> {
-        for i in 0..SLOTS_PER_BUCKET {
-            if g.tag(i) != kh.tag {
-                continue;
+    /// A slot for a new entry in the locked pair (see [`SessionStore::store_entry`]).
+    fn room(
+        &self,
+        pair: &mut LockedPair<'_>,
+        now: u64,
+        incoming_expires: u32,
+        placement: Placement,
+    ) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, u32, usize)> = None;
+        for (gi, g) in pair.guards.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let empty = slots_tagged(&g.tag_words(), 0);
+            let n = empty.count_ones();
+            if n > 0 && best.is_none_or(|(_, bn, _)| n > bn) {
+                best = Some((gi, n, empty.trailing_zeros() as usize));
             }
-            let s = g.slot(i);
-            if s[SLOT_META_SIZE..VALUE_OFFSET] != kh.fingerprint {
-                continue;
-            }
-            if !slot_intact(s, g.bucket(), i, self.max_value_len()) {
-                erase(g, i);
-                self.bump(kh.bucket, Counter::Corrupt);
-                continue;
-            }
-            if u64::from(expires_of(s)) <= now {
-                erase(g, i);
-                self.bump(kh.bucket, Counter::Expired);
-                continue;
-            }
-            return Some(i);
         }
-        None
+        if let Some((gi, _, i)) = best {
+            return Some((gi, i));
+        }
+        // Both buckets are full. The first 32 bytes of each slot (one cache line)
+        // hold its expiry and fingerprint: enough to find an expired slot, the
+        // entry closest to expiry and every resident's other bucket.
+        let mut fps = [[0u64; 2]; 2 * SLOTS_PER_BUCKET];
+        let mut soonest: Option<(usize, usize, u32)> = None;
+        for (gi, g) in pair.guards.iter().enumerate() {
+            let Some(g) = g else { continue };
+            for i in 0..SLOTS_PER_BUCKET {
+                let expires = g.slot_word(i, 0) as u32;
+                if u64::from(expires) <= now {
+                    self.bump(Counter::Expired);
+                    return Some((gi, i));
+                }
+                fps[gi * SLOTS_PER_BUCKET + i] = [g.slot_word(i, 2), g.slot_word(i, 3)];
+                if soonest.is_none_or(|(_, _, se)| expires < se) {
+                    soonest = Some((gi, i, expires));
+                }
+            }
+        }
+        if let Some(at) = self.displace(pair, &fps, now) {
+            return Some(at);
+        }
+        let (gi, i, expires) = soonest.expect("a bucket has slots");
+        match placement {
+            Placement::Put => {
+                self.bump(Counter::Evictions);
+                Some((gi, i))
+            }
+            Placement::Migrate => {
+                // One of the two is dropped either way: the older.
+                self.bump(Counter::MigrationDropped);
+                (expires < incoming_expires).then_some((gi, i))
+            }
+        }
     }
 
-    /// Where a new entry goes: an empty slot in the emptier bucket, else an
-    /// expired slot, else the slot closest to expiry, over both buckets.
-    fn victim(&self, guards: &mut [Option<BucketGuard<'_>>; 2], now: u64) -> (usize, usize) {
-        let empties =
-            |g: &BucketGuard<'_>| (0..SLOTS_PER_BUCKET).filter(|&i| g.tag(i) == 0).count();
-        let mut best: Option<(usize, usize)> = None;
-        for (gi, g) in guards.iter().enumerate() {
-            if let Some(g) = g {
-                let e = empties(g);
-                if e > 0 && best.is_none_or(|(_, be)| e > be) {
-                    best = Some((gi, e));
-                }
+    /// Free a slot in the full locked pair by moving one resident to its other
+    /// candidate bucket, if one of those has an empty slot (one step of cuckoo
+    /// hashing). The third bucket is only try-locked: we already hold two locks
+    /// and may not wait out of order. The resident is erased before its copy is
+    /// written, so a crash in between loses that one entry and never leaves it
+    /// in two places (a single-use ticket must not be taken twice).
+    fn displace(
+        &self,
+        pair: &mut LockedPair<'_>,
+        fps: &[[u64; 2]; 2 * SLOTS_PER_BUCKET],
+        now: u64,
+    ) -> Option<(usize, usize)> {
+        let geo = &self.header.geometry;
+        let locked: [Option<u64>; 2] =
+            std::array::from_fn(|gi| pair.guards[gi].as_ref().map(|g| g.bucket()));
+        let mut alts = [u64::MAX; 2 * SLOTS_PER_BUCKET];
+        for (k, fp) in fps.iter().enumerate() {
+            let Some(here) = locked[k / SLOTS_PER_BUCKET] else {
+                continue;
+            };
+            let (x, y) = self.buckets_of_words(*fp);
+            let alt = match (x == here, y == here) {
+                (true, _) => y,
+                (_, true) => x,
+                // Not placed by this table (its checksum will say so): leave it.
+                _ => continue,
+            };
+            if locked.contains(&Some(alt)) {
+                continue;
+            }
+            alts[k] = alt;
+            self.map.prefetch_for_write(geo.bucket_header_offset(alt));
+        }
+        let mut room = [0u32; 2 * SLOTS_PER_BUCKET];
+        for (k, &alt) in alts.iter().enumerate() {
+            if alt != u64::MAX {
+                room[k] = slots_tagged(&self.map.tag_words(geo, alt), 0).count_ones();
             }
         }
-        if let Some((gi, _)) = best {
-            let g = guards[gi].as_ref().expect("guard");
-            let i = (0..SLOTS_PER_BUCKET)
-                .find(|&i| g.tag(i) == 0)
-                .expect("an empty slot");
-            return (gi, i);
-        }
-        let mut oldest: Option<(usize, usize, u64)> = None;
-        for (gi, g) in guards.iter().enumerate() {
-            if let Some(g) = g {
-                for i in 0..SLOTS_PER_BUCKET {
-                    let e = u64::from(expires_of(g.slot(i)));
-                    if oldest.is_none_or(|(_, _, oe)| e < oe) {
-                        oldest = Some((gi, i, e));
-                    }
-                }
+        let mut buf = self.slot_buf();
+        for _ in 0..4 {
+            let (k, n) = room
+                .iter()
+                .enumerate()
+                .max_by_key(|&(_, n)| *n)
+                .map(|(k, n)| (k, *n))?;
+            if n == 0 {
+                return None;
             }
+            room[k] = 0;
+            let Some(mut to) = self.map.try_lock_bucket(geo, alts[k], self.owner) else {
+                continue;
+            };
+            let empty = slots_tagged(&to.tag_words(), 0);
+            if empty == 0 {
+                continue;
+            }
+            let j = empty.trailing_zeros() as usize;
+            let (gi, i) = (k / SLOTS_PER_BUCKET, k % SLOTS_PER_BUCKET);
+            let g = pair.guard(gi);
+            if !self.check_locked(g, i, now, &mut buf) {
+                // It was corrupt or expired, and is erased: room made.
+                return Some((gi, i));
+            }
+            let tag = g.tag(i);
+            erase(g, i);
+            reseal_place(buf.bytes_mut(), alts[k], j);
+            write_slot(&mut to, j, buf.bytes(), tag);
+            self.bump(Counter::Displacements);
+            return Some((gi, i));
         }
-        let (gi, i, expires) = oldest.expect("a bucket has slots");
-        let bucket = guards[gi].as_ref().expect("guard").bucket();
-        self.bump(
-            bucket,
-            if expires <= now {
-                Counter::Expired
-            } else {
-                Counter::Evictions
-            },
-        );
-        (gi, i)
+        None
     }
 
     /// Erase expired slots in buckets `range` (the background sweep). Returns how many.
@@ -792,14 +1188,17 @@ impl SessionStore {
         for b in range.start..range.end.min(self.header.geometry.bucket_count) {
             let Some(mut g) = self.lock(b) else { return 0 };
             let mut here = 0;
-            for i in 0..SLOTS_PER_BUCKET {
-                if g.tag(i) != 0 && u64::from(expires_of(g.slot(i))) <= now {
+            let mut m = !slots_tagged(&g.tag_words(), 0);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if u64::from(g.slot_word(i, 0) as u32) <= now {
                     erase(&mut g, i);
                     here += 1;
                 }
             }
             drop(g);
-            self.bump_by(b, Counter::Expired, here);
+            self.bump_by(Counter::Expired, here);
             n += here;
         }
         n
@@ -832,8 +1231,8 @@ impl SessionStore {
                 .atomic_u32(hdr::FLAGS)
                 .fetch_and(!FLAG_OPEN, Ordering::AcqRel);
             let _ = self.map.flush();
-            let _ = self.file.relock(FlockArg::LockShared);
         }
+        let _ = self.file.relock(FlockArg::LockShared);
     }
 }
 
@@ -846,6 +1245,41 @@ impl Drop for SessionStore {
             self.mark_clean();
         }
     }
+}
+
+/// Check the header of an open file of `len` bytes against the format.
+fn check_header(path: &Path, file: &File, len: u64) -> Result<StaticHeader, StoreError> {
+    if len < HEADER_SIZE as u64 {
+        let mut found = [0u8; 8];
+        let n = file.read_at(&mut found, 0).unwrap_or(0);
+        if n == 8 && found != MAGIC {
+            return Err(StoreError::BadMagic {
+                path: path.to_path_buf(),
+                found,
+                expected: MAGIC,
+            });
+        }
+        return Err(StoreError::Truncated {
+            path: path.to_path_buf(),
+            found: len,
+            expected: HEADER_SIZE as u64,
+        });
+    }
+    let mut head = [0u8; 68];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            io: source,
+        })?;
+    let header = StaticHeader::decode(&head).map_err(|p| header_error(path, p))?;
+    if len != header.geometry.file_len() {
+        return Err(StoreError::Truncated {
+            path: path.to_path_buf(),
+            found: len,
+            expected: header.geometry.file_len(),
+        });
+    }
+    Ok(header)
 }
 
 fn header_error(path: &Path, p: HeaderProblem) -> StoreError {
@@ -867,7 +1301,25 @@ fn header_error(path: &Path, p: HeaderProblem) -> StoreError {
 /// Create the file at `path` with geometry `geo`: written to a temporary name,
 /// space reserved (so a full disk fails now, not with SIGBUS later), synced, then
 /// linked into place only if nothing is there yet. Nothing half-written is left.
-fn create_file(path: &Path, geo: &Geometry, clock: &dyn Clock) -> Result<(), StoreError> {
+pub(crate) fn create_file(
+    path: &Path,
+    geo: &Geometry,
+    seed: Option<[u8; 16]>,
+    clock: &dyn Clock,
+) -> Result<(), StoreError> {
+    create_file_as(path, geo, seed, clock, false)
+}
+
+/// As [`create_file`]; with `replace`, renamed over whatever is at `path`
+/// instead. With `seed` the file shares another file's keyed hash (a
+/// migration's new file); without, it gets a fresh random one.
+pub(crate) fn create_file_as(
+    path: &Path,
+    geo: &Geometry,
+    seed: Option<[u8; 16]>,
+    clock: &dyn Clock,
+    replace: bool,
+) -> Result<(), StoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -920,8 +1372,15 @@ fn create_file(path: &Path, geo: &Geometry, clock: &dyn Clock) -> Result<(), Sto
             }
             Err(e) => return Err(create_err(e.into())),
         }
-        let mut seed = [0u8; 16];
-        getrandom::fill(&mut seed).map_err(|e| create_err(std::io::Error::other(e.to_string())))?;
+        let seed = match seed {
+            Some(s) => s,
+            None => {
+                let mut s = [0u8; 16];
+                getrandom::fill(&mut s)
+                    .map_err(|e| create_err(std::io::Error::other(e.to_string())))?;
+                s
+            }
+        };
         let header = StaticHeader {
             version: VERSION,
             geometry: *geo,
@@ -930,6 +1389,9 @@ fn create_file(path: &Path, geo: &Geometry, clock: &dyn Clock) -> Result<(), Sto
         };
         file.write_all_at(&header.encode(), 0).map_err(create_err)?;
         file.sync_all().map_err(create_err)?;
+        if replace {
+            return std::fs::rename(&tmp, path).map_err(create_err);
+        }
         match std::fs::hard_link(&tmp, path) {
             Ok(()) => {}
             // Someone else created it first: theirs wins, we open it.
@@ -951,102 +1413,23 @@ fn clamp_secs(t: u64) -> u32 {
     t.min(u64::from(u32::MAX)) as u32
 }
 
-pub(crate) fn tag_of(fp: &[u8; FINGERPRINT_LEN]) -> u16 {
-    match u16::from_le_bytes([fp[14], fp[15]]) {
-        0 => 1,
-        t => t,
-    }
-}
-
-fn u32_at(s: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]])
-}
-
-pub(crate) fn expires_of(s: &[u8]) -> u32 {
-    u32_at(s, 0)
-}
-
-pub(crate) fn born_of(s: &[u8]) -> u32 {
-    u32_at(s, 4)
-}
-
-pub(crate) fn val_len(s: &[u8]) -> usize {
-    usize::from(u16::from_le_bytes([s[12], s[13]]))
-}
-
-/// Whether a slot's value is sealed (encrypted at rest).
-pub(crate) fn is_sealed(s: &[u8]) -> bool {
-    s[15] & SLOT_SEALED != 0
-}
-
-/// A copy of an intact slot's value bytes (sealed or not) and lineage start.
-fn raw_value(s: &[u8]) -> RawValue {
-    RawValue {
-        bytes: s[VALUE_OFFSET..VALUE_OFFSET + val_len(s)].to_vec(),
-        born: u64::from(born_of(s)),
-        sealed: is_sealed(s),
-    }
-}
-
-/// The checksum of slot `idx` of `bucket`: binds the bytes to their place, so a
-/// slot copied or shifted elsewhere by a torn write does not verify.
-pub(crate) fn slot_crc(s: &[u8], bucket: u64, idx: usize, max_value_len: usize) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&bucket.to_le_bytes());
-    h.update(&[idx as u8]);
-    // The expiry (bytes 0..4) is not covered: it is the one field rewritten in
-    // place (a resumed TLS 1.2 session's lifetime is extended), and one aligned
-    // 4-byte store cannot be torn by a crash, whereas expiry + checksum could.
-    h.update(&s[4..8]);
-    h.update(&s[12..VALUE_OFFSET]);
-    h.update(&s[VALUE_OFFSET..VALUE_OFFSET + val_len(s).min(max_value_len)]);
-    h.finalize()
-}
-
-/// Whether a slot's bytes are a complete, uncorrupted live entry.
-pub(crate) fn slot_intact(s: &[u8], bucket: u64, idx: usize, max_value_len: usize) -> bool {
-    s[14] == SLOT_LIVE
-        && val_len(s) <= max_value_len
-        && slot_crc(s, bucket, idx, max_value_len) == u32_at(s, 8)
-}
-
-fn write_slot(
-    g: &mut BucketGuard<'_>,
-    idx: usize,
-    kh: &KeyHash,
-    value: &[u8],
-    expires: u32,
-    born: u32,
-    flags: u8,
-) {
-    // Hide the slot from lookups while it is rewritten; a crash mid-way leaves a
-    // slot whose checksum fails, never a half-old, half-new session.
+/// Store a composed slot and announce it: tag cleared first, bytes, then the
+/// tag. A crash mid-way leaves data without a tag (cleared when the lock is
+/// recovered), never a half-old, half-new session under a tag.
+pub(crate) fn write_slot(g: &mut BucketGuard<'_>, idx: usize, bytes: &[u8], tag: u16) {
     g.set_tag(idx, 0);
-    let bucket = g.bucket();
-    let max = g.slot(idx).len() - VALUE_OFFSET;
-    let s = g.slot_mut(idx);
-    s[0..4].copy_from_slice(&expires.to_le_bytes());
-    s[4..8].copy_from_slice(&born.to_le_bytes());
-    s[12..14].copy_from_slice(&(value.len() as u16).to_le_bytes());
-    s[14] = SLOT_LIVE;
-    s[15] = flags;
-    s[SLOT_META_SIZE..VALUE_OFFSET].copy_from_slice(&kh.fingerprint);
-    s[VALUE_OFFSET..VALUE_OFFSET + value.len()].copy_from_slice(value);
-    // Zero what is left of a previous, longer value: no stale secret bytes.
-    s[VALUE_OFFSET + value.len()..].fill(0);
-    let crc = slot_crc(s, bucket, idx, max);
-    s[8..12].copy_from_slice(&crc.to_le_bytes());
-    g.set_tag(idx, kh.tag);
+    g.store_slot(idx, bytes);
+    g.set_tag(idx, tag);
 }
 
-/// Change a live slot's expiry in place.
-fn rewrite_expiry(g: &mut BucketGuard<'_>, idx: usize, expires: u32) {
-    // Outside the checksum (see `slot_crc`), so a crash cannot make this slot torn.
-    g.slot_mut(idx)[0..4].copy_from_slice(&expires.to_le_bytes());
+/// Change a live slot's expiry in place: word 0 (expires, born) in one aligned
+/// store. Outside the checksum (see `slot_crc`), so a crash cannot tear it.
+pub(crate) fn rewrite_expiry(g: &mut BucketGuard<'_>, idx: usize, expires: u32, born: u32) {
+    g.store_slot_word(idx, 0, u64::from(expires) | u64::from(born) << 32);
 }
 
-/// Zero a slot (secrets included) and mark it empty.
+/// Hide a slot (tag cleared first), then zero it, secrets included.
 pub(crate) fn erase(g: &mut BucketGuard<'_>, idx: usize) {
-    g.slot_mut(idx).fill(0);
     g.set_tag(idx, 0);
+    g.zero_slot(idx);
 }

@@ -15,25 +15,25 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 
 /// A TLS 1.3 device that offers 0-RTT when its ticket allows it.
-fn early_device(cert: &Path) -> Arc<ClientConfig> {
+pub(crate) fn early_device(cert: &Path) -> Arc<ClientConfig> {
     let mut cfg = Arc::unwrap_or_clone(device(cert, &rustls::version::TLS13));
     cfg.enable_early_data = true;
     Arc::new(cfg)
 }
 
 /// What one 0-RTT attempt did.
-struct EarlyAttempt {
+pub(crate) struct EarlyAttempt {
     /// Every byte the device sent before it read anything: ClientHello, then the
     /// early data records.
-    first_flight: Vec<u8>,
-    accepted: bool,
-    kind: HandshakeKind,
-    response: Vec<u8>,
+    pub(crate) first_flight: Vec<u8>,
+    pub(crate) accepted: bool,
+    pub(crate) kind: HandshakeKind,
+    pub(crate) response: Vec<u8>,
 }
 
 /// Connect, write `req` as early data if the ticket allows it (else after the
 /// handshake), and read the whole response.
-fn early_request(cfg: &Arc<ClientConfig>, addr: &str, req: &[u8]) -> EarlyAttempt {
+pub(crate) fn early_request(cfg: &Arc<ClientConfig>, addr: &str, req: &[u8]) -> EarlyAttempt {
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_nodelay(true).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -75,7 +75,7 @@ fn early_request(cfg: &Arc<ClientConfig>, addr: &str, req: &[u8]) -> EarlyAttemp
 /// Send captured bytes on a fresh connection, as an attacker replaying a
 /// device's first flight would, and read whatever comes back until the server
 /// gives up or we do.
-fn replay(addr: &str, flight: &[u8]) -> Vec<u8> {
+pub(crate) fn replay(addr: &str, flight: &[u8]) -> Vec<u8> {
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -94,7 +94,7 @@ fn replay(addr: &str, flight: &[u8]) -> Vec<u8> {
 }
 
 /// How many requests that reached the backend carry `marker`.
-fn reached_backend(requests: &Requests, marker: &[u8]) -> usize {
+pub(crate) fn reached_backend(requests: &Requests, marker: &[u8]) -> usize {
     requests
         .lock()
         .unwrap()

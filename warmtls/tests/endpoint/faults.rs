@@ -37,29 +37,45 @@ fn a_refusing_backend_closes_the_client_promptly_and_others_are_served() {
         .local_addr()
         .unwrap()
         .to_string(); // closed again: refuses
-    let server = Server::start(
+    let log = dir.path().join("server.log");
+    let server = Server::launch(
         &dir.path().join("c.cache"),
         &dead,
         &["--backend-connect-timeout", "1s"],
+        &Launch {
+            stderr: Some(&log),
+            ..Launch::default()
+        },
     );
     let cfg = device(&server.cert_path(), &rustls::version::TLS13);
     let t = Instant::now();
-    let r = request(&cfg, &server.addr(), GET);
-    assert!(
-        r.map(|(_, body)| body.is_empty()).unwrap_or(true),
-        "no response from a dead backend"
-    );
+    // The device is told with close_notify (a clean, empty answer), not a bare EOF.
+    let (_, body) = request(&cfg, &server.addr(), GET).expect("close_notify, not a truncation");
+    assert!(body.is_empty(), "no response from a dead backend");
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "closed promptly: {:?}",
         t.elapsed()
     );
     for _ in 0..5 {
-        let _ = request(&cfg, &server.addr(), GET);
+        let (_, body) = request(&cfg, &server.addr(), GET).expect("close_notify");
+        assert!(body.is_empty());
     }
     let st = server.stats();
     assert_eq!(st["backend_errors"], 6);
     assert_eq!(st["active_connections"], 0);
+    // At the default level, once per worker and burst, with the address and
+    // the reason — not once per device.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("backend {dead}: connection refused")))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 2,
+        "one warning per worker naming the backend and the reason:\n{text}"
+    );
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{text}");
 }
 
 #[test]

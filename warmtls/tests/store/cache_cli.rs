@@ -127,3 +127,54 @@ fn a_missing_or_foreign_file_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("not a warmtls cache file"), "{err}");
 }
+
+#[test]
+fn migrate_reshapes_a_file_nobody_has_open_and_refuses_one_in_use() {
+    let dir = tempdir();
+    let cfg = config(dir.path(), 1_000);
+    let s = open(&cfg);
+    for i in 0..900 {
+        s.put(&key(i), &value(i, 0, 70), Duration::from_secs(3_600));
+    }
+    let f = cfg.path.to_str().unwrap();
+
+    // In use by another process: refused, nothing touched.
+    let child = std::process::Command::new("flock")
+        .args(["-s", "-o", f, "sleep", "30"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = file_bytes(&cfg.path);
+    let (code, _, err) = cache(&["migrate", f, "--capacity", "4000"]);
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("open in another process"), "{err}");
+    assert_eq!(file_bytes(&cfg.path), before);
+
+    s.close().unwrap();
+    let (code, out, err) = cache(&["migrate", f, "--capacity", "4000", "--slot-size", "192"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("900 moved, 0 dropped"), "{out}");
+    let (code, out, _) = cache(&["stats", f, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["capacity"].as_u64(), v["slot_size"].as_u64()),
+        (Some(4_000), Some(192))
+    );
+    assert_eq!(v["live"], 900);
+    assert_eq!(v["counters"]["migrated"], 900);
+    assert!(v["migrating_from"].is_null());
+    let (code, _, _) = cache(&["verify", f]);
+    assert_eq!(code, 0);
+    let s = open(&warmtls::store::StoreConfig {
+        capacity: 4_000,
+        slot_size: 192,
+        ..cfg.clone()
+    });
+    for i in 0..900 {
+        assert_eq!(s.get(&key(i)), Some(value(i, 0, 70)), "entry {i}");
+    }
+}

@@ -9,6 +9,7 @@ mod support;
 mod cache_cli;
 mod crash;
 mod encoding;
+mod migrate;
 mod rustls_adapter;
 mod sealed;
 mod table;

@@ -78,15 +78,38 @@ fn another_key_or_no_key_makes_old_entries_counted_misses() {
     }
     s.close().unwrap();
 
-    // A store that does not seal does not serve sealed values, and a store that
-    // seals does not serve values written before sealing was turned on.
+    // Turning sealing on keeps the sessions already in the file resumable: the
+    // store serves them and seals them in place (the background pass, here run
+    // to the end), then marks the file sealed. From then on an unsealed value —
+    // one a store without the key puts — is a counted miss again.
     let plain_cfg = config(&dir.path().join("p"), 100);
     std::fs::create_dir(dir.path().join("p")).unwrap();
     let p = open(&plain_cfg);
-    assert!(p.put(&key(7), &value(7, 0, 60), TTL));
+    for i in 7..10 {
+        assert!(p.put(&key(i), &value(i, 0, 60), TTL));
+    }
     p.close().unwrap();
     let p = sealed(&plain_cfg, 1);
-    assert_eq!(p.get(&key(7)), None);
+    assert!(!p.marked_sealed());
+    assert_eq!(
+        p.get(&key(7)),
+        Some(value(7, 0, 60)),
+        "served before sealing"
+    );
+    p.finish_migration().unwrap();
+    assert!(p.marked_sealed());
+    let t = p.scan(|_| {});
+    assert_eq!((t.live, t.sealed), (3, 3), "sealed in place: {t:?}");
+    p.close().unwrap();
+    let p = sealed(&plain_cfg, 1);
+    assert_eq!(p.take(&key(8)), Some(value(8, 0, 60)), "and served after");
+    p.close().unwrap();
+    let p = open(&plain_cfg);
+    assert!(p.put(&key(10), &value(10, 0, 60), TTL));
+    p.close().unwrap();
+    let p = sealed(&plain_cfg, 1);
+    assert_eq!(p.get(&key(10)), None);
+    assert_eq!(p.get(&key(9)), Some(value(9, 0, 60)));
     assert_eq!(p.counters().decrypt_failures, 1);
 }
 

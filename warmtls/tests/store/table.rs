@@ -258,31 +258,6 @@ fn a_file_with_the_wrong_magic_is_refused_untouched() {
 }
 
 #[test]
-fn a_file_of_another_geometry_is_refused_untouched() {
-    let dir = tempdir();
-    let cfg = config(dir.path(), 100);
-    drop(open(&cfg));
-    let other = StoreConfig {
-        capacity: 200,
-        ..cfg.clone()
-    };
-    let msg = assert_refused_untouched(&other, |e| matches!(e, StoreError::Geometry { .. }));
-    assert!(
-        msg.contains("100 sessions") && msg.contains("200 sessions"),
-        "{msg}"
-    );
-    let other = StoreConfig {
-        slot_size: 192,
-        ..cfg.clone()
-    };
-    let msg = assert_refused_untouched(&other, |e| matches!(e, StoreError::Geometry { .. }));
-    assert!(
-        msg.contains("128-byte") && msg.contains("192-byte"),
-        "{msg}"
-    );
-}
-
-#[test]
 fn a_truncated_file_is_refused_untouched() {
     let dir = tempdir();
     let cfg = config(dir.path(), 1000);
