@@ -36,17 +36,39 @@ pub struct AdminListener {
 }
 
 impl AdminListener {
-    /// Listen on `addr` and answer scrapes from `stats` until dropped.
-    pub fn start(addr: SocketAddr, stats: Arc<StatsSource>) -> std::io::Result<AdminListener> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
+    /// Listen on `addr` and answer scrapes from `stats` until dropped. If the
+    /// address is in use and `wait` is not zero (a process taking over, whose
+    /// predecessor still holds the port), keep trying for up to `wait` on the
+    /// listener's thread, and serve once the port is free.
+    pub fn start(
+        addr: SocketAddr,
+        stats: Arc<StatsSource>,
+        wait: Duration,
+    ) -> std::io::Result<AdminListener> {
+        let (listener, addr) = match TcpListener::bind(addr) {
+            Ok(l) => {
+                let a = l.local_addr()?;
+                (Some(l), a)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !wait.is_zero() => (None, addr),
+            Err(e) => return Err(e),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Collector(stats)));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("warmtls-admin".into())
-            .spawn(move || serve(&listener, &registry, &stop2))?;
+            .spawn(move || {
+                let listener = match listener {
+                    Some(l) => l,
+                    None => match bind_within(addr, wait, &stop2) {
+                        Some(l) => l,
+                        None => return,
+                    },
+                };
+                serve(&listener, &registry, &stop2)
+            })?;
         Ok(AdminListener {
             addr,
             stop,
@@ -65,6 +87,26 @@ impl Drop for AdminListener {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Bind `addr`, retried every 100 ms for up to `wait` while it is in use.
+fn bind_within(addr: SocketAddr, wait: Duration, stop: &AtomicBool) -> Option<TcpListener> {
+    let end = Instant::now() + wait;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return Some(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < end => {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                tracing::error!("metrics listener: cannot listen on {addr}: {e}; no metrics page");
+                return None;
+            }
         }
     }
 }
@@ -245,7 +287,7 @@ fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
     counter(
         e,
         "warmtls_connections_refused",
-        "Connections closed at once: the worker was at max_connections or draining.",
+        "Connections closed at once: the worker was at max_connections.",
         m.refused,
     )?;
     counter(
@@ -319,6 +361,43 @@ fn encode_stats(st: &Stats, e: &mut DescriptorEncoder) -> std::fmt::Result {
         "warmtls_early_data_bytes",
         "0-RTT bytes accepted and forwarded to the backend.",
         m.early_data_bytes,
+    )?;
+    let http = &m.http;
+    counter(
+        e,
+        "warmtls_http_requests",
+        "http backends: requests forwarded to the backend (a retried one counts once).",
+        http.requests,
+    )?;
+    counter(
+        e,
+        "warmtls_http_refused",
+        "http backends: requests refused before reaching the backend (400, 431, 501).",
+        http.refused,
+    )?;
+    counter(
+        e,
+        "warmtls_http_bad_gateway",
+        "http backends: 502/504 answers for a backend that was down or broke its response.",
+        http.bad_gateway,
+    )?;
+    counter(
+        e,
+        "warmtls_http_backend_reused",
+        "http backends: requests sent on a kept-alive backend connection from the pool.",
+        http.backend_reused,
+    )?;
+    counter(
+        e,
+        "warmtls_http_backend_retried",
+        "http backends: requests sent again on a new connection because the pooled one was found dead before any byte was written.",
+        http.backend_retried,
+    )?;
+    counter(
+        e,
+        "warmtls_http_early_data_too_early",
+        "http backends: 0-RTT requests the backend answered with 425 Too Early, sent again once the handshake was complete.",
+        http.early_data_too_early,
     )?;
     connection_time(e, &m.connection_time)?;
     let s = &st.store.counters;

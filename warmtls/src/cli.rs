@@ -1,4 +1,4 @@
-//! The `warmtls` command line (serve, check, keygen), as a library function so
+//! The `warmtls` command line (serve, upgrade, check, keygen), as a library function so
 //! that `warmtls-bench endpoint ...` runs exactly the same code as `warmtls ...`.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,13 @@ struct Cli {
 enum Cmd {
     /// Run the endpoint.
     Serve(Box<ServeArgs>),
+    /// Replace the running endpoint with a new process (a new binary at the same
+    /// path, or a changed config file) without refusing a connection: the new
+    /// process takes over the listening sockets, the old one drains and exits.
+    /// Give it the running endpoint's --config (or --cache, or --control-socket)
+    /// to find its control socket. Exits non-zero, with the reason, if the new
+    /// process could not start (the old one then keeps serving).
+    Upgrade(Box<ServeArgs>),
     /// Create a cache key file (32 random bytes, mode 0600) for `--cache-key`; never overwrites.
     Keygen { file: PathBuf },
     /// Validate a configuration (file and flags, as `serve` takes them) and its
@@ -124,9 +131,20 @@ where
     let result = match cli.cmd {
         Cmd::Serve(a) => {
             init_logs(&a.log, a.log_format);
-            a.config(&sub)
-                .and_then(|c| crate::server::serve(c).map_err(anyhow::Error::from))
+            match a.config(&sub) {
+                Ok(c) => crate::server::serve(c).map_err(anyhow::Error::from),
+                Err(e) => {
+                    // Started for a hand-over: the running process reports why.
+                    if let Ok(Some(p)) = crate::handover::Predecessor::from_env() {
+                        p.fail(&format!("{e:#}"));
+                    }
+                    Err(e)
+                }
+            }
         }
+        Cmd::Upgrade(a) => a
+            .config(&sub)
+            .and_then(|c| upgrade(&c.control_socket_path())),
         Cmd::Check(a) => a.config(&sub).and_then(|c| {
             c.validate()?;
             if !c.certs.is_empty() {
@@ -151,6 +169,19 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// `warmtls upgrade`: ask the instance at `control` for a hand-over and wait
+/// for the outcome.
+fn upgrade(control: &std::path::Path) -> anyhow::Result<()> {
+    let old = crate::handover::request_status(control)?;
+    let timeout = crate::handover::HANDOVER_TIMEOUT + std::time::Duration::from_secs(15);
+    let new = crate::handover::request_upgrade(control, timeout)?;
+    println!(
+        "warmtls: pid {new} took over {} from pid {} (draining)",
+        old.listen, old.pid
+    );
+    Ok(())
 }
 
 /// `warmtls demo`: hand over to `warmtls-bench demo` installed beside this binary.

@@ -196,6 +196,18 @@ impl<'de> Deserialize<'de> for CipherSuite {
     }
 }
 
+/// What the backend speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// Bytes piped untouched, one backend connection per device connection.
+    #[default]
+    Tcp,
+    /// HTTP/1.x: requests framed, X-Forwarded-For/-Proto added, backend
+    /// connections kept alive and shared (one request at a time) by devices.
+    Http,
+}
+
 /// How TLS 1.3 tickets are issued. Either way the session state stays in the store
 /// and a ticket is single use; TLS 1.2 session IDs are the same in both.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
@@ -412,6 +424,28 @@ pub struct Config {
     /// io_uring (fail if unavailable) or epoll.
     #[arg(long, value_enum, default_value_t = Runtime::Auto, help_heading = "Connections")]
     pub runtime: Runtime,
+    /// What the backend speaks: tcp (bytes piped untouched) or http (HTTP/1.x
+    /// framed, X-Forwarded-For added, kept-alive backend connections pooled).
+    #[arg(long, value_enum, default_value_t = BackendProtocol::Tcp, help_heading = "HTTP backends")]
+    pub backend_protocol: BackendProtocol,
+    /// http: idle kept-alive backend connections each worker keeps (0 = none:
+    /// a new backend connection per request).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        help_heading = "HTTP backends"
+    )]
+    pub backend_pool: usize,
+    /// http: how long an idle backend connection is kept; keep it below the
+    /// backend's own keep-alive timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "4s", help_heading = "HTTP backends")]
+    #[serde(with = "duration")]
+    pub backend_idle_timeout: Duration,
+    /// http: add `X-TLS-Resumed: 1|0` (whether the device resumed its TLS
+    /// session) to each request.
+    #[arg(long, help_heading = "HTTP backends")]
+    pub http_resumed_header: bool,
     /// TCP Fast Open queue length per listener (0 = off); the kernel also needs
     /// bit 0x2 in `sysctl net.ipv4.tcp_fastopen`.
     #[arg(
@@ -437,6 +471,11 @@ pub struct Config {
     /// loopback or a management network; never the TLS address). Default: off.
     #[arg(long, value_name = "ADDR", help_heading = "Operations")]
     pub metrics_listen: Option<String>,
+    /// The running instance's control socket (mode 0600): `warmtls upgrade`
+    /// asks it for a hand-over, and a second `warmtls serve` on the same cache
+    /// finds it and refuses to start. Default: the cache path plus `.ctl`.
+    #[arg(long, value_name = "PATH", help_heading = "Operations")]
+    pub control_socket: Option<PathBuf>,
     /// Clients recognised by their ClientHello that get no TLS 1.3 ticket
     /// (default: wolfSSL, which fails on rustls' 32-byte ticket nonce). `[]`:
     /// none. Only in the file (`[[ticket_rules]]`).
@@ -552,6 +591,15 @@ impl Config {
         Config::augment_args(clap::Command::new("serve"))
     }
 
+    /// Where the control socket is: `control_socket`, else `<cache path>.ctl`.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(|| {
+            let mut p = self.cache.path.as_os_str().to_owned();
+            p.push(".ctl");
+            p.into()
+        })
+    }
+
     /// Check everything that can be checked without serving; `warmtls check`
     /// and `warmtls serve` both run this.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -580,6 +628,15 @@ impl Config {
                     .into(),
             );
         }
+        if self.backend_protocol == BackendProtocol::Http && self.proxy_protocol {
+            return invalid(
+                "proxy_protocol",
+                "backend_protocol = \"http\" shares backend connections between devices, so a \
+                 PROXY header (one per connection) cannot describe the device: the device's \
+                 address goes in X-Forwarded-For instead; choose one"
+                    .into(),
+            );
+        }
         if self.early_data > MAX_EARLY_DATA {
             return invalid(
                 "early_data",
@@ -595,6 +652,7 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
             ("backend_connect_timeout", self.backend_connect_timeout),
+            ("backend_idle_timeout", self.backend_idle_timeout),
         ] {
             if d.is_zero() {
                 return invalid(field, "must be longer than 0".into());

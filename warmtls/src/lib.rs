@@ -12,6 +12,9 @@
 //! - [`tls`]: building the rustls `ServerConfig` (certificates, groups, tickets).
 //! - [`metrics`]: the counters, and the one reading of them every report shows.
 //! - [`admin`]: the optional metrics listener (Prometheus text format).
+//! - [`handover`]: the control socket, and handing the listening sockets to a
+//!   new process (upgrades and restarts that refuse no connection).
+//! - [`systemd`]: sd_notify, the watchdog and socket activation.
 //! - [`cli`]: the `warmtls` command line.
 #![deny(unsafe_code)]
 
@@ -19,8 +22,10 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod handover;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod tls;

@@ -52,12 +52,22 @@ pub enum Metric {
     TlsDecryptFailed,
     TlsPeerAlert,
     TlsOther,
+    // backend_protocol = "http" (see `conn::http`).
+    HttpRequests,
+    HttpRefused,
+    HttpBadGateway,
+    BackendReused,
+    BackendRetried,
+    EarlyDataTooEarly,
     // Handshakes whose ClientHello matched a ticket rule (`tls::hello_rule`).
     HelloRuleTls12,
     HelloRuleNoTickets,
+    /// Ticks of the worker's loop: the systemd watchdog is only fed while every
+    /// worker's count moves. Not in the snapshot.
+    Ticks,
 }
 
-const N: usize = Metric::HelloRuleNoTickets as usize + 1;
+const N: usize = Metric::Ticks as usize + 1;
 
 /// Upper bounds of the connection-time histogram's buckets, in microseconds
 /// (the last bucket, +Inf, is implicit). Devices should be done in < 100 ms.
@@ -68,7 +78,7 @@ pub const CONNECTION_TIME_BOUNDS_US: [u64; 15] = [
 const BUCKETS: usize = CONNECTION_TIME_BOUNDS_US.len() + 1;
 
 /// One worker's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct WorkerMetrics {
     counters: [AtomicU64; N],
@@ -76,6 +86,16 @@ pub struct WorkerMetrics {
     connection_time: [AtomicU64; BUCKETS],
     /// Sum of those times, microseconds.
     connection_time_us: AtomicU64,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> WorkerMetrics {
+        WorkerMetrics {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            connection_time: std::array::from_fn(|_| AtomicU64::new(0)),
+            connection_time_us: AtomicU64::new(0),
+        }
+    }
 }
 
 impl WorkerMetrics {
@@ -86,6 +106,10 @@ impl WorkerMetrics {
     #[inline]
     pub fn sub(&self, m: Metric, n: u64) {
         self.counters[m as usize].fetch_sub(n, Ordering::Relaxed);
+    }
+    /// Ticks so far: a worker whose count stops moving is stuck.
+    pub fn ticks(&self) -> u64 {
+        self.get(Metric::Ticks)
     }
     fn get(&self, m: Metric) -> u64 {
         self.counters[m as usize].load(Ordering::Relaxed)
@@ -126,8 +150,29 @@ pub struct Snapshot {
     pub early_data_bytes: u64,
     pub tls_error_reasons: TlsErrorReasons,
     pub connection_time: ConnectionTime,
+    /// `backend_protocol = "http"`.
+    pub http: HttpCounters,
     /// Handshakes served without TLS 1.3 tickets because a ticket rule matched.
     pub ticket_rules: TicketRuleCounts,
+}
+
+/// What the HTTP framing did (all zero in tcp mode).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct HttpCounters {
+    /// Requests forwarded to the backend (a retried one counts once).
+    pub requests: u64,
+    /// Requests refused before reaching the backend (400, 431, 501).
+    pub refused: u64,
+    /// 502/504 answers for a backend that was down or broke its response.
+    pub bad_gateway: u64,
+    /// Requests sent on a backend connection taken from the pool.
+    pub backend_reused: u64,
+    /// Requests sent again on a new connection because the pooled one was
+    /// found dead before any of its bytes were written.
+    pub backend_retried: u64,
+    /// 0-RTT requests a backend answered with 425 Too Early, sent again once the
+    /// handshake was complete.
+    pub early_data_too_early: u64,
 }
 
 /// Handshakes whose ClientHello matched a ticket rule, by what they got.
@@ -261,6 +306,14 @@ pub fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
             other: s(Metric::TlsOther),
         },
         connection_time,
+        http: HttpCounters {
+            requests: s(Metric::HttpRequests),
+            refused: s(Metric::HttpRefused),
+            bad_gateway: s(Metric::HttpBadGateway),
+            backend_reused: s(Metric::BackendReused),
+            backend_retried: s(Metric::BackendRetried),
+            early_data_too_early: s(Metric::EarlyDataTooEarly),
+        },
         ticket_rules: TicketRuleCounts {
             tls12: s(Metric::HelloRuleTls12),
             no_tls13_tickets: s(Metric::HelloRuleNoTickets),
@@ -325,6 +378,11 @@ impl StatsSource {
     }
 
     /// Read everything now.
+    /// The event loop the workers run.
+    pub fn runtime(&self) -> EventLoop {
+        self.runtime
+    }
+
     pub fn read(&self) -> Stats {
         Stats {
             conns: snapshot(&self.workers),

@@ -16,6 +16,14 @@
 //! nothing. Admission, deadlines, the drain and freeing are `slots`', as for
 //! io_uring, so both drivers behave and count alike.
 //!
+//! A worker may accept from several listeners (after a hand-over from a
+//! process with more workers), each registered under its index. http mode's
+//! idle kept-alive backend connections (`pool`) stay registered, level-
+//! triggered for input under their pool entry's token: a backend that closes
+//! one (or speaks unasked) wakes the loop, and the socket is retired before
+//! any connection can take it. A connection that takes one re-registers it
+//! under its own token, with the receive the machine counts as posted.
+//!
 //! No `unsafe`: every buffer is ours for the length of one system call.
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
@@ -25,6 +33,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::socket::{self, shutdown, MsgFlags, Shutdown};
 
 use super::listener;
+use super::pool::BackendPool;
 use super::slots::{BackendAddr, Driver, Live, Slot, Slots, WorkerSetup, TICK};
 use super::token::{ConnToken, Op};
 use crate::conn::{Action, Env, Side, RECV_BUF};
@@ -101,7 +110,9 @@ impl Readiness {
 /// The epoll instance and what the driver keeps beside it.
 struct Epoller {
     epoll: Epoll,
-    listener: Option<OwnedFd>,
+    /// Empty once draining (taken out of the epoll set first: a socket another
+    /// process also holds after a hand-over would otherwise still report).
+    listeners: Vec<OwnedFd>,
     /// Accepting stopped until the next tick after an accept error (EMFILE ...).
     accept_paused: bool,
     /// The one receive buffer: bytes are handed to the machine during the same call.
@@ -109,10 +120,21 @@ struct Epoller {
     round: u64,
     /// Connections that ran out of budget with I/O still to do.
     deferred: Vec<(usize, u32)>,
+    /// Idle kept-alive backend connections (http mode).
+    pool: BackendPool,
+    /// Sockets leaving the pool, closed (and so out of the epoll set) at once.
+    retired: Vec<OwnedFd>,
 }
 
-fn accept_token() -> u64 {
-    ConnToken::new(u32::MAX as usize, 0, Op::Accept).encode()
+/// The token of listener `i` (its index rides in the generation field).
+fn accept_token(i: usize) -> u64 {
+    ConnToken::new(u32::MAX as usize, i as u32, Op::Accept).encode()
+}
+
+/// What an idle pooled backend connection is registered for: level-triggered
+/// input, so a close or unasked bytes are reported however they came.
+fn pooled_events() -> EpollFlags {
+    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP
 }
 
 /// Set up the epoll instance and report the outcome through `ready`, then run
@@ -133,20 +155,21 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         }
     };
     // Level-triggered: a connection left in the queue is reported again.
-    if let Err(e) = epoll.add(
-        &s.listener,
-        EpollEvent::new(EpollFlags::EPOLLIN, accept_token()),
-    ) {
-        let _ = ready.send(Err(format!("cannot watch the listener with epoll: {e}")));
-        return;
+    for (i, l) in s.listeners.iter().enumerate() {
+        if let Err(e) = epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, accept_token(i))) {
+            let _ = ready.send(Err(format!("cannot watch the listener with epoll: {e}")));
+            return;
+        }
     }
     let mut io = Epoller {
         epoll,
-        listener: Some(s.listener),
+        listeners: s.listeners,
         accept_paused: false,
         buf: vec![0; RECV_BUF].into_boxed_slice(),
         round: 0,
         deferred: Vec::new(),
+        pool: BackendPool::new(s.backend_pool, s.backend_idle_timeout),
+        retired: Vec::with_capacity(s.backend_pool),
     };
     let _ = ready.send(Ok(()));
     let mut events = vec![EpollEvent::empty(); EVENTS];
@@ -170,8 +193,17 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         };
         slots.now = Instant::now();
         io.round += 1;
+        // Pooled connections first: one the backend closed while it sat idle
+        // is retired before a connection of this batch could take it.
         for ev in &events[..n] {
-            io.ready(&mut slots, ev.data(), ev.events());
+            if is_pool_token(ev.data()) {
+                io.pool_ready(ev.data());
+            }
+        }
+        for ev in &events[..n] {
+            if !is_pool_token(ev.data()) {
+                io.ready(&mut slots, ev.data(), ev.events());
+            }
         }
         if !io.deferred.is_empty() {
             io.round += 1;
@@ -181,11 +213,16 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             next_tick = slots.now + TICK;
             io.tick(&mut slots);
         }
-        if slots.finished() {
+        // No accept is ever in flight: each is done within its call.
+        if slots.finished(true) {
             break;
         }
     }
     tracing::debug!("worker stopped");
+}
+
+fn is_pool_token(data: u64) -> bool {
+    data as u8 == Op::PoolRecv as u8
 }
 
 impl Epoller {
@@ -195,7 +232,7 @@ impl Epoller {
             return;
         };
         let side = match t.op {
-            Op::Accept => return self.accept(slots),
+            Op::Accept => return self.accept(slots, t.gen as usize),
             Op::Client => Side::Client,
             Op::Backend => Side::Backend,
             _ => return,
@@ -224,6 +261,20 @@ impl Epoller {
         }
         self.attempt(key, slot, side, &mut env);
         slots.carry_out(self, key);
+    }
+
+    /// An idle pooled connection reported input: the backend closed it (or
+    /// broke it, or spoke unasked). Retire it, unless it is already gone
+    /// (taken, expired) and this is a stale report.
+    fn pool_ready(&mut self, data: u64) {
+        let Some(t) = ConnToken::decode(data) else {
+            return;
+        };
+        let key = t.key as usize;
+        if self.pool.get(key, t.gen).is_some_and(|e| e.owner.is_none()) {
+            // Closing it takes it out of the epoll set.
+            drop(self.pool.finish(key));
+        }
     }
 
     /// Carry out what is posted on `side` and ready.
@@ -396,14 +447,15 @@ impl Epoller {
 
     /// The listener has a connection waiting: take one (the listener is
     /// level-triggered, so the next waits for the next round, as nginx does).
-    fn accept(&mut self, slots: &mut Slots<Readiness>) {
-        let Some(l) = &self.listener else {
+    fn accept(&mut self, slots: &mut Slots<Readiness>, i: usize) {
+        let Some(l) = self.listeners.get(i) else {
             return;
         };
         match listener::accept(l) {
             Ok(fd) => {
                 let epoll = &self.epoll;
-                let key = slots.admit(fd, |fd, token| {
+                // http mode: the device's address by getpeername(2), in `admit`.
+                let key = slots.admit(fd, false, |fd, token| {
                     epoll
                         .add(fd, EpollEvent::new(socket_events(), token.encode()))
                         .map_err(std::io::Error::from)
@@ -421,11 +473,13 @@ impl Epoller {
                 ) => {}
             Err(e) => {
                 slots.accept_failed(e);
-                // Out of descriptors or memory: the listener would report the
-                // same connection at once, so stop watching it until the tick.
-                let mut none = EpollEvent::new(EpollFlags::empty(), accept_token());
-                if self.epoll.modify(l, &mut none).is_ok() {
-                    self.accept_paused = true;
+                // Out of descriptors or memory: the listeners would report the
+                // same connections at once, so stop watching them until the tick.
+                for (i, l) in self.listeners.iter().enumerate() {
+                    let mut none = EpollEvent::new(EpollFlags::empty(), accept_token(i));
+                    if self.epoll.modify(l, &mut none).is_ok() {
+                        self.accept_paused = true;
+                    }
                 }
             }
         }
@@ -434,13 +488,19 @@ impl Epoller {
     fn tick(&mut self, slots: &mut Slots<Readiness>) {
         let now = slots.now;
         slots.tick(self, now);
+        if slots.draining() {
+            self.pool.drain(&mut self.retired);
+        } else {
+            self.pool.expire(now, &mut self.retired);
+        }
+        self.retired.clear(); // closed, so out of the epoll set
         if self.accept_paused && !slots.draining() {
-            if let Some(l) = &self.listener {
-                let mut watch = EpollEvent::new(EpollFlags::EPOLLIN, accept_token());
-                if self.epoll.modify(l, &mut watch).is_ok() {
-                    self.accept_paused = false;
-                }
+            let mut resumed = true;
+            for (i, l) in self.listeners.iter().enumerate() {
+                let mut watch = EpollEvent::new(EpollFlags::EPOLLIN, accept_token(i));
+                resumed &= self.epoll.modify(l, &mut watch).is_ok();
             }
+            self.accept_paused = !resumed;
         }
     }
 }
@@ -469,7 +529,58 @@ impl Driver for Epoller {
                     self.send(key, slot, side, env);
                 }
             }
-            Action::Connect => match backend.socket() {
+            Action::ConnectPooled if self.pool.idle() > 0 => {
+                let Some(fd) = self.pool.checkout() else {
+                    return;
+                };
+                // From the pool's token to this connection's, edge-triggered
+                // again: the modification reports what is ready now.
+                let token = ConnToken::new(key, slot.gen, Op::Backend).encode();
+                let mut ev = EpollEvent::new(socket_events(), token);
+                if let Err(e) = self.epoll.modify(&fd, &mut ev) {
+                    // Unusable: closed; a new connection instead.
+                    tracing::debug!("cannot watch a pooled backend connection: {e}");
+                    drop(fd);
+                    return self.act(key, slot, Action::Connect, backend, env);
+                }
+                slot.backend = Some(fd);
+                slot.io.connecting = false;
+                // The machine counts a receive as posted on a pooled link (as
+                // io_uring's pool posts one while the connection is idle).
+                slot.io.backend = SideIo {
+                    writable: true,
+                    recv: true,
+                    ..SideIo::default()
+                };
+                slot.conn.on_pooled(env);
+            }
+            Action::ReleaseBackend { reusable } => {
+                slot.io.backend = SideIo::default();
+                slot.io.connecting = false;
+                let Some(fd) = slot.backend.take() else {
+                    return;
+                };
+                if reusable {
+                    match self
+                        .pool
+                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                    {
+                        Ok(t) => {
+                            if let Some(e) = self.pool.get(t.key as usize, t.gen) {
+                                if let Some(fd) = &e.fd {
+                                    let mut ev = EpollEvent::new(pooled_events(), t.encode());
+                                    if self.epoll.modify(fd, &mut ev).is_err() {
+                                        drop(self.pool.finish(t.key as usize));
+                                    }
+                                }
+                            }
+                        }
+                        Err(fd) => drop(fd), // the pool is full: closed
+                    }
+                }
+                // else: dropping it closes it (and takes it out of the epoll set).
+            }
+            Action::Connect | Action::ConnectPooled => match backend.socket() {
                 Ok(fd) => {
                     slot.backend = Some(fd);
                     self.start_connect(key, slot, backend, env);
@@ -480,8 +591,12 @@ impl Driver for Epoller {
                 }
             },
             Action::CancelConnect => {
+                // A connect being given up, or a receive before the backend
+                // socket is released: nothing is in the kernel's hands.
                 if std::mem::take(&mut slot.io.connecting) {
                     slot.conn.on_connected(Err(libc::ECANCELED), env);
+                } else if std::mem::take(&mut slot.io.backend.recv) {
+                    slot.conn.on_recv(Side::Backend, Err(libc::ECANCELED), env);
                 }
             }
             Action::ShutdownWrite(side) => {
@@ -512,6 +627,10 @@ impl Driver for Epoller {
     }
 
     fn stop_accepting(&mut self) {
-        self.listener = None;
+        // Out of the epoll set first: closing our descriptor does not end the
+        // registration while a successor holds the same socket.
+        for l in self.listeners.drain(..) {
+            let _ = self.epoll.delete(&l);
+        }
     }
 }

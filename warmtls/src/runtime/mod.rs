@@ -7,7 +7,9 @@
 //! for itself.
 
 pub mod epoll;
+pub mod fdpass;
 pub mod listener;
+pub mod pool;
 pub mod ring;
 pub mod slots;
 pub mod sockopt;

@@ -34,11 +34,16 @@ const WARM_SEND_BUFFERS: usize = 64;
 /// What a worker needs; all shared state is behind `Arc`s.
 pub struct WorkerSetup {
     pub index: usize,
-    pub listener: OwnedFd,
+    /// Listening sockets this worker accepts from (at least one; more after a
+    /// hand-over from a process with more workers).
+    pub listeners: Vec<OwnedFd>,
     pub tls: Arc<ServerConfigs>,
     pub backend: Backend,
     pub max_connections: usize,
     pub limits: Limits,
+    /// Idle kept-alive backend connections kept (http mode; 0: none).
+    pub backend_pool: usize,
+    pub backend_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub metrics: Arc<Vec<WorkerMetrics>>,
     pub shutdown: Arc<AtomicBool>,
@@ -54,7 +59,7 @@ pub struct Slot<Io> {
     /// The timer-wheel tick of this connection's live timer entry.
     timer_tick: u64,
     /// What the driver keeps beside the machine (epoll: readiness and posted
-    /// operations; io_uring: nothing, the ring holds it).
+    /// operations; io_uring: the sends linked before a receive).
     pub io: Io,
 }
 
@@ -85,10 +90,16 @@ pub trait Driver {
         env: &mut Env<'_>,
     );
 
+    /// The connection asks for nothing more for now: post what `act` held
+    /// back (io_uring: a send it hoped to link before a receive).
+    fn flush(&mut self, _key: usize, _slot: &mut Slot<Self::Io>) {}
+
     /// The connection is finished and freed: close its sockets.
     fn close(&mut self, slot: Slot<Self::Io>);
 
-    /// The endpoint is shutting down: stop taking connections.
+    /// The endpoint is shutting down: stop taking connections. A listening
+    /// socket another process also holds (a hand-over) stays open, its queue
+    /// intact, for that process.
     fn stop_accepting(&mut self);
 }
 
@@ -232,6 +243,21 @@ impl<Io: Default> Slots<Io> {
         })
     }
 
+    /// The connection in slab slot `key`, whatever its incarnation.
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Slot<Io>> {
+        self.slab.get_mut(key)
+    }
+
+    /// The worker's limits (http mode, PROXY header ...).
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// The worker's counters.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        self.shared.m()
+    }
+
     /// An accept failed (not merely "nothing to accept"): counted and said.
     pub fn accept_failed(&self, e: std::io::Error) {
         self.shared.m().add(Metric::AcceptErrors, 1);
@@ -242,15 +268,21 @@ impl<Io: Default> Slots<Io> {
     }
 
     /// Take an accepted connection: refused (counted, closed) when the worker is
-    /// full or draining, else given a slot, which `register` (the driver's
-    /// bookkeeping for the socket, with the slot's token) must accept. Returns
-    /// the slot's key; the caller then [`Slots::carry_out`]s it.
+    /// full, else given a slot, which `register` (the driver's bookkeeping for
+    /// the socket, with the slot's token) must accept. A connection accepted
+    /// while draining (its accept was on its way) is served like any other:
+    /// closing it would reset a device that did nothing wrong, and after a
+    /// hand-over nobody else will take it. `peer_later`: the driver will report
+    /// the device's address itself ([`Conn::on_peer_address`]) before its first
+    /// bytes; else http mode asks getpeername(2) here. Returns the slot's key;
+    /// the caller then [`Slots::carry_out`]s it.
     pub fn admit(
         &mut self,
         fd: OwnedFd,
+        peer_later: bool,
         register: impl FnOnce(&OwnedFd, ConnToken) -> std::io::Result<()>,
     ) -> Option<usize> {
-        if self.slab.len() >= self.max_connections || self.drain_deadline.is_some() {
+        if self.slab.len() >= self.max_connections {
             self.shared.m().add(Metric::Refused, 1);
             return None; // dropping `fd` closes it
         }
@@ -263,6 +295,8 @@ impl<Io: Default> Slots<Io> {
         self.next_gen = gen;
         let addresses = if self.shared.limits.proxy_protocol {
             client_addresses(&fd)
+        } else if self.shared.limits.http.is_some() && !peer_later {
+            client_peer(&fd)
         } else {
             None
         };
@@ -294,6 +328,7 @@ impl<Io: Default> Slots<Io> {
             driver.act(key, slot, action, &self.backend, &mut env);
         }
         let slot = &mut self.slab[key];
+        driver.flush(key, slot);
         if slot.conn.is_finished() {
             let mut slot = self.slab.remove(key);
             slot.conn.release(&mut self.shared.pool);
@@ -315,6 +350,7 @@ impl<Io: Default> Slots<Io> {
     /// up, and hand each connection whose deadline passed its timeout.
     pub fn tick<D: Driver<Io = Io>>(&mut self, driver: &mut D, now: Instant) {
         self.now = now;
+        self.shared.m().add(Metric::Ticks, 1);
         self.shared.backend_log.tick(now);
         if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
             self.drain_deadline = Some(now + self.drain_timeout);
@@ -360,10 +396,13 @@ impl<Io: Default> Slots<Io> {
         self.drain_deadline.is_some()
     }
 
-    /// Draining and every connection is done, or well past the drain deadline.
-    pub fn finished(&self) -> bool {
+    /// Draining, `accepts_ended` (no accepted connection can still be on its
+    /// way to us) and every connection is done; or well past the drain deadline.
+    pub fn finished(&self, accepts_ended: bool) -> bool {
         match self.drain_deadline {
-            Some(d) => self.slab.is_empty() || (self.now > d + Duration::from_secs(2)),
+            Some(d) => {
+                (self.slab.is_empty() && accepts_ended) || (self.now > d + Duration::from_secs(2))
+            }
             None => false,
         }
     }
@@ -381,6 +420,19 @@ impl<Io: Default> Slots<Io> {
     pub fn leak(&mut self) {
         std::mem::forget(std::mem::take(&mut self.slab));
     }
+}
+
+/// The device's address, and ours as an unspecified stand-in (one syscall, for
+/// X-Forwarded-For).
+pub fn client_peer(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let peer = socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    let peer = if let Some(v4) = peer.as_sockaddr_in() {
+        std::net::SocketAddr::V4((*v4).into())
+    } else {
+        std::net::SocketAddr::V6((*peer.as_sockaddr_in6()?).into())
+    };
+    let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    Some((peer, unspecified))
 }
 
 /// The device's address and the local address it connected to (two syscalls,

@@ -21,6 +21,16 @@ pub enum Op {
     Client,
     /// Readiness of a connection's backend socket (epoll).
     Backend,
+    /// An idle pooled backend connection (key: its pool entry). io_uring: the
+    /// receive posted on it, which becomes the receive of the connection that
+    /// takes it; epoll: its readiness (the backend closed it, or spoke unasked).
+    PoolRecv,
+    /// A receive linked behind a send whose success posts no completion
+    /// (`Ring::push_send_then_recv`): its completion also says the send is done.
+    ClientRecvAfterSend,
+    BackendRecvAfterSend,
+    /// The device's address, asked through the ring (X-Forwarded-For).
+    PeerName,
 }
 
 impl Op {
@@ -37,6 +47,10 @@ impl Op {
             9 => Op::Close,
             10 => Op::Client,
             11 => Op::Backend,
+            12 => Op::PoolRecv,
+            13 => Op::ClientRecvAfterSend,
+            14 => Op::BackendRecvAfterSend,
+            15 => Op::PeerName,
             _ => return None,
         })
     }

@@ -1,5 +1,6 @@
-//! The per-core io_uring loop: one ring, one listener, and the worker's
-//! connections (`slots`).
+//! The per-core io_uring loop: one ring, its listeners (usually one; more after
+//! a hand-over from a process with more workers), the worker's idle kept-alive
+//! backend connections (`pool`), and the worker's connections (`slots`).
 //!
 //! Shape (as in io-uring's tcp_echo): push SQEs, submit and wait, drain CQEs,
 //! dispatch on the token, hand the event to the connection's state machine
@@ -15,12 +16,13 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use nix::sys::socket::{shutdown, Shutdown};
+use nix::sys::socket::{shutdown, Shutdown, SockaddrStorage};
 
 use super::listener;
+use super::pool::BackendPool;
 use super::ring::{buffer_id, more, Ring};
 pub use super::slots::WorkerSetup;
-use super::slots::{BackendAddr, Driver, Live, Slot, Slots};
+use super::slots::{client_peer, BackendAddr, Driver, Live, Slot, Slots};
 use super::token::{ConnToken, Op};
 use crate::conn::{Action, Env, Side, RECV_BUF};
 
@@ -30,14 +32,49 @@ use crate::conn::{Action, Env, Side, RECV_BUF};
 /// open connections.
 const RECV_BUFFERS: u16 = 256;
 
+/// What the io_uring driver keeps per connection: per side (client, backend),
+/// a send linked before a receive (`Ring::push_send_then_recv`) whose success
+/// is not known yet: its length.
+type LinkedSends = [Option<usize>; 2];
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Backend => 1,
+    }
+}
+
 /// The ring and what the io_uring driver keeps beside it.
 struct Uring {
     ring: Ring,
-    listener: Option<OwnedFd>,
-    accept_armed: bool,
+    /// Empty once draining. A socket another process also holds (a hand-over)
+    /// stays open after we drop ours, with its queue, for that process.
+    listeners: Vec<OwnedFd>,
+    /// Per listener: its multishot accept is in flight.
+    accept_armed: Vec<bool>,
     /// Receives that found the buffer ring empty, to post again once buffers
     /// come back.
     starved: Vec<ConnToken>,
+    /// Idle kept-alive backend connections (http mode).
+    pool: BackendPool,
+    /// Sockets leaving the pool, to be closed.
+    retired: Vec<OwnedFd>,
+    /// http mode without a PROXY header: X-Forwarded-For needs the device's
+    /// address.
+    wants_peer_names: bool,
+    /// http mode: each connection's device address, written by the kernel
+    /// (`Ring::push_peer_name`), indexed by slab key; boxed so it never moves.
+    peer_names: Box<[libc::sockaddr_storage]>,
+    /// The kernel answers `Ring::push_peer_name` (else getpeername(2)).
+    peer_name_by_ring: bool,
+    /// The peer address size to ask for, per listener (its address family).
+    peer_name_len: Vec<u32>,
+    /// Sends held back within one `Slots::carry_out`, per side: when the machine
+    /// will send nothing more on that side until it speaks, a receive on the
+    /// same side asked for next goes out linked behind the send, so the send's
+    /// success costs no completion (and no wakeup) of its own. Posted by
+    /// `flush` at the latest.
+    held: [bool; 2],
 }
 
 /// Set up the ring (on this thread, as SINGLE_ISSUER requires) and report the
@@ -53,18 +90,41 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             return;
         }
     };
-    let mut slots: Slots<()> = match Slots::new(&s) {
+    let mut slots: Slots<LinkedSends> = match Slots::new(&s) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
+    let wants_peer_names = s.limits.http.is_some() && !s.limits.proxy_protocol;
+    // Per listener: the kernel wants the exact size of the family's address.
+    let peer_name_len = s
+        .listeners
+        .iter()
+        .map(|l| match listener::local_addr(l) {
+            Ok(a) if a.is_ipv4() => std::mem::size_of::<libc::sockaddr_in>() as u32,
+            _ => std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        })
+        .collect();
     let mut io = Uring {
         ring,
-        listener: Some(s.listener),
-        accept_armed: false,
+        accept_armed: vec![false; s.listeners.len()],
+        listeners: s.listeners,
         starved: Vec::with_capacity(usize::from(RECV_BUFFERS)),
+        pool: BackendPool::new(s.backend_pool, s.backend_idle_timeout),
+        retired: Vec::with_capacity(s.backend_pool),
+        wants_peer_names,
+        peer_names: if wants_peer_names {
+            // One 128-byte address per connection slot (the slab's keys stay
+            // below `max_connections`).
+            vec![zeroed_sockaddr(); s.max_connections].into_boxed_slice()
+        } else {
+            Box::new([])
+        },
+        peer_name_by_ring: true,
+        peer_name_len,
+        held: [false; 2],
     };
     let _ = ready.send(Ok(()));
     io.arm_accept();
@@ -77,14 +137,23 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         }
         slots.now = std::time::Instant::now();
         io.ring.drain(&mut cqes);
+        // Pooled connections first: one the backend closed while it sat idle
+        // is retired before a connection of this batch could take it.
         for &(ud, res, flags) in &cqes {
-            io.complete(&mut slots, ud, res, flags);
+            if is_pool_op(ud) {
+                io.complete(&mut slots, ud, res, flags);
+            }
+        }
+        for &(ud, res, flags) in &cqes {
+            if !is_pool_op(ud) {
+                io.complete(&mut slots, ud, res, flags);
+            }
         }
         if !io.starved.is_empty() {
             // Every buffer taken in this batch has been consumed and given back.
             io.retry_starved(&mut slots);
         }
-        if slots.finished() {
+        if slots.finished(!io.accept_armed.contains(&true)) {
             break;
         }
     }
@@ -112,9 +181,37 @@ fn errno(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
 
-/// Token of the multishot accept (not a connection).
-fn accept_token() -> ConnToken {
-    ConnToken::new(u32::MAX as usize, 0, Op::Accept)
+fn zeroed_sockaddr() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain integers, for which all zeroes is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The address the kernel wrote into `a` (`len` bytes), if it is IPv4 or IPv6.
+fn sockaddr_to_std(a: &libc::sockaddr_storage, len: usize) -> Option<std::net::SocketAddr> {
+    use nix::sys::socket::SockaddrLike;
+    // SAFETY: `a` is a sockaddr_storage the kernel filled with `len` bytes.
+    let s = unsafe {
+        SockaddrStorage::from_raw(
+            (a as *const libc::sockaddr_storage).cast(),
+            Some(len as libc::socklen_t),
+        )
+    }?;
+    if let Some(v4) = s.as_sockaddr_in() {
+        Some(std::net::SocketAddr::V4((*v4).into()))
+    } else {
+        s.as_sockaddr_in6()
+            .map(|v6| std::net::SocketAddr::V6((*v6).into()))
+    }
+}
+
+fn is_pool_op(ud: u64) -> bool {
+    ud as u8 == Op::PoolRecv as u8
+}
+
+/// Token of the multishot accept on listener `i` (not a connection): the
+/// listener's index rides in the generation field.
+fn accept_token(i: usize) -> ConnToken {
+    ConnToken::new(u32::MAX as usize, i as u32, Op::Accept)
 }
 
 /// Token of operations that belong to no live connection (cancels, closes).
@@ -124,26 +221,98 @@ fn detached_token(op: Op) -> ConnToken {
 
 impl Uring {
     fn arm_accept(&mut self) {
-        if let Some(l) = &self.listener {
-            if !self.accept_armed {
-                let fd = l.as_raw_fd();
-                self.ring.push_accept(fd, accept_token());
-                self.accept_armed = true;
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !self.accept_armed[i] {
+                self.ring.push_accept(l.as_raw_fd(), accept_token(i));
+                self.accept_armed[i] = true;
             }
         }
     }
 
-    fn complete(&mut self, slots: &mut Slots<()>, ud: u64, res: i32, flags: u32) {
+    fn complete(&mut self, slots: &mut Slots<LinkedSends>, ud: u64, res: i32, flags: u32) {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
         let side = match t.op {
-            Op::Accept => return self.accepted(slots, res, flags),
+            Op::Accept => return self.accepted(slots, t.gen as usize, res, flags),
             Op::Tick => return self.tick(slots),
             Op::Cancel | Op::Close | Op::Client | Op::Backend => return,
-            Op::ClientRecv | Op::ClientSend => Side::Client,
-            Op::BackendConnect | Op::BackendRecv | Op::BackendSend => Side::Backend,
+            Op::PoolRecv => return self.pool_recv(slots, t, res, flags),
+            Op::PeerName => return self.peer_name(slots, t, res),
+            Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
+            Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
+                Side::Backend
+            }
         };
+        self.dispatch(slots, t, side, res, flags);
+    }
+
+    /// The receive of a pooled backend connection completed: while the
+    /// connection was idle, it is dead (EOF, reset) or the backend spoke unasked
+    /// — retire it; once taken, it is its new owner's backend receive.
+    fn pool_recv(&mut self, slots: &mut Slots<LinkedSends>, t: ConnToken, res: i32, flags: u32) {
+        let key = t.key as usize;
+        let owner = match self.pool.get(key, t.gen) {
+            Some(e) => e.owner,
+            None => {
+                // Cancelled as it expired: the entry is gone.
+                if let Some(bid) = buffer_id(flags) {
+                    self.ring.recv_buffers().recycle(bid);
+                }
+                return;
+            }
+        };
+        if let Some(fd) = self.pool.finish(key) {
+            if let Some(bid) = buffer_id(flags) {
+                self.ring.recv_buffers().recycle(bid);
+            }
+            self.ring.push_close(fd, detached_token(Op::Close));
+            return;
+        }
+        if let Some((conn, gen)) = owner {
+            self.dispatch(
+                slots,
+                ConnToken::new(conn, gen, Op::BackendRecv),
+                Side::Backend,
+                res,
+                flags,
+            );
+        }
+    }
+
+    /// The device's address arrived through the ring (or the kernel does not
+    /// answer that: ask getpeername(2) from now on).
+    fn peer_name(&mut self, slots: &mut Slots<LinkedSends>, t: ConnToken, res: i32) {
+        let key = t.key as usize;
+        let Some(Live { slot, .. }) = slots.live(key, t.gen) else {
+            return;
+        };
+        let peer = if res > 0 {
+            sockaddr_to_std(&self.peer_names[key], res as usize)
+        } else {
+            if self.peer_name_by_ring {
+                tracing::debug!(
+                    "no getsockopt through io_uring ({}): X-Forwarded-For by getpeername(2)",
+                    errno(res)
+                );
+            }
+            self.peer_name_by_ring = false;
+            client_peer(&slot.client).map(|(p, _)| p)
+        };
+        if let Some(peer) = peer {
+            slot.conn.on_peer_address(peer);
+        }
+    }
+
+    /// A completion of connection `t.key`'s operation `t.op` on `side`.
+    fn dispatch(
+        &mut self,
+        slots: &mut Slots<LinkedSends>,
+        t: ConnToken,
+        side: Side,
+        res: i32,
+        flags: u32,
+    ) {
         let bid = buffer_id(flags);
         let key = t.key as usize;
         let Some(Live { slot, mut env, .. }) = slots.live(key, t.gen) else {
@@ -154,11 +323,25 @@ impl Uring {
             return;
         };
         match t.op {
-            Op::ClientRecv | Op::BackendRecv => {
+            Op::ClientRecv
+            | Op::BackendRecv
+            | Op::ClientRecvAfterSend
+            | Op::BackendRecvAfterSend => {
+                if matches!(t.op, Op::ClientRecvAfterSend | Op::BackendRecvAfterSend) {
+                    // The linked send posted no completion before this one: it
+                    // succeeded, whole (a failed send's completion comes first).
+                    if let Some(n) = slot.io[side_index(side)].take() {
+                        slot.conn.on_sent(side, Ok(n), &mut env);
+                    }
+                }
                 if res == -libc::ENOBUFS {
                     // The buffer ring ran dry: post it again once buffers return.
-                    self.starved.push(t);
-                    return;
+                    let op = match side {
+                        Side::Client => Op::ClientRecv,
+                        Side::Backend => Op::BackendRecv,
+                    };
+                    self.starved.push(ConnToken::new(key, t.gen, op));
+                    return slots.carry_out(self, key);
                 }
                 let got = if res < 0 {
                     Err(-res)
@@ -174,6 +357,9 @@ impl Uring {
                 }
             }
             Op::ClientSend | Op::BackendSend => {
+                // A linked send's completion (it failed or fell short) comes
+                // before its receive's: the receive must not report it again.
+                slot.io[side_index(side)] = None;
                 let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
                 slot.conn.on_sent(side, done, &mut env);
             }
@@ -189,9 +375,12 @@ impl Uring {
         slots.carry_out(self, key);
     }
 
-    fn accepted(&mut self, slots: &mut Slots<()>, res: i32, flags: u32) {
+    fn accepted(&mut self, slots: &mut Slots<LinkedSends>, listener: usize, res: i32, flags: u32) {
         if !more(flags) {
-            self.accept_armed = false; // re-armed on the next tick (a back-off on EMFILE)
+            // Re-armed on the next tick (a back-off on EMFILE), unless draining.
+            if let Some(armed) = self.accept_armed.get_mut(listener) {
+                *armed = false;
+            }
         }
         if res < 0 {
             if res != -libc::ECANCELED {
@@ -199,13 +388,40 @@ impl Uring {
             }
             return;
         }
-        if let Some(key) = slots.admit(listener::adopt(res), |_, _| Ok(())) {
-            slots.carry_out(self, key);
+        // X-Forwarded-For needs the device's address only: asked through the
+        // ring with the first receive (no syscall of its own) where the kernel
+        // can, it is in before the device's first bytes are handed in.
+        let by_ring = self.wants_peer_names && self.peer_name_by_ring;
+        let Some(key) = slots.admit(listener::own_accepted(res), by_ring, |_, _| Ok(())) else {
+            return;
+        };
+        if by_ring && key < self.peer_names.len() {
+            if let Some(slot) = slots.get_mut(key) {
+                let raw = slot.client.as_raw_fd();
+                let addr: *mut libc::sockaddr_storage = &mut self.peer_names[key];
+                let len = self
+                    .peer_name_len
+                    .get(listener)
+                    .copied()
+                    .unwrap_or(std::mem::size_of::<libc::sockaddr_in6>() as u32);
+                // SAFETY: the driver's boxed array outlives the ring's use of
+                // it; the operation completes at submission, before this slab
+                // key could hold another connection that asks again.
+                unsafe {
+                    self.ring.push_peer_name(
+                        raw,
+                        addr,
+                        len,
+                        ConnToken::new(key, slot.gen, Op::PeerName),
+                    )
+                };
+            }
         }
+        slots.carry_out(self, key);
     }
 
     /// Post again the receives that found no buffer.
-    fn retry_starved(&mut self, slots: &mut Slots<()>) {
+    fn retry_starved(&mut self, slots: &mut Slots<LinkedSends>) {
         let starved = std::mem::take(&mut self.starved);
         for t in &starved {
             let Some(Live { slot, .. }) = slots.live(t.key as usize, t.gen) else {
@@ -224,53 +440,136 @@ impl Uring {
         self.starved.clear();
     }
 
-    fn tick(&mut self, slots: &mut Slots<()>) {
+    /// Close pooled connections leaving the pool: their receive is cancelled
+    /// first (in the same submission), or the socket would stay open under it.
+    fn close_retired(&mut self) {
+        for fd in self.retired.drain(..) {
+            self.ring
+                .push_cancel_fd(fd.as_raw_fd(), detached_token(Op::Cancel));
+            self.ring.push_close(fd, detached_token(Op::Close));
+        }
+    }
+
+    fn tick(&mut self, slots: &mut Slots<LinkedSends>) {
         self.ring.push_tick();
         let now = slots.now;
         slots.tick(self, now);
-        if !slots.draining() {
+        if slots.draining() {
+            self.pool.drain(&mut self.retired);
+        } else {
+            self.pool.expire(now, &mut self.retired);
             self.arm_accept();
+        }
+        self.close_retired();
+    }
+
+    /// Post the send `slot`'s machine asked for on `side`: alone, or linked
+    /// before the receive `then_recv` (whose completion then reports the
+    /// send's success).
+    fn push_send(
+        &mut self,
+        key: usize,
+        slot: &mut Slot<LinkedSends>,
+        side: Side,
+        then_recv: Option<Op>,
+    ) {
+        let gen = slot.gen;
+        let token = move |op| ConnToken::new(key, gen, op);
+        let op = match side {
+            Side::Client => Op::ClientSend,
+            Side::Backend => Op::BackendSend,
+        };
+        let Some(fd) = slot.fd(side) else {
+            return;
+        };
+        let buf = slot.conn.send_buf(side);
+        match then_recv {
+            Some(recv) => {
+                slot.io[side_index(side)] = Some(buf.len());
+                // SAFETY: the bytes are the outbox's lent buffer, neither
+                // touched nor freed until the machine hears of this send
+                // (`on_sent`, from the send's own completion or the linked
+                // receive's), and the connection is not freed while an
+                // operation is in flight.
+                unsafe {
+                    self.ring
+                        .push_send_then_recv(fd, buf, token(op), token(recv))
+                };
+            }
+            // SAFETY: as above; `on_sent` comes from this send's completion.
+            None => unsafe { self.ring.push_send(fd, buf, token(op)) },
         }
     }
 }
 
 impl Driver for Uring {
-    type Io = ();
+    type Io = LinkedSends;
 
     fn act(
         &mut self,
         key: usize,
-        slot: &mut Slot<()>,
+        slot: &mut Slot<LinkedSends>,
         action: Action,
         backend: &BackendAddr,
         env: &mut Env<'_>,
     ) {
         let gen = slot.gen;
         let token = move |op| ConnToken::new(key, gen, op);
+        if !matches!(action, Action::Recv(_) | Action::Send(_)) {
+            // Anything else (a cancel above all) comes after the sends asked before it.
+            for side in [Side::Client, Side::Backend] {
+                if std::mem::take(&mut self.held[side_index(side)]) {
+                    self.push_send(key, slot, side, None);
+                }
+            }
+        }
         match action {
             Action::Recv(side) => {
-                let op = match side {
-                    Side::Client => Op::ClientRecv,
-                    Side::Backend => Op::BackendRecv,
+                let (op, after_send) = match side {
+                    Side::Client => (Op::ClientRecv, Op::ClientRecvAfterSend),
+                    Side::Backend => (Op::BackendRecv, Op::BackendRecvAfterSend),
                 };
-                if let Some(fd) = slot.fd(side) {
+                if std::mem::take(&mut self.held[side_index(side)]) {
+                    self.push_send(key, slot, side, Some(after_send));
+                } else if let Some(fd) = slot.fd(side) {
                     self.ring.push_recv_select(fd, token(op));
                 }
             }
-            Action::Send(side) => {
-                let op = match side {
-                    Side::Client => Op::ClientSend,
-                    Side::Backend => Op::BackendSend,
-                };
-                if let Some(fd) = slot.fd(side) {
-                    // SAFETY: the bytes are the outbox's lent buffer, which is
-                    // neither touched nor freed until this send completes
-                    // (`on_sent`), and the connection is not freed while an
-                    // operation is in flight.
-                    unsafe { self.ring.push_send(fd, slot.conn.send_buf(side), token(op)) };
-                }
+            Action::Send(side)
+                if self.ring.can_link_sends() && slot.conn.quiet_after_send(side) =>
+            {
+                self.held[side_index(side)] = true;
             }
-            Action::Connect => match backend.socket() {
+            Action::Send(side) => self.push_send(key, slot, side, None),
+            Action::ConnectPooled if self.pool.idle() > 0 => {
+                // Its receive, posted while it was idle, is now this
+                // connection's backend receive.
+                slot.backend = self.pool.take((key, gen));
+                debug_assert!(slot.backend.is_some());
+                slot.conn.on_pooled(env);
+            }
+            Action::ReleaseBackend { reusable } => {
+                let Some(fd) = slot.backend.take() else {
+                    return;
+                };
+                let fd = if reusable {
+                    let raw = fd.as_raw_fd();
+                    match self
+                        .pool
+                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                    {
+                        Ok(t) => {
+                            self.ring.push_recv_select(raw, t);
+                            return;
+                        }
+                        Err(fd) => fd,
+                    }
+                } else {
+                    fd
+                };
+                self.ring.push_close(fd, detached_token(Op::Close));
+            }
+            Action::Connect | Action::ConnectPooled => match backend.socket() {
                 Ok(fd) => {
                     let raw = fd.as_raw_fd();
                     slot.backend = Some(fd);
@@ -308,8 +607,17 @@ impl Driver for Uring {
         }
     }
 
+    /// Sends still held back go out alone.
+    fn flush(&mut self, key: usize, slot: &mut Slot<LinkedSends>) {
+        for side in [Side::Client, Side::Backend] {
+            if std::mem::take(&mut self.held[side_index(side)]) {
+                self.push_send(key, slot, side, None);
+            }
+        }
+    }
+
     /// Its sockets are closed by the ring (no close(2) of their own).
-    fn close(&mut self, slot: Slot<()>) {
+    fn close(&mut self, slot: Slot<LinkedSends>) {
         let token = detached_token(Op::Close);
         self.ring.push_close(slot.client, token);
         if let Some(b) = slot.backend {
@@ -318,13 +626,17 @@ impl Driver for Uring {
     }
 
     fn stop_accepting(&mut self) {
-        if self.accept_armed {
-            // The multishot accept holds the listening socket open: cancel it,
-            // so dropping ours really closes it and the kernel stops queueing
-            // connections to this worker.
-            self.ring
-                .push_cancel(accept_token(), detached_token(Op::Cancel));
+        // The multishot accepts hold the listening sockets open: cancel them,
+        // so that dropping ours really closes a socket nobody else holds (the
+        // kernel stops queueing connections to this worker), while a socket
+        // handed to a successor stays open, its queue intact, for the
+        // successor to accept from.
+        for i in 0..self.listeners.len() {
+            if self.accept_armed[i] {
+                self.ring
+                    .push_cancel(accept_token(i), detached_token(Op::Cancel));
+            }
         }
-        self.listener = None;
+        self.listeners.clear();
     }
 }

@@ -13,8 +13,12 @@ use super::table::{erase, SessionStore};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotState {
+    /// Never used or erased: no tag and every byte zero.
     Empty,
+    /// Intact and unexpired: a lookup of its key would find it.
     Live,
+    /// Intact but past its expiry: a miss, erased by the background sweep, a
+    /// purge, a lookup of its key or a put that needs the slot.
     Expired,
     /// Corrupted: its checksum, tag or place does not verify. Lookups treat it
     /// as a miss.
@@ -29,8 +33,12 @@ pub enum SlotState {
 /// One slot's metadata (never its secret bytes).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct SlotInfo {
+    /// Bucket index, `0..bucket_count`.
     pub bucket: u64,
+    /// Slot index within the bucket, `0..SLOTS_PER_BUCKET`.
     pub index: usize,
+    /// What the slot holds; the fields below are meaningful for `Live` and
+    /// `Expired` slots only (zero for `Empty` ones).
     pub state: SlotState,
     /// First 8 bytes of the keyed key fingerprint, as an identifier.
     pub id: u64,
@@ -47,10 +55,15 @@ pub struct SlotInfo {
 /// Totals of one scan.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct ScanTotals {
+    /// Slots inspected: every slot of the file except those of `busy_buckets`.
     pub slots: u64,
+    /// Slots found [`SlotState::Empty`].
     pub empty: u64,
+    /// Slots holding a resumable session ([`SlotState::Live`]).
     pub live: u64,
+    /// Slots holding an expired entry not yet erased ([`SlotState::Expired`]).
     pub expired: u64,
+    /// Slots that do not verify ([`SlotState::Corrupt`]); torn ones are in `torn`.
     pub corrupt: u64,
     /// Slots a killed writer left half-written (see [`SlotState::Torn`]).
     pub torn: u64,

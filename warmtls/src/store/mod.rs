@@ -3,7 +3,7 @@
 //!
 //! Opening it is an `mmap` and a header check — no load phase — so a restarted
 //! endpoint resumes its devices' sessions at once. The file format is in
-//! [`format`], the only raw-memory code in `map` (private), the table logic in
+//! [`mod@format`], the only raw-memory code in `map` (private), the table logic in
 //! [`SessionStore`], rustls' side in [`SessionCache`] (and [`StoreTicketer`] for
 //! 7-day TLS 1.3 tickets), background flush and sweep in [`Flusher`], the
 //! non-blocking walk the inspector uses in [`inspect`], and optional encryption
@@ -13,6 +13,7 @@
 //! The store must never return a value it cannot verify (per-slot checksums), never
 //! leave a secret behind in a slot it gives up (take, expiry and eviction zero the
 //! bytes), and never let a client-chosen key aim at one bucket (keyed hash).
+#![deny(missing_docs)]
 
 mod adapter;
 mod clock;

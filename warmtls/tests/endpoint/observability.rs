@@ -285,6 +285,13 @@ fn metrics_page_shows_the_stats_json_numbers_in_prometheus_text_format() {
         "warmtls_ticket_rule_handshakes_total{served=\"no_tls13_tickets\"}",
         &rules["no_tls13_tickets"],
     );
+    // The http framing's counters (all zero here: a tcp backend), each under
+    // its own name, so one the framing gains cannot be left off either.
+    let http = stats["http"].as_object().unwrap();
+    assert!(http.contains_key("requests"), "{stats}");
+    for (field, v) in http {
+        same(&format!("warmtls_http_{field}_total"), v);
+    }
     assert!(m["warmtls_store_puts_total"] >= 40.0);
     same("warmtls_store_capacity_sessions", &st["capacity"]);
     let load = m["warmtls_store_load_factor"];

@@ -122,23 +122,7 @@ impl Server {
             prepare(&mut cmd);
         }
         let mut child = cmd.spawn().expect("spawn warmtls serve");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("warmtls printed its readiness line");
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .expect("a port in the readiness line");
+        let port = ready_port(&mut child);
         Server {
             child: Some(child),
             port,
@@ -208,6 +192,28 @@ impl Server {
     }
 }
 
+/// Wait (up to 30 s) for a `warmtls serve` child's readiness line on its piped
+/// stdout and return the port in it; the rest of its stdout is drained, so a
+/// successor that inherits the pipe never blocks on it.
+pub fn ready_port(child: &mut Child) -> u16 {
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("warmtls printed its readiness line");
+    line.rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("a port in the readiness line")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -215,6 +221,17 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// A fresh self-signed ECDSA certificate for `localhost`: `DIR/NAME.cert.pem`
+/// and `DIR/NAME.key.pem`.
+pub fn ecdsa_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = dir.join(format!("{name}.cert.pem"));
+    let key = dir.join(format!("{name}.key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
 }
 
 /// A backend that reads one request (up to a blank line) and answers `hello`,
