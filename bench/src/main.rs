@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
             return warmtls::cli::main_from(std::iter::once("warmtls".into()).chain(args))
         }
         Cmd::Demo(a) => {
-            warmtls::cli::init_logs("warn");
+            warmtls::cli::init_logs("warn", warmtls::cli::LogFormat::Text);
             warmtls_bench::demo::run(a)
         }
         Cmd::Store(a) => store::main(a),

@@ -18,19 +18,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminListener;
 use crate::config::Config;
 use crate::handover::{
     self, ControlRequest, ControlSocket, InstanceInfo, Offer, Predecessor, Progress, Relaunch,
     Successor, Waiter,
 };
-use crate::metrics::{self, WorkerMetrics};
-use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, ValueKey};
+use crate::metrics::{StatsSource, WorkerMetrics};
+use crate::runtime::{listener, worker, EventLoop};
+use crate::store::{check_key_apart, encoding, Flusher, SessionStore, ValueKey};
 use crate::systemd::{self, Notifier};
 use crate::tls::{self, CertResolver};
 
 /// Listen backlog of every socket we bind.
 const BACKLOG: i32 = 4096;
+/// How long a process taking over waits for the running one to let go of the
+/// metrics port (it does once the hand-over is confirmed).
+const ADMIN_PORT_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +167,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         None => format!("serving on {}", ep.bound),
     };
-    tracing::info!(bound = %ep.bound, workers = ep.handles.len(), sockets = ep.sockets.len(),
+    tracing::info!(bound = %ep.bound, workers = ep.handles.len(), runtime = ep.stats.runtime().name(), sockets = ep.sockets.len(),
         activated = ep.activated, cache = %ep.cfg.cache.path.display(),
         previous_shutdown_unclean = ep.store.previous_shutdown_unclean(), "serving");
     let mut out = std::io::stdout();
@@ -180,8 +184,11 @@ struct Endpoint {
     flusher: Flusher,
     resolver: Arc<CertResolver>,
     tls_cfgs: Arc<tls::ServerConfigs>,
-    /// The cache file's session encoding as found at start-up.
-    encoding: EncodingStatus,
+    /// The one reading of the counters every report shows (the stats line and
+    /// file, the metrics page).
+    stats: Arc<StatsSource>,
+    /// The metrics page (`metrics_listen`), if asked for.
+    admin: Option<AdminListener>,
     metrics: Arc<Vec<WorkerMetrics>>,
     shutdown: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
@@ -257,8 +264,10 @@ fn start(
     activated_fds: Vec<OwnedFd>,
 ) -> Result<Endpoint, ServeError> {
     cfg.validate()?;
-    // A host that forbids io_uring gets a clear error and no side effects.
-    crate::runtime::ring::Ring::new(8)?;
+    // Before touching the cache file: which event loop runs (a host that forbids
+    // io_uring falls back to epoll under `auto`, and gets a clear error and no
+    // side effects when io_uring was asked for).
+    let event_loop = EventLoop::choose(cfg.runtime)?;
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
     let value_key = value_key(&cfg)?;
@@ -407,7 +416,7 @@ fn start(
                         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one);
                     }
                 }
-                worker::run(setup, ready)
+                event_loop.run(setup, ready)
             });
         match spawned {
             Ok(h) => handles.push(h),
@@ -428,6 +437,34 @@ fn start(
             Err(_) => failed = Some(ServeError::Worker(i, "exited during start-up".into())),
         }
     }
+    let stats = Arc::new(StatsSource::new(
+        metrics.clone(),
+        store.clone(),
+        encoding,
+        event_loop,
+    ));
+    let mut admin = None;
+    if let (None, Some(addr)) = (&failed, cfg.metrics_addr()) {
+        // Taking over: the running process holds the metrics port until it has
+        // handed over, so ours waits for it.
+        let wait = if predecessor.is_some() {
+            ADMIN_PORT_WAIT
+        } else {
+            Duration::ZERO
+        };
+        match AdminListener::start(addr, stats.clone(), wait) {
+            Ok(a) => {
+                tracing::info!(addr = %a.local_addr(), "metrics at http://{}/metrics", a.local_addr());
+                admin = Some(a);
+            }
+            Err(io) => {
+                failed = Some(ServeError::Listen {
+                    addr: addr.to_string(),
+                    io,
+                })
+            }
+        }
+    }
     if let Some(e) = failed {
         // Workers that did start may have accepted connections already (from
         // sockets a running process shares with us): let them finish.
@@ -444,7 +481,8 @@ fn start(
         flusher,
         resolver,
         tls_cfgs,
-        encoding,
+        stats,
+        admin,
         metrics,
         shutdown,
         handles,
@@ -581,13 +619,7 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
         }
         if last_stats.elapsed() >= ep.cfg.stats_interval {
             last_stats = Instant::now();
-            report(
-                &ep.metrics,
-                &ep.store,
-                &ep.encoding,
-                ep.cfg.stats_file.as_deref(),
-                true,
-            );
+            report(&ep.stats, ep.cfg.stats_file.as_deref());
         }
     };
     let Endpoint {
@@ -595,8 +627,8 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
         store,
         flusher,
         tls_cfgs,
-        encoding,
-        metrics,
+        stats,
+        mut admin,
         shutdown,
         handles,
         sockets,
@@ -631,6 +663,9 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
                 w.answer(&Ok(pid));
             }
             control.release();
+            // The successor waits for the metrics port: let it go now, not
+            // after the drain.
+            admin = None;
             tracing::info!(successor = pid,
                 "handed over: the new process accepts on the same sockets; draining connections (up to {:?})",
                 cfg.drain_timeout);
@@ -640,6 +675,7 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
     for h in handles {
         let _ = h.join();
     }
+    drop(admin);
     drop(flusher);
     store.flush()?;
     // After a hand-over the stats file is the successor's to write.
@@ -648,7 +684,8 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
     } else {
         cfg.stats_file.as_deref()
     };
-    report(&metrics, &store, &encoding, stats_file, true);
+    report(&stats, stats_file);
+    drop(stats);
     drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
@@ -762,29 +799,30 @@ fn log_sealed_room(store: &SessionStore) {
     }
 }
 
-fn report(
-    metrics: &[WorkerMetrics],
-    store: &SessionStore,
-    encoding: &EncodingStatus,
-    stats_file: Option<&std::path::Path>,
-    log: bool,
-) {
-    let m = metrics::snapshot(metrics);
-    let s = store.counters();
-    if log {
-        tracing::info!(
-            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
-            m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
-            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
-        );
-    }
+/// The stats line, and the stats file if there is one: both from one reading.
+fn report(stats: &StatsSource, stats_file: Option<&std::path::Path>) {
+    let st = stats.read();
+    let (m, s) = (&st.conns, &st.store.counters);
+    tracing::info!(
+        conns = m.connections,
+        active = m.active_connections,
+        full = m.full_handshakes,
+        resumed = m.resumed_handshakes,
+        tls_errors = m.tls_errors,
+        backend_errors = m.backend_errors,
+        timeouts = m.timeouts,
+        refused = m.refused,
+        store_hits = s.hits,
+        store_misses = s.misses,
+        store_puts = s.puts,
+        store_evictions = s.evictions,
+        store_undecodable = s.undecodable,
+        "stats"
+    );
     if let Some(path) = stats_file {
-        let mut v = serde_json::to_value(m).unwrap_or_default();
-        v["store"] = serde_json::to_value(s).unwrap_or_default();
-        // As found at start-up, before this build recorded its own generation.
-        v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, v.to_string())
+        let json = serde_json::to_string(&st).unwrap_or_default();
+        if std::fs::write(&tmp, json)
             .and_then(|_| std::fs::rename(&tmp, path))
             .is_err()
         {

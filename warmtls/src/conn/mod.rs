@@ -70,6 +70,10 @@ pub const RECV_BUF: usize = 16 * 1024;
 /// How long a connection that sent its alert or close_notify waits for the
 /// client's EOF before it is closed anyway.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+/// How long a backend connect the kernel turned away with EAGAIN (a unix
+/// backend whose accept queue is full, or no local port left) waits before it
+/// is tried again, until the connect timeout.
+pub const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
 /// Which socket of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +235,8 @@ enum Link {
     Wanted,
     /// `Action::Connect` handed out, not completed.
     Connecting,
+    /// The connect was turned away for now (EAGAIN): `Wanted` again at `at`.
+    Retry { at: Instant },
     /// Connected.
     Open,
     /// Down (connect failed or timed out, or an I/O error). `cancel` while a
@@ -287,6 +293,8 @@ pub struct Conn {
     /// The device's address and ours, when the driver knows them (PROXY header,
     /// X-Forwarded-For).
     addresses: Option<(SocketAddr, SocketAddr)>,
+    /// When the driver accepted it (the connection-time histogram).
+    accepted_at: Instant,
     /// http mode: the framing of requests and responses.
     http: Option<Http>,
     /// `Action::ConnectPooled` to ask for (else `Connect`) when the link is wanted.
@@ -327,6 +335,7 @@ impl Conn {
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
             addresses,
+            accepted_at: now,
             http: limits.http.map(|_| Http::default()),
             pooled_wanted: false,
             link_pooled: false,
@@ -366,11 +375,17 @@ impl Conn {
         let hs = self.handshake_deadline;
         match self.state {
             State::Hello | State::Handshaking => Some(hs),
-            State::Connecting { deadline } => Some(if handshaking {
-                deadline.min(hs)
-            } else {
-                deadline
-            }),
+            State::Connecting { deadline } => {
+                let deadline = match self.link {
+                    Link::Retry { at } => deadline.min(at),
+                    _ => deadline,
+                };
+                Some(if handshaking {
+                    deadline.min(hs)
+                } else {
+                    deadline
+                })
+            }
             State::Piping { idle_deadline } => Some(if handshaking {
                 idle_deadline.min(hs)
             } else {
@@ -442,9 +457,9 @@ impl Conn {
             return;
         }
         match (side, got) {
-            (Side::Client, Err(_)) => self.close(), // reset: nobody is left to answer
+            (Side::Client, Err(_)) => self.close(env), // reset: nobody is left to answer
             (Side::Client, Ok([])) => {
-                self.client_eof();
+                self.client_eof(env);
                 self.http_client_eof(env);
             }
             (Side::Client, Ok(bytes)) => {
@@ -467,7 +482,7 @@ impl Conn {
                 // the device sees a truncation, not a complete answer.
                 env.metrics.add(Metric::BackendErrors, 1);
                 env.backend_log.failed(BackendFailure::Io(e), env.now);
-                self.close();
+                self.close(env);
             }
             (Side::Backend, Ok([])) if self.http.is_some() => {
                 self.backend.eof = true;
@@ -546,7 +561,7 @@ impl Conn {
                     env.metrics.add(Metric::BackendErrors, 1);
                     env.backend_log.failed(BackendFailure::Io(e), env.now);
                 }
-                self.close();
+                self.close(env);
             }
         }
     }
@@ -592,6 +607,15 @@ impl Conn {
                 if self.backend.eof && self.http.is_none() {
                     self.backend_closed(env);
                 }
+            }
+            Err(libc::EAGAIN) => {
+                // Not refused, only not now: the backend's accept queue is full
+                // (a unix socket says so at once, where TCP would wait for the
+                // SYN to be taken). Try again shortly, within the connect timeout.
+                tracing::debug!("backend connect would block; trying again");
+                self.link = Link::Retry {
+                    at: env.now + CONNECT_RETRY,
+                };
             }
             Err(e) => {
                 self.link = Link::Failed {
@@ -641,6 +665,13 @@ impl Conn {
         if env.now < deadline {
             return;
         }
+        if let (State::Connecting { deadline: d }, Link::Retry { at }) = (self.state, self.link) {
+            let handshake_late = self.handshaking() && env.now >= self.handshake_deadline;
+            if env.now >= at && env.now < d && !handshake_late {
+                self.link = Link::Wanted; // `poll` hands out the connect again
+                return;
+            }
+        }
         match self.state {
             State::Connecting { deadline: d } if env.now >= d => {
                 let in_flight = self.link == Link::Connecting;
@@ -654,19 +685,19 @@ impl Conn {
                 );
             }
             // Our close_notify is out and the device lingered: as `Draining`.
-            State::Piping { .. } if self.close_notify_sent => self.close(),
+            State::Piping { .. } if self.close_notify_sent => self.close(env),
             State::Hello | State::Handshaking | State::Connecting { .. } | State::Piping { .. } => {
                 env.metrics.add(Metric::Timeouts, 1);
-                self.close();
+                self.close(env);
             }
-            State::Draining { .. } => self.close(),
+            State::Draining { .. } => self.close(env),
             State::Closing { .. } => {}
         }
     }
 
     /// The endpoint is shutting down and its drain time is up: close now.
-    pub fn abort(&mut self) {
-        self.close();
+    pub fn abort(&mut self, env: &mut Env<'_>) {
+        self.close(env);
     }
 
     // ---- the machine ----
@@ -745,7 +776,7 @@ impl Conn {
         if let State::Draining { .. } = self.state {
             if self.client.outbox.is_empty() && !self.client.outbox.posted() {
                 if self.client.eof {
-                    self.close();
+                    self.close(env);
                     return self.next_action(env);
                 }
                 if !self.client.shut && self.alerted {
@@ -854,14 +885,17 @@ impl Conn {
         }
     }
 
-    /// Stop: nothing new is posted; what is in flight is cancelled.
-    fn close(&mut self) {
+    /// Stop: nothing new is posted; what is in flight is cancelled. The
+    /// connection's time ends here (whatever the driver still has to reap).
+    fn close(&mut self, env: &Env<'_>) {
         if !matches!(self.state, State::Closing { .. }) {
             self.state = State::Closing { cancelled: false };
+            env.metrics
+                .observe_connection_time(env.now.saturating_duration_since(self.accepted_at));
         }
     }
 
-    fn client_eof(&mut self) {
+    fn client_eof(&mut self, env: &Env<'_>) {
         self.client.eof = true;
         // A FIN after the handshake is a half-close: the request already read
         // still goes to the backend and its answer comes back (http: see
@@ -871,7 +905,7 @@ impl Conn {
             State::Hello | State::Handshaking | State::Draining { .. }
         ) || self.handshaking()
         {
-            self.close();
+            self.close(env);
         }
     }
 
@@ -901,6 +935,7 @@ impl Conn {
         };
         let handshaking = tls.is_handshaking();
         let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+        let tls12 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
         if self.state == State::Hello {
             self.state = State::Handshaking;
         }
@@ -910,8 +945,7 @@ impl Conn {
             // the early data queued first (http: once a request head is whole).
             // Only a resumption carries early data; count it now, as the
             // backend may answer and close before the client's Finished arrives.
-            env.metrics.add(Metric::ResumedHandshakes, 1);
-            env.metrics.add(Metric::EarlyDataAccepted, 1);
+            env.metrics.add(Metric::ResumedTls13EarlyData, 1);
             self.zero_rtt = true;
             if self.http.is_none() {
                 self.start_backend(env);
@@ -935,17 +969,16 @@ impl Conn {
                     self.backend_closed(env);
                 }
             } else {
-                env.metrics.add(
-                    if resumed {
-                        Metric::ResumedHandshakes
-                    } else {
-                        Metric::FullHandshakes
-                    },
-                    1,
-                );
-                if self.early_data > 0 {
+                let kind = match (resumed, tls12) {
+                    (false, true) => Metric::FullTls12,
+                    (false, false) => Metric::FullTls13,
+                    (true, true) => Metric::ResumedTls12,
                     // Early data and Finished came in one read.
-                    env.metrics.add(Metric::EarlyDataAccepted, 1);
+                    (true, false) if self.early_data > 0 => Metric::ResumedTls13EarlyData,
+                    (true, false) => Metric::ResumedTls13,
+                };
+                env.metrics.add(kind, 1);
+                if self.early_data > 0 {
                     env.metrics
                         .add(Metric::EarlyDataBytes, self.early_data as u64);
                 }
@@ -1174,7 +1207,7 @@ impl Conn {
         if self.http.is_some() {
             return self.http_backend_lost(why, env);
         }
-        env.metrics.add(Metric::BackendErrors, 1);
+        count_backend_failure(why, env);
         env.backend_log.failed(why, env.now);
         self.backend.eof = true;
         self.backend_closed(env);
@@ -1323,13 +1356,13 @@ impl Conn {
         {
             return;
         }
-        env.metrics.add(Metric::BackendErrors, 1);
+        count_backend_failure(why, env);
         env.backend_log.failed(why, env.now);
         if self.ending {
             return;
         }
         if self.http.as_ref().is_some_and(|h| h.relayed() > 0) {
-            return self.close();
+            return self.close(env);
         }
         env.metrics.add(Metric::HttpBadGateway, 1);
         let status = match why {
@@ -1364,7 +1397,7 @@ impl Conn {
             self.ending = true;
             self.backend_closed(env);
         } else if !h.awaiting_response() && !self.handshaking() {
-            self.close();
+            self.close(env);
         }
     }
 
@@ -1393,6 +1426,17 @@ impl Conn {
                 deadline: env.now + DRAIN_LINGER,
             };
         }
+    }
+}
+
+/// Count a backend failure: every kind in `BackendErrors`, a failed or timed
+/// out connect also in its own counter (both drivers, both protocols).
+fn count_backend_failure(why: BackendFailure, env: &Env<'_>) {
+    env.metrics.add(Metric::BackendErrors, 1);
+    match why {
+        BackendFailure::Connect(_) => env.metrics.add(Metric::BackendConnectFailures, 1),
+        BackendFailure::ConnectTimeout(_) => env.metrics.add(Metric::BackendConnectTimeouts, 1),
+        BackendFailure::Io(_) | BackendFailure::Closed | BackendFailure::Http(_) => {}
     }
 }
 

@@ -18,6 +18,7 @@ mod interop_support;
 mod load;
 mod migration;
 mod no_io_uring;
+mod observability;
 mod openssl;
 mod operator;
 mod pipe;
