@@ -339,6 +339,35 @@ impl Endpoint {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Wait (up to `within`) for it to exit by itself, as the old process of a
+    /// hand-over does once it has drained; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus, DemoError> {
+        let start = Instant::now();
+        let Some(child) = self.child.as_mut() else {
+            return Err(DemoError::UncleanStop {
+                status: "already stopped".into(),
+                log: String::new(),
+            });
+        };
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Ok(status);
+                }
+                Ok(None) if start.elapsed() < within => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    return Err(DemoError::UncleanStop {
+                        status: format!("still running after {} s", within.as_secs()),
+                        log: tail(&self.log),
+                    })
+                }
+            }
+        }
+    }
+
     /// SIGTERM, and wait for a clean exit (the store is flushed by then).
     pub fn stop(&mut self) -> Result<Duration, DemoError> {
         let start = Instant::now();
@@ -387,7 +416,7 @@ impl Drop for Endpoint {
 }
 
 /// The last lines of a log file, for error messages.
-fn tail(log: &Path) -> String {
+pub(crate) fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -509,7 +538,7 @@ impl DemoReport {
                 p.conn_time_ms.p50,
                 p.conn_time_ms.p99,
                 p.conn_per_s,
-                p.failed_total,
+                p.unsuccessful(),
                 b(p.server_cpu_us_per_conn),
                 p.server_rss_mb
                     .map_or_else(|| "-".into(), |v| format!("{v:.1}"))
@@ -655,7 +684,10 @@ fn demo(a: &DemoArgs) -> anyhow::Result<DemoReport> {
     let report = fleet::run_rounds(&mut fleet, 2, first_pid, Some(&mut restart), |p| {
         eprintln!(
             "demo: {} done in {:.1} s: {:.2}% resumed, {} failed",
-            p.name, p.elapsed_s, p.resumed_pct, p.failed_total
+            p.name,
+            p.elapsed_s,
+            p.resumed_pct,
+            p.unsuccessful()
         );
     })?;
     endpoint.stop()?;

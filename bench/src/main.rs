@@ -4,6 +4,7 @@
 //! - `demo`: the whole story in one command (what `cargo run --release -- demo` runs).
 //! - `store`: the session store in-process, side by side with rustls' in-memory cache.
 //! - `fleet`: simulated devices against any TLS endpoint (src/fleet).
+//! - `handover`: devices through endpoint hand-overs vs plain restarts (src/handover.rs).
 //! - `economy`: what a reconnect costs a device, per handshake kind and profile.
 //! - `rtt`: round trips per handshake kind over a delayed link (network namespaces).
 //! - `sleep`: devices sleeping days to months, on simulated time (src/fleet/sleep.rs).
@@ -13,13 +14,13 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
-use cmd::{economy, fleet, hold, lossy, rtt, sleep, store};
+use cmd::{economy, fleet, handover, hold, lossy, rtt, sleep, store};
 
 #[derive(Parser)]
 #[command(
     name = "warmtls-bench",
     version,
-    about = "warmtls demo, fleet simulator and benchmarks: demo, store, fleet, economy, rtt, sleep"
+    about = "warmtls demo, fleet simulator and benchmarks: demo, store, fleet, handover, economy, rtt, sleep"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,9 @@ enum Cmd {
     Store(store::StoreArgs),
     /// Simulated devices resuming TLS sessions against any endpoint.
     Fleet(Box<fleet::FleetArgs>),
+    /// Devices connecting through endpoint hand-overs (`warmtls upgrade`) and,
+    /// as the control, plain stop+start restarts: refused/reset/failed, resumed.
+    Handover(handover::HandoverArgs),
     /// Bytes, TLS overhead and CPU per reconnect, by handshake kind and device profile.
     Economy(economy::EconomyArgs),
     /// Round trips to the first response byte per handshake kind, with and
@@ -63,11 +67,12 @@ fn main() -> std::process::ExitCode {
             return warmtls::cli::main_from(std::iter::once("warmtls".into()).chain(args))
         }
         Cmd::Demo(a) => {
-            warmtls::cli::init_logs("warn");
+            warmtls::cli::init_logs("warn", warmtls::cli::LogFormat::Text);
             warmtls_bench::demo::run(a)
         }
         Cmd::Store(a) => store::main(a),
         Cmd::Fleet(a) => fleet::main(*a),
+        Cmd::Handover(a) => handover::main(a),
         Cmd::Economy(a) => economy::main(a),
         Cmd::Rtt(a) => rtt::main(a),
         Cmd::Sleep(a) => sleep::main(a),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use warmtls::config::Config;
 use warmtls::conn::memory::MemoryDriver;
-use warmtls::conn::{Limits, Side};
+use warmtls::conn::{HttpLimits, Limits, Side};
 use warmtls::store::{SessionStore, StoreConfig};
 use warmtls::tls::{self, ServerConfigs};
 
@@ -48,9 +48,15 @@ fuzz_target!(|data: &[u8]| {
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         backend_connect_timeout: Duration::from_secs(3),
-        proxy_protocol: data.first().is_some_and(|b| b & 1 == 1),
+        proxy_protocol: data.first().is_some_and(|b| b & 3 == 1),
+        // http mode: the framing, the pool hand-back and the retry rule.
+        http: data
+            .first()
+            .is_some_and(|b| b & 2 == 2)
+            .then(HttpLimits::default),
     };
     let mut d = MemoryDriver::new(server_configs(), limits);
+    d.pooled = usize::from(data.first().map_or(0, |b| b >> 2 & 3));
     let mut rest = data.get(1..).unwrap_or_default();
     // Each step: an opcode byte, then (for byte deliveries) a length byte and
     // that many bytes.
@@ -87,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
                 d.connected(Err(libc::ECONNREFUSED));
             }
             8 => d.advance(Duration::from_millis(u64::from(op) * 40)),
+            _ if op >= 200 => d.fail_backend_send = Some(libc::ECONNRESET),
             _ => d.send_limit = usize::from(op / 10).max(1),
         }
         let _ = d.take_to_client();

@@ -1,4 +1,4 @@
-//! The `warmtls` command line (serve, check, keygen), as a library function so
+//! The `warmtls` command line (serve, upgrade, check, keygen), as a library function so
 //! that `warmtls-bench endpoint ...` runs exactly the same code as `warmtls ...`.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,13 @@ struct Cli {
 enum Cmd {
     /// Run the endpoint.
     Serve(Box<ServeArgs>),
+    /// Replace the running endpoint with a new process (a new binary at the same
+    /// path, or a changed config file) without refusing a connection: the new
+    /// process takes over the listening sockets, the old one drains and exits.
+    /// Give it the running endpoint's --config (or --cache, or --control-socket)
+    /// to find its control socket. Exits non-zero, with the reason, if the new
+    /// process could not start (the old one then keeps serving).
+    Upgrade(Box<ServeArgs>),
     /// Create a cache key file (32 random bytes, mode 0600) for `--cache-key`; never overwrites.
     Keygen { file: PathBuf },
     /// Validate a configuration (file and flags, as `serve` takes them) and its
@@ -52,6 +59,9 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log: String,
+    /// Log format: text (for people), json (one JSON object per line, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     settings: Config,
 }
@@ -70,19 +80,40 @@ impl ServeArgs {
     }
 }
 
-/// Log to stderr at `level` (RUST_LOG overrides), in colour only when stderr is
-/// a terminal and NO_COLOR is unset: a log file or a journal gets plain text.
-pub fn init_logs(level: &str) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, in colour on a terminal.
+    Text,
+    /// One JSON object per event and line: `timestamp`, `level`, `target`,
+    /// `message` and the event's fields at the top level.
+    Json,
+}
+
+/// Log to stderr at `level` (RUST_LOG overrides). Text is in colour only when
+/// stderr is a terminal and NO_COLOR is unset: a log file or a journal gets
+/// plain text. Events are state changes (start, fallbacks, reloads, stats,
+/// faults), never one per connection at info level.
+pub fn init_logs(level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).try_init()
+        }
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Parse `args` (the program name first) and run the command.
@@ -99,10 +130,21 @@ where
     };
     let result = match cli.cmd {
         Cmd::Serve(a) => {
-            init_logs(&a.log);
-            a.config(&sub)
-                .and_then(|c| crate::server::serve(c).map_err(anyhow::Error::from))
+            init_logs(&a.log, a.log_format);
+            match a.config(&sub) {
+                Ok(c) => crate::server::serve(c).map_err(anyhow::Error::from),
+                Err(e) => {
+                    // Started for a hand-over: the running process reports why.
+                    if let Ok(Some(p)) = crate::handover::Predecessor::from_env() {
+                        p.fail(&format!("{e:#}"));
+                    }
+                    Err(e)
+                }
+            }
         }
+        Cmd::Upgrade(a) => a
+            .config(&sub)
+            .and_then(|c| upgrade(&c.control_socket_path())),
         Cmd::Check(a) => a.config(&sub).and_then(|c| {
             c.validate()?;
             if !c.certs.is_empty() {
@@ -127,6 +169,19 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// `warmtls upgrade`: ask the instance at `control` for a hand-over and wait
+/// for the outcome.
+fn upgrade(control: &std::path::Path) -> anyhow::Result<()> {
+    let old = crate::handover::request_status(control)?;
+    let timeout = crate::handover::HANDOVER_TIMEOUT + std::time::Duration::from_secs(15);
+    let new = crate::handover::request_upgrade(control, timeout)?;
+    println!(
+        "warmtls: pid {new} took over {} from pid {} (draining)",
+        old.listen, old.pid
+    );
+    Ok(())
 }
 
 /// `warmtls demo`: hand over to `warmtls-bench demo` installed beside this binary.

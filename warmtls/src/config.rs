@@ -196,6 +196,18 @@ impl<'de> Deserialize<'de> for CipherSuite {
     }
 }
 
+/// What the backend speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// Bytes piped untouched, one backend connection per device connection.
+    #[default]
+    Tcp,
+    /// HTTP/1.x: requests framed, X-Forwarded-For/-Proto added, backend
+    /// connections kept alive and shared (one request at a time) by devices.
+    Http,
+}
+
 /// How TLS 1.3 tickets are issued. Either way the session state stays in the store
 /// and a ticket is single use; TLS 1.2 session IDs are the same in both.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
@@ -209,6 +221,23 @@ pub enum Tls13Tickets {
     /// session_lifetime and max_session_age), for devices that sleep longer
     /// than a day; rustls refuses 0-RTT with a ticketer.
     StoreTicketer,
+}
+
+/// Which event loop drives the workers. Both carry out the same connection
+/// machine: TLS, the store, the backend pipe and the stats do not differ.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// io_uring where this process may set it up, else epoll (said once in the
+    /// log, with the reason).
+    #[default]
+    Auto,
+    /// io_uring or nothing: start-up fails, saying why, if it cannot be set up.
+    #[serde(rename = "io_uring", alias = "io-uring")]
+    #[value(name = "io_uring", alias = "io-uring")]
+    IoUring,
+    /// epoll readiness (works under container runtimes' default seccomp profiles).
+    Epoll,
 }
 
 /// Clients that must not get a TLS 1.3 ticket, recognised by their ClientHello
@@ -397,6 +426,32 @@ pub struct Config {
     /// device's address, SNI, TLS version and suite, resumed and 0-RTT flags.
     #[arg(long, help_heading = "Connections")]
     pub proxy_protocol: bool,
+    /// Event loop: auto (io_uring, else epoll with a log line saying why),
+    /// io_uring (fail if unavailable) or epoll.
+    #[arg(long, value_enum, default_value_t = Runtime::Auto, help_heading = "Connections")]
+    pub runtime: Runtime,
+    /// What the backend speaks: tcp (bytes piped untouched) or http (HTTP/1.x
+    /// framed, X-Forwarded-For added, kept-alive backend connections pooled).
+    #[arg(long, value_enum, default_value_t = BackendProtocol::Tcp, help_heading = "HTTP backends")]
+    pub backend_protocol: BackendProtocol,
+    /// http: idle kept-alive backend connections each worker keeps (0 = none:
+    /// a new backend connection per request).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        help_heading = "HTTP backends"
+    )]
+    pub backend_pool: usize,
+    /// http: how long an idle backend connection is kept; keep it below the
+    /// backend's own keep-alive timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "4s", help_heading = "HTTP backends")]
+    #[serde(with = "duration")]
+    pub backend_idle_timeout: Duration,
+    /// http: add `X-TLS-Resumed: 1|0` (whether the device resumed its TLS
+    /// session) to each request.
+    #[arg(long, help_heading = "HTTP backends")]
+    pub http_resumed_header: bool,
     /// TCP Fast Open queue length per listener (0 = off); the kernel also needs
     /// bit 0x2 in `sysctl net.ipv4.tcp_fastopen`.
     #[arg(
@@ -418,6 +473,15 @@ pub struct Config {
     /// Default: none.
     #[arg(long, value_name = "FILE", help_heading = "Operations")]
     pub stats_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: keep it on
+    /// loopback or a management network; never the TLS address). Default: off.
+    #[arg(long, value_name = "ADDR", help_heading = "Operations")]
+    pub metrics_listen: Option<String>,
+    /// The running instance's control socket (mode 0600): `warmtls upgrade`
+    /// asks it for a hand-over, and a second `warmtls serve` on the same cache
+    /// finds it and refuses to start. Default: the cache path plus `.ctl`.
+    #[arg(long, value_name = "PATH", help_heading = "Operations")]
+    pub control_socket: Option<PathBuf>,
     /// Clients recognised by their ClientHello that get no TLS 1.3 ticket
     /// (default: wolfSSL, which fails on rustls' 32-byte ticket nonce). `[]`:
     /// none. Only in the file (`[[ticket_rules]]`).
@@ -533,6 +597,15 @@ impl Config {
         Config::augment_args(clap::Command::new("serve"))
     }
 
+    /// Where the control socket is: `control_socket`, else `<cache path>.ctl`.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(|| {
+            let mut p = self.cache.path.as_os_str().to_owned();
+            p.push(".ctl");
+            p.into()
+        })
+    }
+
     /// Check everything that can be checked without serving; `warmtls check`
     /// and `warmtls serve` both run this.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -564,6 +637,15 @@ impl Config {
         if self.ticket_restores > 3 {
             return invalid("ticket_restores", "at most 3".into());
         }
+        if self.backend_protocol == BackendProtocol::Http && self.proxy_protocol {
+            return invalid(
+                "proxy_protocol",
+                "backend_protocol = \"http\" shares backend connections between devices, so a \
+                 PROXY header (one per connection) cannot describe the device: the device's \
+                 address goes in X-Forwarded-For instead; choose one"
+                    .into(),
+            );
+        }
         if self.early_data > MAX_EARLY_DATA {
             return invalid(
                 "early_data",
@@ -579,6 +661,7 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
             ("backend_connect_timeout", self.backend_connect_timeout),
+            ("backend_idle_timeout", self.backend_idle_timeout),
         ] {
             if d.is_zero() {
                 return invalid(field, "must be longer than 0".into());
@@ -596,6 +679,29 @@ impl Config {
                         humantime::format_duration(d)
                     ),
                 );
+            }
+        }
+        if let Some(m) = &self.metrics_listen {
+            let Ok(addr) = m.parse::<SocketAddr>() else {
+                return invalid(
+                    "metrics_listen",
+                    format!("{m:?} is not an IP:PORT address (e.g. \"127.0.0.1:9443\")"),
+                );
+            };
+            if let Ok(tls) = self.listen_addr() {
+                let overlap = addr.ip() == tls.ip()
+                    || addr.ip().is_unspecified()
+                    || tls.ip().is_unspecified();
+                if addr.port() == tls.port() && addr.port() != 0 && overlap {
+                    return invalid(
+                        "metrics_listen",
+                        format!(
+                            "{m} is the TLS listener's address ({}): the metrics page is plain \
+                             HTTP, give it a port of its own",
+                            self.listen
+                        ),
+                    );
+                }
             }
         }
         self.store_config().validate().map_err(ConfigError::Cache)?;
@@ -634,6 +740,11 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.listen.parse()
+    }
+
+    /// The metrics listener's address, if one is configured (validated).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.as_ref()?.parse().ok()
     }
 
     pub fn backend_addr(&self) -> Result<Backend, String> {
@@ -735,6 +846,48 @@ mod tests {
             "an empty file is the defaults"
         );
         assert_eq!(layered(&[]).unwrap(), c, "no flags are the defaults");
+    }
+
+    #[test]
+    fn runtime_and_metrics_listener_parse_alike_in_file_and_flags() {
+        let c = Config::from_toml("runtime = \"io_uring\"\nmetrics_listen = \"127.0.0.1:9443\"\n")
+            .unwrap();
+        assert_eq!(c.runtime, Runtime::IoUring);
+        assert_eq!(c.metrics_addr(), Some("127.0.0.1:9443".parse().unwrap()));
+        c.validate().unwrap();
+        assert_eq!(Config::default().runtime, Runtime::Auto);
+        assert_eq!(Config::default().metrics_listen, None);
+        let c = layered(&["--runtime", "epoll", "--metrics-listen", "[::1]:9443"]).unwrap();
+        assert_eq!(c.runtime, Runtime::Epoll);
+        c.validate().unwrap();
+        let c = layered(&["--runtime", "io_uring"]).unwrap();
+        assert_eq!(c.runtime, Runtime::IoUring);
+    }
+
+    #[test]
+    fn metrics_are_never_served_on_the_tls_address() {
+        for (listen, metrics) in [
+            ("127.0.0.1:8443", "127.0.0.1:8443"),
+            ("0.0.0.0:443", "127.0.0.1:443"),
+            ("127.0.0.1:443", "0.0.0.0:443"),
+        ] {
+            let c = layered(&["--listen", listen, "--metrics-listen", metrics]).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("metrics_listen") && e.contains("port of its own"),
+                "{e}"
+            );
+        }
+        let c = layered(&["--metrics-listen", "localhost:9443"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("not an IP:PORT"), "{e}");
+        let c = layered(&[
+            "--listen",
+            "127.0.0.1:443",
+            "--metrics-listen",
+            "127.0.0.2:443",
+        ]);
+        c.unwrap().validate().unwrap();
     }
 
     #[test]

@@ -1,16 +1,40 @@
-//! `warmtls serve`: open the store, build TLS, bind one listener per worker, start
-//! the workers, then watch signals (TERM/INT: drain and exit; HUP: reload
-//! certificates) and write the periodic stats.
+//! `warmtls serve`: check everything that can fail (config, certificates, cache
+//! key, io_uring, another instance on the same cache or port) before creating
+//! anything; take the listening sockets (bound here, from systemd's socket
+//! activation, or handed over by the process we replace); open the store, start
+//! the workers; then watch signals (TERM/INT: drain and exit; HUP: reload
+//! certificates; USR2: hand over to a new process) and the control socket, and
+//! write the periodic stats.
+//!
+//! A start that fails removes what it created (cache file, self-signed
+//! certificate, control socket). The hand-over protocol itself is in
+//! [`crate::handover`]; this module only decides when to stop accepting.
 use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminListener;
 use crate::config::Config;
-use crate::metrics::{self, WorkerMetrics};
-use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, ValueKey};
+use crate::handover::{
+    self, ControlRequest, ControlSocket, InstanceInfo, Offer, Predecessor, Progress, Relaunch,
+    Successor, Waiter,
+};
+use crate::metrics::{StatsSource, WorkerMetrics};
+use crate::runtime::{listener, worker, EventLoop};
+use crate::store::{check_key_apart, encoding, Flusher, SessionStore, ValueKey};
+use crate::systemd::{self, Notifier};
 use crate::tls::{self, CertResolver};
+
+/// Listen backlog of every socket we bind.
+const BACKLOG: i32 = 4096;
+/// How long a process taking over waits for the running one to let go of the
+/// metrics port (it does once the hand-over is confirmed).
+const ADMIN_PORT_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +53,19 @@ pub enum ServeError {
     Worker(usize, String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(
+        "listen = {configured} but the running process listens on {handed}: a hand-over keeps \
+             the listening sockets, so the address cannot change; stop the running process and \
+             start this one instead"
+    )]
+    ListenChanged {
+        configured: SocketAddr,
+        handed: SocketAddr,
+    },
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
+    #[error(transparent)]
+    SocketActivation(#[from] systemd::ListenFdsError),
 }
 
 /// What to do about a listen address the kernel refused.
@@ -36,7 +73,10 @@ fn listen_hint(io: &std::io::Error) -> &'static str {
     match io.raw_os_error() {
         Some(libc::EADDRINUSE) => {
             "; another process listens there (`ss -ltnp` shows which): stop it, or choose \
-             another address (--listen, `listen` in the file)"
+             another address (--listen, `listen` in the file). warmtls does not share a port \
+             with another process (SO_REUSEPORT would let the kernel split devices between two \
+             endpoints and their caches); to replace a running warmtls without refusing a \
+             connection, use `warmtls upgrade`"
         }
         Some(libc::EACCES) => {
             "; ports below 1024 need root or CAP_NET_BIND_SERVICE \
@@ -88,43 +128,150 @@ fn note_if_fastopen_disabled(queue: u32) {
     }
 }
 
-/// Run the endpoint until SIGTERM/SIGINT. Prints `warmtls: listening on ADDR` on
-/// stdout once every worker listens.
+/// Run the endpoint until SIGTERM/SIGINT, or until it has handed over to a
+/// successor (`warmtls upgrade`, SIGUSR2). Prints `warmtls: listening on ADDR`
+/// on stdout once every worker listens, and tells systemd (when it asked).
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    // What the process that started us left for us: read (and cleared from the
+    // environment) before anything else runs.
+    let predecessor = Predecessor::from_env()?;
+    let activated = systemd::listen_fds();
+    let notify = Notifier::from_env();
+    let relaunch = Relaunch::current();
+    let started = activated
+        .map_err(ServeError::from)
+        .and_then(|fds| start(cfg, predecessor.as_ref(), fds));
+    let mut ep = match started {
+        Ok(ep) => ep,
+        Err(e) => {
+            if let Some(p) = &predecessor {
+                p.fail(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    // The hand-over channel is closed at the end of this match: it is done.
+    let status = match predecessor {
+        Some(p) => {
+            // Our workers accept from the handed sockets; now the old process
+            // may stop (it confirms once it has begun draining).
+            if !p.serving() {
+                tracing::warn!(
+                    "the previous process did not confirm the hand-over; serving anyway"
+                );
+            }
+            ep.control.own();
+            let from = nix::unistd::getppid();
+            tracing::info!(%from, "took over from the previous process");
+            format!("serving on {} (took over from pid {from})", ep.bound)
+        }
+        None => format!("serving on {}", ep.bound),
+    };
+    tracing::info!(bound = %ep.bound, workers = ep.handles.len(), runtime = ep.stats.runtime().name(), sockets = ep.sockets.len(),
+        activated = ep.activated, cache = %ep.cfg.cache.path.display(),
+        previous_shutdown_unclean = ep.store.previous_shutdown_unclean(), "serving");
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "warmtls: listening on {}", ep.bound);
+    let _ = out.flush();
+    notify.ready(&status);
+    run(ep, &notify, &relaunch)
+}
+
+/// A started endpoint: what the main loop watches and what a successor gets.
+struct Endpoint {
+    cfg: Config,
+    store: Arc<SessionStore>,
+    flusher: Flusher,
+    resolver: Arc<CertResolver>,
+    tls_cfgs: Arc<tls::ServerConfigs>,
+    /// The one reading of the counters every report shows (the stats line and
+    /// file, the metrics page).
+    stats: Arc<StatsSource>,
+    /// The metrics page (`metrics_listen`), if asked for.
+    admin: Option<AdminListener>,
+    metrics: Arc<Vec<WorkerMetrics>>,
+    shutdown: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+    /// Every distinct listening socket (workers hold copies): handed to a
+    /// successor, dropped when we stop accepting.
+    sockets: Vec<OwnedFd>,
+    /// The sockets came from systemd: workers share them, none are bound here.
+    activated: bool,
+    control: ControlSocket,
+    bound: SocketAddr,
+    signals: Signals,
+}
+
+/// The signals the main loop watches.
+struct Signals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    usr2: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, ServeError> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+        let s = Signals {
+            term: Arc::new(AtomicBool::new(false)),
+            hup: Arc::new(AtomicBool::new(false)),
+            usr2: Arc::new(AtomicBool::new(false)),
+        };
+        for (sig, flag) in [
+            (SIGTERM, &s.term),
+            (SIGINT, &s.term),
+            (SIGHUP, &s.hup),
+            (SIGUSR2, &s.usr2),
+        ] {
+            signal_hook::flag::register(sig, flag.clone()).map_err(ServeError::Signals)?;
+        }
+        Ok(s)
+    }
+}
+
+/// Files this start created; removed if the start fails.
+#[derive(Default)]
+struct Created(Vec<PathBuf>);
+
+impl Created {
+    /// Remove `path` if the start fails, unless it exists already (a key left
+    /// without its certificate is overwritten, but not removed).
+    fn claim_if_missing(&mut self, path: &Path) {
+        if std::fs::symlink_metadata(path).is_err() {
+            self.0.push(path.to_path_buf());
+        }
+    }
+
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Everything up to serving. Nothing is created before everything that can be
+/// checked alone has been (another instance and the port included); what is
+/// created is removed again if a later step fails (binding the port, a worker).
+fn start(
+    cfg: Config,
+    predecessor: Option<&Predecessor>,
+    activated_fds: Vec<OwnedFd>,
+) -> Result<Endpoint, ServeError> {
     cfg.validate()?;
-    // Before touching the cache file: a host that forbids io_uring gets a clear
-    // error and no side effects.
-    crate::runtime::ring::Ring::new(8)?;
+    // Before touching the cache file: which event loop runs (a host that forbids
+    // io_uring falls back to epoll under `auto`, and gets a clear error and no
+    // side effects when io_uring was asked for).
+    let event_loop = EventLoop::choose(cfg.runtime)?;
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
-
     let value_key = value_key(&cfg)?;
-    let mut store = SessionStore::open_or_create(&cfg.store_config())?;
-    if let Some(k) = value_key {
-        store = store.seal_values_with(k);
-        log_sealed_room(&store);
-    }
-    // Before any session is stored: which rustls session encoding the file holds,
-    // and whether this build can read it (loud if not).
-    let encoding = encoding::check_at_startup(&store, cfg.session_lifetime);
-    let store = Arc::new(store);
-    let flusher = Flusher::start(store.clone(), cfg.flush_interval);
-    let resolver = Arc::new(CertResolver::new(tls::load_certs(&cfg)?));
-    let tls_cfgs = Arc::new(tls::server_configs(
-        &cfg,
-        resolver.clone(),
-        store.clone(),
-        cfg.session_lifetime,
-    )?);
-
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, term.clone()).map_err(ServeError::Signals)?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
-        .map_err(ServeError::Signals)?;
-
+    let (keys, new_cert) = tls::prepare_certs(&cfg)?;
     let listen = cfg.listen_addr().map_err(|e| ServeError::Listen {
         addr: cfg.listen.clone(),
         io: std::io::Error::other(e),
@@ -135,39 +282,121 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             field: "backend",
             message: m,
         })?;
+    let signals = Signals::register()?;
     let listen_err = |io| ServeError::Listen {
         addr: cfg.listen.clone(),
         io,
     };
     let tfo = cfg.tcp_fastopen;
-    let first = listener::bind(listen, 4096, tfo).map_err(listen_err)?;
-    let bound = listener::local_addr(&first).map_err(listen_err)?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(listener::bind(bound, 4096, tfo).map_err(listen_err)?);
+
+    // The control socket and the listening sockets: the running process's, or
+    // claimed here (refusing if another instance has the cache or the port).
+    let control_path = cfg.control_socket_path();
+    // Empty `sockets`: bind our own, once the files below exist (a client that
+    // connects as soon as the port opens finds the self-signed certificate).
+    let (control, sockets, activated) = match predecessor {
+        Some(p) => {
+            let h = p.take_sockets(&control_path)?;
+            if !h.activated {
+                let handed = listener::local_addr(&h.listeners[0]).map_err(listen_err)?;
+                let same_port = listen.port() == 0 || listen.port() == handed.port();
+                if listen.ip() != handed.ip() || !same_port {
+                    return Err(ServeError::ListenChanged {
+                        configured: listen,
+                        handed,
+                    });
+                }
+            }
+            for s in &h.listeners {
+                listener::adopt(s, tfo).map_err(listen_err)?;
+            }
+            (h.control, h.listeners, h.activated)
+        }
+        None => {
+            let control = handover::claim(&control_path)?;
+            if activated_fds.is_empty() {
+                // A killed instance's sockets close a moment after it died.
+                let grace = if control.replaced_stale() {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::ZERO
+                };
+                probe_free_within(listen, grace).map_err(listen_err)?;
+                (control, Vec::new(), false)
+            } else {
+                for s in &activated_fds {
+                    listener::adopt(s, tfo).map_err(listen_err)?;
+                }
+                (control, activated_fds, true)
+            }
+        }
+    };
+
+    // Everything that can be checked alone has been: create what is missing,
+    // and remove it again if a later step fails.
+    let mut created = Created::default();
+    if let Some(c) = &new_cert {
+        created.claim_if_missing(&c.paths().key);
+        created.claim_if_missing(&c.paths().cert);
+        c.write()?;
     }
+    created.claim_if_missing(&cfg.cache.path);
+    let mut store = SessionStore::open_or_create(&cfg.store_config())?;
+    if let Some(k) = value_key {
+        store = store.seal_values_with(k);
+        log_sealed_room(&store);
+    }
+    let mut sockets = sockets;
+    if sockets.is_empty() {
+        sockets.push(listener::bind(listen, BACKLOG, tfo).map_err(listen_err)?);
+    }
+    let (per_worker, sockets) = assign(sockets, workers, activated, tfo).map_err(listen_err)?;
+    let bound = listener::local_addr(&sockets[0]).map_err(listen_err)?;
     note_if_fastopen_disabled(tfo);
+    // Before any session is stored: which rustls session encoding the file holds,
+    // and whether this build can read it (loud if not).
+    let encoding = encoding::check_at_startup(&store, cfg.session_lifetime);
+    let store = Arc::new(store);
+    let resolver = Arc::new(CertResolver::new(keys));
+    let tls_cfgs = Arc::new(tls::server_configs(
+        &cfg,
+        resolver.clone(),
+        store.clone(),
+        cfg.session_lifetime,
+    )?);
+    let flusher = Flusher::start(store.clone(), cfg.flush_interval);
 
     let metrics: Arc<Vec<WorkerMetrics>> =
         Arc::new((0..workers).map(|_| WorkerMetrics::default()).collect());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let per_worker = cfg.max_connections.div_ceil(workers).max(1);
+    let per_worker_conns = cfg.max_connections.div_ceil(workers).max(1);
     let cores = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for (index, l) in listeners.into_iter().enumerate() {
+    let mut failed = None;
+    for (index, listeners) in per_worker.into_iter().enumerate() {
         let setup = worker::WorkerSetup {
             index,
-            listener: l,
+            listeners,
             tls: tls_cfgs.clone(),
             backend: backend.clone(),
-            max_connections: per_worker,
+            max_connections: per_worker_conns,
             limits: crate::conn::Limits {
                 handshake_timeout: cfg.handshake_timeout,
                 idle_timeout: cfg.idle_timeout,
                 backend_connect_timeout: cfg.backend_connect_timeout,
                 proxy_protocol: cfg.proxy_protocol,
+                http: (cfg.backend_protocol == crate::config::BackendProtocol::Http).then_some(
+                    crate::conn::HttpLimits {
+                        resumed_header: cfg.http_resumed_header,
+                    },
+                ),
             },
+            backend_pool: match cfg.backend_protocol {
+                crate::config::BackendProtocol::Http => cfg.backend_pool,
+                crate::config::BackendProtocol::Tcp => 0,
+            },
+            backend_idle_timeout: cfg.backend_idle_timeout,
             drain_timeout: cfg.drain_timeout,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
@@ -178,7 +407,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
                 .filter(|&c| set.is_set(c).unwrap_or(false))
                 .nth(index)
         });
-        let h = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("warmtls-w{index}"))
             .spawn(move || {
                 if let Some(cpu) = pin {
@@ -187,64 +416,363 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
                         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one);
                     }
                 }
-                worker::run(setup, ready)
-            })
-            .map_err(|e| ServeError::Worker(index, e.to_string()))?;
-        handles.push(h);
+                event_loop.run(setup, ready)
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                failed = Some(ServeError::Worker(index, e.to_string()));
+                break;
+            }
+        }
     }
     drop(ready_tx);
-    for i in 0..workers {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                shutdown.store(true, Ordering::Relaxed);
-                return Err(ServeError::Worker(i, e));
-            }
-            Err(_) => return Err(ServeError::Worker(i, "exited during start-up".into())),
-        }
-    }
-    tracing::info!(%bound, workers, backend = %backend, cache = %cfg.cache.path.display(),
-        previous_shutdown_unclean = store.previous_shutdown_unclean(), "serving");
-    println!("warmtls: listening on {bound}");
-    let _ = std::io::stdout().flush();
-
-    let mut last_stats = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        if term.load(Ordering::Relaxed) {
+    for i in 0..handles.len() {
+        if failed.is_some() {
             break;
         }
-        if hup.swap(false, Ordering::Relaxed) {
-            match tls::load_certs(&cfg) {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(ServeError::Worker(i, e)),
+            Err(_) => failed = Some(ServeError::Worker(i, "exited during start-up".into())),
+        }
+    }
+    let stats = Arc::new(StatsSource::new(
+        metrics.clone(),
+        store.clone(),
+        encoding,
+        event_loop,
+    ));
+    let mut admin = None;
+    if let (None, Some(addr)) = (&failed, cfg.metrics_addr()) {
+        // Taking over: the running process holds the metrics port until it has
+        // handed over, so ours waits for it.
+        let wait = if predecessor.is_some() {
+            ADMIN_PORT_WAIT
+        } else {
+            Duration::ZERO
+        };
+        match AdminListener::start(addr, stats.clone(), wait) {
+            Ok(a) => {
+                tracing::info!(addr = %a.local_addr(), "metrics at http://{}/metrics", a.local_addr());
+                admin = Some(a);
+            }
+            Err(io) => {
+                failed = Some(ServeError::Listen {
+                    addr: addr.to_string(),
+                    io,
+                })
+            }
+        }
+    }
+    if let Some(e) = failed {
+        // Workers that did start may have accepted connections already (from
+        // sockets a running process shares with us): let them finish.
+        shutdown.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    created.keep();
+    Ok(Endpoint {
+        cfg,
+        store,
+        flusher,
+        resolver,
+        tls_cfgs,
+        stats,
+        admin,
+        metrics,
+        shutdown,
+        handles,
+        sockets,
+        activated,
+        control,
+        bound,
+        signals,
+    })
+}
+
+/// [`listener::probe_free`], retried for up to `grace` while the address is in use.
+fn probe_free_within(addr: SocketAddr, grace: Duration) -> std::io::Result<()> {
+    let end = Instant::now() + grace;
+    loop {
+        match listener::probe_free(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Give each of `workers` its listening sockets. Fewer sockets than workers:
+/// bind more in the same SO_REUSEPORT group, or, for systemd's sockets (which
+/// we must not add to: a restart through systemd keeps only its own), let
+/// workers share them. More sockets than workers (a hand-over from a process
+/// with more workers): some workers accept from several; none is closed, as
+/// closing a listener resets the connections queued on it. Returns the
+/// workers' copies and the distinct sockets.
+fn assign(
+    mut sockets: Vec<OwnedFd>,
+    workers: usize,
+    share: bool,
+    tfo: u32,
+) -> std::io::Result<(Vec<Vec<OwnedFd>>, Vec<OwnedFd>)> {
+    assert!(!sockets.is_empty() && workers > 0);
+    if !share && sockets.len() < workers {
+        let addr = listener::local_addr(&sockets[0])?;
+        while sockets.len() < workers {
+            sockets.push(listener::bind(addr, BACKLOG, tfo)?);
+        }
+    }
+    let mut per: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
+    if sockets.len() >= workers {
+        for (j, s) in sockets.iter().enumerate() {
+            per[j % workers].push(s.try_clone()?);
+        }
+    } else {
+        for (i, p) in per.iter_mut().enumerate() {
+            p.push(sockets[i % sockets.len()].try_clone()?);
+        }
+    }
+    Ok((per, sockets))
+}
+
+/// How the main loop ended.
+enum Ending {
+    /// SIGTERM/SIGINT.
+    Stop,
+    /// A successor serves with our sockets (its pid).
+    HandedOver(Successor, u32),
+}
+
+/// The main loop: signals, control requests, a hand-over in progress, the
+/// watchdog and the stats; then stop accepting, drain and exit.
+fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), ServeError> {
+    let info = InstanceInfo {
+        pid: std::process::id(),
+        listen: ep.bound.to_string(),
+        cache: ep.cfg.cache.path.display().to_string(),
+    };
+    let mut watchdog = systemd::watchdog_interval()
+        .filter(|_| notify.enabled())
+        .map(|usec| Watchdog::new(usec, &ep.metrics));
+    let mut successor: Option<Successor> = None;
+    let mut last_stats = Instant::now();
+    let ending = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if ep.signals.term.load(Ordering::Relaxed) {
+            break Ending::Stop;
+        }
+        if ep.signals.hup.swap(false, Ordering::Relaxed) {
+            match tls::load_certs(&ep.cfg) {
                 Ok(keys) => {
-                    resolver.replace(keys);
+                    ep.resolver.replace(keys);
                     tracing::info!("SIGHUP: certificates reloaded");
                 }
                 Err(e) => tracing::error!("SIGHUP: keeping the current certificates: {e}"),
             }
         }
-        if last_stats.elapsed() >= cfg.stats_interval {
-            last_stats = Instant::now();
-            report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+        let mut upgrade_requested = ep.signals.usr2.swap(false, Ordering::Relaxed);
+        let mut waiters = Vec::new();
+        while let Some(req) = ep.control.next_request() {
+            match req {
+                ControlRequest::Status(s) => ControlRequest::answer_status(s, &info),
+                ControlRequest::Upgrade(w) => {
+                    waiters.push(w);
+                    upgrade_requested = true;
+                }
+            }
         }
-    }
-    tracing::info!(
-        "shutting down: draining connections (up to {:?})",
-        cfg.drain_timeout
-    );
+        if upgrade_requested && successor.is_none() {
+            successor = begin_upgrade(relaunch, notify, &mut waiters);
+        }
+        if let Some(s) = successor.as_mut() {
+            s.waiters.append(&mut waiters);
+            let offer = Offer {
+                listeners: ep.sockets.iter().map(|s| s.as_fd()).collect(),
+                activated: ep.activated,
+            };
+            match s.poll(&ep.control, &offer) {
+                Progress::Pending => {}
+                Progress::Serving(pid) => {
+                    let s = successor.take().expect("a successor is running");
+                    break Ending::HandedOver(s, pid);
+                }
+                Progress::Failed(why) => {
+                    tracing::error!("upgrade failed, still serving: {why}");
+                    notify.ready(&format!(
+                        "serving on {}; last upgrade failed: {why}",
+                        ep.bound
+                    ));
+                    let s = successor.take().expect("a successor is running");
+                    for w in s.abandon() {
+                        w.answer(&Err(why.clone()));
+                    }
+                }
+            }
+        }
+        if let Some(w) = watchdog.as_mut() {
+            w.feed(notify, &ep.metrics);
+        }
+        if last_stats.elapsed() >= ep.cfg.stats_interval {
+            last_stats = Instant::now();
+            report(&ep.stats, ep.cfg.stats_file.as_deref());
+        }
+    };
+    let Endpoint {
+        cfg,
+        store,
+        flusher,
+        tls_cfgs,
+        stats,
+        mut admin,
+        shutdown,
+        handles,
+        sockets,
+        control,
+        ..
+    } = ep;
+    // Stop accepting: the workers cancel their accepts on their next tick and
+    // drop their copies of the sockets; ours go too.
     shutdown.store(true, Ordering::Relaxed);
+    drop(sockets);
+    let handed_over = match ending {
+        Ending::Stop => {
+            notify.stopping();
+            if let Some(s) = successor.take() {
+                for w in s.abandon() {
+                    w.answer(&Err("the running process is stopping".into()));
+                }
+            }
+            drop(control); // removes the socket: a new instance may start now
+            tracing::info!(
+                "shutting down: draining connections (up to {:?})",
+                cfg.drain_timeout
+            );
+            false
+        }
+        Ending::HandedOver(mut s, pid) => {
+            // systemd follows the successor from now on; it, not we, says READY.
+            notify.main_pid(pid, &format!("handed over to pid {pid}; draining"));
+            let waiters = std::mem::take(&mut s.waiters);
+            s.confirm();
+            for w in waiters {
+                w.answer(&Ok(pid));
+            }
+            control.release();
+            // The successor waits for the metrics port: let it go now, not
+            // after the drain.
+            admin = None;
+            tracing::info!(successor = pid,
+                "handed over: the new process accepts on the same sockets; draining connections (up to {:?})",
+                cfg.drain_timeout);
+            true
+        }
+    };
     for h in handles {
         let _ = h.join();
     }
+    drop(admin);
     drop(flusher);
     store.flush()?;
-    report(&metrics, &store, &encoding, cfg.stats_file.as_deref(), true);
+    // After a hand-over the stats file is the successor's to write.
+    let stats_file = if handed_over {
+        None
+    } else {
+        cfg.stats_file.as_deref()
+    };
+    report(&stats, stats_file);
+    drop(stats);
     drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close()?;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Start a successor for an upgrade; on failure answer the waiters at once.
+fn begin_upgrade(
+    relaunch: &Relaunch,
+    notify: &Notifier,
+    waiters: &mut Vec<Waiter>,
+) -> Option<Successor> {
+    match Successor::spawn(relaunch) {
+        Ok(s) => {
+            tracing::info!(pid = s.pid(), "upgrade: started a new process to take over");
+            notify.reloading(&format!("handing over to pid {}", s.pid()));
+            Some(s)
+        }
+        Err(e) => {
+            let why = format!("cannot start the new process: {e}");
+            tracing::error!("upgrade failed, still serving: {why}");
+            for w in waiters.drain(..) {
+                w.answer(&Err(why.clone()));
+            }
+            None
+        }
+    }
+}
+
+/// Feeds systemd's watchdog at half its interval, but only while every worker's
+/// loop still turns (a tick every 100 ms): a worker stuck for [`STUCK`] stops
+/// the pings, and systemd restarts the service.
+struct Watchdog {
+    every: Duration,
+    last: Instant,
+    /// Per worker: its tick count, and when it last moved.
+    seen: Vec<(u64, Instant)>,
+    stalled: bool,
+}
+
+/// How long a worker's tick count may stand still before it counts as stuck.
+const STUCK: Duration = Duration::from_secs(2);
+
+impl Watchdog {
+    fn new(interval: Duration, metrics: &[WorkerMetrics]) -> Watchdog {
+        let now = Instant::now();
+        Watchdog {
+            every: interval / 2,
+            last: now - interval,
+            seen: metrics.iter().map(|m| (m.ticks(), now)).collect(),
+            stalled: false,
+        }
+    }
+
+    fn feed(&mut self, notify: &Notifier, metrics: &[WorkerMetrics]) {
+        let now = Instant::now();
+        for (seen, m) in self.seen.iter_mut().zip(metrics) {
+            let t = m.ticks();
+            if t != seen.0 {
+                *seen = (t, now);
+            }
+        }
+        if now.duration_since(self.last) < self.every {
+            return;
+        }
+        match self
+            .seen
+            .iter()
+            .position(|s| now.duration_since(s.1) > STUCK)
+        {
+            None => {
+                notify.watchdog();
+                self.last = now;
+                self.stalled = false;
+            }
+            Some(w) if !self.stalled => {
+                self.stalled = true;
+                tracing::error!(
+                    worker = w,
+                    "a worker's loop has not turned for {STUCK:?}: not feeding the watchdog"
+                );
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// The key sealing cached values at rest, if the configuration names one: read
@@ -271,29 +799,30 @@ fn log_sealed_room(store: &SessionStore) {
     }
 }
 
-fn report(
-    metrics: &[WorkerMetrics],
-    store: &SessionStore,
-    encoding: &EncodingStatus,
-    stats_file: Option<&std::path::Path>,
-    log: bool,
-) {
-    let m = metrics::snapshot(metrics);
-    let s = store.counters();
-    if log {
-        tracing::info!(
-            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
-            m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
-            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
-        );
-    }
+/// The stats line, and the stats file if there is one: both from one reading.
+fn report(stats: &StatsSource, stats_file: Option<&std::path::Path>) {
+    let st = stats.read();
+    let (m, s) = (&st.conns, &st.store.counters);
+    tracing::info!(
+        conns = m.connections,
+        active = m.active_connections,
+        full = m.full_handshakes,
+        resumed = m.resumed_handshakes,
+        tls_errors = m.tls_errors,
+        backend_errors = m.backend_errors,
+        timeouts = m.timeouts,
+        refused = m.refused,
+        store_hits = s.hits,
+        store_misses = s.misses,
+        store_puts = s.puts,
+        store_evictions = s.evictions,
+        store_undecodable = s.undecodable,
+        "stats"
+    );
     if let Some(path) = stats_file {
-        let mut v = serde_json::to_value(m).unwrap_or_default();
-        v["store"] = serde_json::to_value(s).unwrap_or_default();
-        // As found at start-up, before this build recorded its own generation.
-        v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, v.to_string())
+        let json = serde_json::to_string(&st).unwrap_or_default();
+        if std::fs::write(&tmp, json)
             .and_then(|_| std::fs::rename(&tmp, path))
             .is_err()
         {

@@ -110,12 +110,14 @@ pub fn self_signed_paths(cache: &Path) -> CertConfig {
     }
 }
 
-/// The self-signed ECDSA P-256 certificate kept beside the cache file, made on
-/// first start, so that restarts present the same certificate.
-pub fn ensure_self_signed(cache: &Path) -> Result<CertConfig, TlsError> {
+/// The self-signed ECDSA P-256 certificate kept beside the cache file, so that
+/// restarts present the same certificate: its paths, and a new certificate to
+/// write there if there is none yet (made in memory: nothing is written until
+/// [`NewSelfSigned::write`], so a start that fails first leaves no files).
+pub fn self_signed(cache: &Path) -> Result<(CertConfig, Option<NewSelfSigned>), TlsError> {
     let paths = self_signed_paths(cache);
     if paths.cert.exists() && paths.key.exists() {
-        return Ok(paths);
+        return Ok((paths, None));
     }
     let names = vec![
         "localhost".to_string(),
@@ -124,10 +126,48 @@ pub fn ensure_self_signed(cache: &Path) -> Result<CertConfig, TlsError> {
     ];
     let ck = rcgen::generate_simple_self_signed(names)
         .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-    write_private(&paths.key, ck.signing_key.serialize_pem().as_bytes())?;
-    write_private(&paths.cert, ck.cert.pem().as_bytes())?;
-    tracing::info!(cert = %paths.cert.display(), "generated a self-signed ECDSA P-256 certificate");
-    Ok(paths)
+    let new = NewSelfSigned {
+        paths: paths.clone(),
+        key_pem: ck.signing_key.serialize_pem(),
+        cert_pem: ck.cert.pem(),
+    };
+    Ok((paths, Some(new)))
+}
+
+/// A self-signed certificate made in memory, not yet on disk.
+#[derive(Debug)]
+pub struct NewSelfSigned {
+    paths: CertConfig,
+    key_pem: String,
+    cert_pem: String,
+}
+
+impl NewSelfSigned {
+    /// Its certificate and key, as rustls uses them.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let certs = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        let signing = provider::default_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+        Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    }
+
+    /// The paths it is written to.
+    pub fn paths(&self) -> &CertConfig {
+        &self.paths
+    }
+
+    /// Write key and certificate beside the cache file (mode 0600).
+    pub fn write(&self) -> Result<(), TlsError> {
+        write_private(&self.paths.key, self.key_pem.as_bytes())?;
+        write_private(&self.paths.cert, self.cert_pem.as_bytes())?;
+        tracing::info!(cert = %self.paths.cert.display(), "generated a self-signed ECDSA P-256 certificate");
+        Ok(())
+    }
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
@@ -183,13 +223,36 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// Load the configured certificates (or the self-signed one).
+/// Load the configured certificates (or the self-signed one, made and written
+/// if there is none).
 pub fn load_certs(cfg: &Config) -> Result<Vec<Arc<CertifiedKey>>, TlsError> {
-    if cfg.certs.is_empty() {
-        let paths = ensure_self_signed(&cfg.cache.path)?;
-        return Ok(vec![load_certified_key(&paths)?]);
+    let (keys, new) = prepare_certs(cfg)?;
+    if let Some(new) = new {
+        new.write()?;
     }
-    cfg.certs.iter().map(load_certified_key).collect()
+    Ok(keys)
+}
+
+/// Load the configured certificates, or the self-signed one; a self-signed
+/// certificate that does not exist yet is made in memory and returned to be
+/// written once everything that can be checked alone has been (the caller
+/// removes it again if a later step fails).
+pub fn prepare_certs(
+    cfg: &Config,
+) -> Result<(Vec<Arc<CertifiedKey>>, Option<NewSelfSigned>), TlsError> {
+    if cfg.certs.is_empty() {
+        let (paths, new) = self_signed(&cfg.cache.path)?;
+        return match new {
+            Some(new) => Ok((vec![new.certified_key()?], Some(new))),
+            None => Ok((vec![load_certified_key(&paths)?], None)),
+        };
+    }
+    let keys = cfg
+        .certs
+        .iter()
+        .map(load_certified_key)
+        .collect::<Result<_, _>>()?;
+    Ok((keys, None))
 }
 
 /// The rustls server configuration for `cfg`, storing sessions in `store`.

@@ -261,8 +261,8 @@ pub fn main(a: EconomyArgs) -> anyhow::Result<()> {
     println!("|---|---|---|---|---:|---:|---:|---:|---:|");
     let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
     for r in &rows {
-        let failed = if r.phase.failed_total > 0 {
-            format!(" ({} failed)", r.phase.failed_total)
+        let failed = if r.phase.unsuccessful() > 0 {
+            format!(" ({} failed)", r.phase.unsuccessful())
         } else {
             String::new()
         };

@@ -152,8 +152,8 @@ pub fn main(a: FleetArgs) -> anyhow::Result<()> {
         };
     let report = fleet::run_rounds(&mut fleet, rounds, server_pid, restart, |p| {
         eprintln!(
-            "fleet: {} done: {} connections, {:.2}% resumed, {} failed, {:.0} conn/s",
-            p.name, p.connections, p.resumed_pct, p.failed_total, p.conn_per_s
+            "fleet: {} done: {} connections, {:.2}% resumed, {} refused, {} reset, {} failed, {:.0} conn/s",
+            p.name, p.connections, p.resumed_pct, p.refused, p.reset, p.failed_total, p.conn_per_s
         );
     })?;
     print!("{}", report.table());
@@ -169,9 +169,9 @@ pub fn main(a: FleetArgs) -> anyhow::Result<()> {
         std::fs::write(path, fleet::plot::latency_svg(&title, &report.phases))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let failed: u64 = report.phases.iter().map(|p| p.failed_total).sum();
+    let failed: u64 = report.phases.iter().map(|p| p.unsuccessful()).sum();
     if failed > 0 {
-        eprintln!("fleet: {failed} connections failed (see the table)");
+        eprintln!("fleet: {failed} connections refused, reset or failed (see the table)");
     }
     Ok(())
 }

@@ -252,7 +252,7 @@ fn row(
         connections: p.connections,
         completed: p.full + p.resumed,
         resumed: p.resumed,
-        failed: p.failed_total,
+        failed: p.unsuccessful(),
         tfo_syn_data: p.tfo_syn_data,
         early_data_accepted: p.early_data_accepted,
         connect_p50_ms: p.connect_ms.p50,

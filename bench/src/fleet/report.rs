@@ -169,8 +169,15 @@ pub struct PhaseReport {
     pub connections: u64,
     pub resumed: u64,
     pub full: u64,
-    /// Failed connections by reason.
+    /// Connections refused at TCP connect: nothing listened (the port was
+    /// closed, e.g. while a server restarted).
+    pub refused: u64,
+    /// Connections the server reset (RST) once connected: e.g. queued on a
+    /// listening socket that was then closed.
+    pub reset: u64,
+    /// Connections that failed for any other reason, by reason.
     pub failed: BTreeMap<&'static str, u64>,
+    /// Their sum (refused and reset connections are not in it).
     pub failed_total: u64,
     /// Devices not dispatched because the phase hit its time limit.
     pub skipped: u64,
@@ -221,11 +228,14 @@ impl PhaseReport {
         elapsed: Duration,
         server: ServerUsage,
     ) -> PhaseReport {
-        let failed_total: u64 = t.failed.values().map(|k| k.connections).sum();
+        let count = |f: Failure| t.failed.get(&f).map_or(0, |k| k.connections);
+        let (refused, reset) = (count(Failure::ConnectRefused), count(Failure::Reset));
+        let failed_total: u64 =
+            t.failed.values().map(|k| k.connections).sum::<u64>() - refused - reset;
         let mut resumed = t.resumed;
         resumed.merge(&t.resumed_0rtt);
         let completed = t.full.connections + resumed.connections;
-        let connections = completed + failed_total;
+        let connections = completed + refused + reset + failed_total;
         let mut all = t.full;
         all.merge(&resumed);
         let per = |bytes: u64, n: u64| (n > 0).then(|| bytes as f64 / n as f64);
@@ -265,9 +275,12 @@ impl PhaseReport {
             connections,
             resumed: resumed.connections,
             full: t.full.connections,
+            refused,
+            reset,
             failed: t
                 .failed
                 .iter()
+                .filter(|(k, _)| !matches!(k, Failure::ConnectRefused | Failure::Reset))
                 .map(|(k, v)| (k.as_str(), v.connections))
                 .collect(),
             failed_total,
@@ -302,6 +315,14 @@ impl PhaseReport {
                 .map(|(a, b)| (a as f64 - b as f64) / MIB),
             histogram: t.hist.clone(),
         }
+    }
+}
+
+impl PhaseReport {
+    /// Connections that did not complete, whatever the reason (refused, reset
+    /// or failed otherwise).
+    pub fn unsuccessful(&self) -> u64 {
+        self.refused + self.reset + self.failed_total
     }
 }
 
@@ -354,11 +375,13 @@ impl Report {
             s += &format!("client memory: {b:.0} B per device (RSS growth over prime)\n");
         }
         s += &format!(
-            "{:<18} {:>8} {:>8} {:>8} {:>7} {:>8} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
+            "{:<18} {:>8} {:>8} {:>8} {:>7} {:>6} {:>7} {:>8} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
             "phase",
             "conns",
             "resumed",
             "full",
+            "refused",
+            "reset",
             "failed",
             "resumed%",
             "c2s B full/res",
@@ -378,11 +401,13 @@ impl Report {
                 p.name.clone()
             };
             s += &format!(
-                "{:<18} {:>8} {:>8} {:>8} {:>7} {:>8.2} {:>14} {:>14} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.0} {:>9} {:>7}\n",
+                "{:<18} {:>8} {:>8} {:>8} {:>7} {:>6} {:>7} {:>8.2} {:>14} {:>14} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.0} {:>9} {:>7}\n",
                 name,
                 p.connections,
                 p.resumed,
                 p.full,
+                p.refused,
+                p.reset,
                 p.failed_total,
                 p.resumed_pct,
                 format!(

@@ -339,6 +339,7 @@ pub fn connect(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> Option
         idle_timeout: Duration::from_secs(60),
         backend_connect_timeout: Duration::from_secs(60),
         proxy_protocol: false,
+        http: None,
     };
     let mut s = MemoryDriver::new(ServerConfigs::new(server.clone()), limits);
     c.writer().write_all(b"ping").ok()?;

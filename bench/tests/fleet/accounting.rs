@@ -71,11 +71,11 @@ fn counts_match_the_servers_before_and_after_a_restart() {
     let n = u64::from(DEVICES);
 
     let prime = fleet.run_phase("prime", false, endpoint.pid());
-    assert_eq!(prime.failed, Default::default(), "no failures");
+    assert_eq!(prime.unsuccessful(), 0, "no failures: {:?}", prime.failed);
     assert_eq!((prime.full, prime.resumed), (n, 0), "prime: all full");
     assert_eq!(fleet.devices_with_session(), DEVICES as usize);
     let round1 = fleet.run_phase("round1", false, endpoint.pid());
-    assert_eq!(round1.failed, Default::default(), "no failures");
+    assert_eq!(round1.unsuccessful(), 0, "no failures: {:?}", round1.failed);
     assert_eq!(
         (round1.full, round1.resumed),
         (0, n),
@@ -101,7 +101,7 @@ fn counts_match_the_servers_before_and_after_a_restart() {
 
     let endpoint = Endpoint::start(&spec, &addr.to_string()).expect("restarts on the same port");
     let round2 = fleet.run_phase("round2", true, endpoint.pid());
-    assert_eq!(round2.failed, Default::default(), "no failures");
+    assert_eq!(round2.unsuccessful(), 0, "no failures: {:?}", round2.failed);
     assert_eq!(
         (round2.full, round2.resumed),
         (0, n),
@@ -230,6 +230,7 @@ fn fleet_binary_restarts_the_server_and_writes_json_and_plot() {
         assert_eq!(p["full"], full, "{p}");
         assert_eq!(p["resumed"], resumed, "{p}");
         assert_eq!(p["failed_total"], 0, "{p}");
+        assert_eq!((&p["refused"], &p["reset"]), (&0.into(), &0.into()), "{p}");
         assert_eq!(p["after_restart"], restarted, "{p}");
         for key in ["p50", "p90", "p99", "max"] {
             assert!(

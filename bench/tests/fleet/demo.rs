@@ -81,6 +81,7 @@ fn two_thousand_devices_resume_after_the_endpoint_restarts() {
     assert_eq!(phases.len(), 3, "prime, before and after the restart");
     for p in phases {
         assert_eq!(p["failed_total"], 0, "{p}");
+        assert_eq!((&p["refused"], &p["reset"]), (&0.into(), &0.into()), "{p}");
         assert!(num(p, &["conn_time_ms", "p99"]) >= num(p, &["conn_time_ms", "p50"]));
         assert!(num(p, &["conn_per_s"]) > 0.0);
     }

@@ -18,6 +18,10 @@ pub enum BackendFailure {
     ConnectTimeout(Duration),
     /// A receive or send on an open backend connection failed with this errno.
     Io(i32),
+    /// The backend closed the connection before its response was complete.
+    Closed,
+    /// The backend's response broke HTTP/1.1 (http mode).
+    Http(super::http::ResponseError),
 }
 
 impl std::fmt::Display for BackendFailure {
@@ -34,6 +38,8 @@ impl std::fmt::Display for BackendFailure {
                 "connection lost: {}",
                 std::io::Error::from_raw_os_error(e).kind()
             ),
+            BackendFailure::Closed => f.write_str("closed before its response was complete"),
+            BackendFailure::Http(e) => write!(f, "{e}"),
         }
     }
 }
@@ -76,7 +82,7 @@ impl BackendLog {
             None => {
                 tracing::warn!(
                     worker = self.worker,
-                    "backend {}: {why}; devices get close_notify instead of an answer",
+                    "backend {}: {why}; devices get close_notify (http mode: a 502) instead of an answer",
                     self.backend
                 );
                 self.window = Some(Window {

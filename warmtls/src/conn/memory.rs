@@ -6,6 +6,9 @@
 //! Sends complete at once with every byte lent (or, with [`MemoryDriver::send_limit`],
 //! partially); receives stay posted until the caller delivers bytes, an EOF or an
 //! error; the backend connect stays in flight until [`MemoryDriver::connected`].
+//! A pool of [`MemoryDriver::pooled`] idle backend connections satisfies
+//! `ConnectPooled` at once (their idle receive becomes the connection's);
+//! released connections go back to it, or are counted as closed.
 use std::time::{Duration, Instant};
 
 use super::{Action, BackendLog, BufPool, Conn, Env, Limits, Side, RECV_BUF};
@@ -62,6 +65,16 @@ pub struct MemoryDriver {
     pub send_limit: usize,
     /// The machine asked to cancel everything.
     pub cancelled: bool,
+    /// Idle backend connections in the pool (http mode).
+    pub pooled: usize,
+    /// Backend connections the machine gave back: `true` kept in the pool,
+    /// `false` closed.
+    pub released: Vec<bool>,
+    /// Backend connections taken from the pool.
+    pub reused: usize,
+    /// Fail the next backend send with this errno (a connection the backend
+    /// reset while it sat in the pool).
+    pub fail_backend_send: Option<i32>,
 }
 
 impl MemoryDriver {
@@ -85,6 +98,10 @@ impl MemoryDriver {
             shut: (false, false),
             send_limit: usize::MAX,
             cancelled: false,
+            pooled: 0,
+            released: Vec::new(),
+            reused: 0,
+            fail_backend_send: None,
         };
         d.run();
         d
@@ -117,6 +134,11 @@ impl MemoryDriver {
             match action {
                 Action::Recv(Side::Client) => self.posted.client_recv = true,
                 Action::Recv(Side::Backend) => self.posted.backend_recv = true,
+                Action::Send(Side::Backend) if self.fail_backend_send.is_some() => {
+                    let e = self.fail_backend_send.take().unwrap_or(libc::EPIPE);
+                    let mut env = self.world.env();
+                    self.conn.on_sent(Side::Backend, Err(e), &mut env);
+                }
                 Action::Send(side) => {
                     let lent = self.conn.send_buf(side);
                     let n = lent.len().min(self.send_limit.max(1));
@@ -128,10 +150,28 @@ impl MemoryDriver {
                     self.conn.on_sent(side, Ok(n), &mut env);
                 }
                 Action::Connect => self.posted.connect = true,
+                Action::ConnectPooled if self.pooled > 0 => {
+                    self.pooled -= 1;
+                    self.reused += 1;
+                    self.posted.backend_recv = true;
+                    let mut env = self.world.env();
+                    self.conn.on_pooled(&mut env);
+                }
+                Action::ConnectPooled => self.posted.connect = true,
+                Action::ReleaseBackend { reusable } => {
+                    debug_assert!(!self.posted.backend_recv && !self.posted.connect);
+                    self.released.push(reusable);
+                    if reusable {
+                        self.pooled += 1;
+                    }
+                }
                 Action::CancelConnect => {
+                    let mut env = self.world.env();
                     if std::mem::take(&mut self.posted.connect) {
-                        let mut env = self.world.env();
                         self.conn.on_connected(Err(libc::ECANCELED), &mut env);
+                    } else if std::mem::take(&mut self.posted.backend_recv) {
+                        self.conn
+                            .on_recv(Side::Backend, Err(libc::ECANCELED), &mut env);
                     }
                 }
                 Action::ShutdownWrite(Side::Client) => self.shut.0 = true,

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::slots::TICK;
 use super::token::{ConnToken, Op};
 
 /// Why the ring could not be set up.
@@ -24,10 +25,9 @@ pub enum RingError {
     Unavailable(std::io::Error),
     #[error("cannot create io_uring: {0}")]
     Setup(std::io::Error),
+    #[error("this kernel's io_uring cannot take a provided-buffer ring ({0}): Linux 5.19 or later is needed")]
+    NoBufferRing(std::io::Error),
 }
-
-/// The period of the worker's tick (timeouts, drain, accept re-arm).
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The buffer group of the worker's receive buffers (one group per ring).
 const RECV_GROUP: u16 = 0;
@@ -222,6 +222,15 @@ impl Ring {
         ))
     }
 
+    /// Whether this process may run the io_uring driver: a ring with a
+    /// provided-buffer ring, as each worker makes (nothing else is touched).
+    pub fn probe() -> Result<(), RingError> {
+        Ring::new(8)?
+            .with_recv_buffers(2, 64)
+            .map(drop)
+            .map_err(RingError::NoBufferRing)
+    }
+
     /// Register `count` receive buffers of `size` bytes (a power of two count,
     /// at most 32768) for [`Ring::push_recv_select`].
     pub fn with_recv_buffers(mut self, count: u16, size: usize) -> std::io::Result<Ring> {
@@ -307,6 +316,64 @@ impl Ring {
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// Whether [`Ring::push_send_then_recv`] is available (CQE_SKIP_SUCCESS,
+    /// Linux 5.17+).
+    pub fn can_link_sends(&self) -> bool {
+        self.skip_success
+    }
+
+    /// Send all of `buf`, then receive (as [`Ring::push_recv_select`]) once it
+    /// is out: one link, and the send posts a completion only if it failed or
+    /// fell short (MSG_WAITALL), so a successful send costs no wakeup — the
+    /// receive's completion says it is done. A failed send's completion comes
+    /// before the receive's (which is then cancelled).
+    ///
+    /// # Safety
+    /// `buf` must stay alive and unmodified until the receive completes.
+    pub unsafe fn push_send_then_recv(
+        &mut self,
+        fd: RawFd,
+        buf: &[u8],
+        send: ConnToken,
+        recv: ConnToken,
+    ) {
+        debug_assert!(self.skip_success);
+        let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+            .build()
+            .flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS)
+            .user_data(send.encode());
+        self.push(e);
+        self.push_recv_select(fd, recv);
+    }
+
+    /// The peer's address of socket `fd` into `addr` (`getsockopt(SO_PEERNAME)`
+    /// through the ring, Linux 6.7+; older kernels fail it with EOPNOTSUPP).
+    /// `len` must be the address's exact size (16 for IPv4, 28 for IPv6: the
+    /// kernel refuses a larger buffer with EINVAL). It completes at submission.
+    ///
+    /// # Safety
+    /// `addr` must stay alive and unmoved until this operation completes.
+    pub unsafe fn push_peer_name(
+        &mut self,
+        fd: RawFd,
+        addr: *mut libc::sockaddr_storage,
+        len: u32,
+        token: ConnToken,
+    ) {
+        debug_assert!(len as usize <= std::mem::size_of::<libc::sockaddr_storage>());
+        let e = opcode::GetSockOpt::new(
+            types::Fd(fd),
+            libc::SOL_SOCKET as u32,
+            libc::SO_PEERNAME as u32,
+            addr.cast(),
+            len,
+        )
+        .build()
+        .user_data(token.encode());
         self.push(e);
     }
 

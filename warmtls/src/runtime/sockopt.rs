@@ -32,6 +32,28 @@ pub fn set_fastopen_queue(fd: &impl AsFd, queue: u32) -> std::io::Result<()> {
     }
 }
 
+/// The TCP Fast Open queue length set on a listener (0: off), as the kernel
+/// holds it: what a socket handed to a successor process keeps.
+pub fn fastopen_queue(fd: &impl AsFd) -> std::io::Result<u32> {
+    let mut qlen: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket borrowed for the call; the kernel writes at
+    // most `len` bytes into `qlen`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            (&mut qlen as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u32::try_from(qlen).unwrap_or(0))
+}
+
 /// Whether this connection's SYN carried data that the server acknowledged (a
 /// TCP Fast Open connection: TCP_INFO `tcpi_options & TCPI_OPT_SYN_DATA`).
 pub fn syn_data_acked(fd: &impl AsFd) -> std::io::Result<bool> {

@@ -122,7 +122,7 @@ impl SessionCache {
     }
 
     /// Keep TLS 1.3 sessions (rustls' stateful tickets) only
-    /// [`STATEFUL_TLS13_TICKET_TTL`], whatever the session lifetime: for the
+    /// `STATEFUL_TLS13_TICKET_TTL` (25 hours), whatever the session lifetime: for the
     /// cache rustls puts stateful tickets in, not for a ticketer's.
     pub fn with_stateful_ticket_cap(mut self) -> SessionCache {
         self.tls13_ttl = Some(STATEFUL_TLS13_TICKET_TTL);

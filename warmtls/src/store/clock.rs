@@ -4,6 +4,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Source of the current time in unix seconds.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time in whole seconds since the unix epoch; every expiry and
+    /// lineage age in the store is compared with it.
     fn now_secs(&self) -> u64;
 }
 
@@ -31,6 +33,7 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicU64);
 
 impl ManualClock {
+    /// A clock stopped at `now_secs` (unix seconds).
     pub fn new(now_secs: u64) -> ManualClock {
         ManualClock(AtomicU64::new(now_secs))
     }
@@ -40,10 +43,12 @@ impl ManualClock {
         ManualClock::new(SystemClock.now_secs())
     }
 
+    /// Move time forward by `secs` seconds, for every store sharing this clock.
     pub fn advance(&self, secs: u64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
     }
 
+    /// Jump to `now_secs` (unix seconds), forwards or backwards.
     pub fn set(&self, now_secs: u64) {
         self.0.store(now_secs, Ordering::SeqCst);
     }

@@ -184,17 +184,22 @@ fn parses_as_rustls_023(value: &[u8]) -> Option<()> {
 pub struct EncodingStatus {
     /// Generation of the values the file's last writer stored (0: not recorded).
     pub generation: u32,
+    /// [`Generation::name`] of `generation`, for logs and the inspector.
     pub generation_name: &'static str,
     /// Whether this build decodes `generation`.
     pub readable: bool,
     /// The generation before the last change: values stored before `since` are in it.
     pub previous: u32,
+    /// [`Generation::name`] of `previous`.
     pub previous_name: &'static str,
+    /// Whether this build decodes `previous`; if not, values stored before
+    /// `since` cannot be resumed (each one counted as `undecodable`).
     pub previous_readable: bool,
     /// Unix seconds of the last change of `generation` (0: never recorded).
     pub since: u64,
     /// The generation this build writes.
     pub this_build: u32,
+    /// [`Generation::name`] of `this_build`.
     pub this_build_name: &'static str,
 }
 

@@ -86,8 +86,9 @@ pub const SLOT_META_SIZE: usize = 16;
 pub const FINGERPRINT_LEN: usize = 16;
 /// Offset of the value inside a slot.
 pub const VALUE_OFFSET: usize = SLOT_META_SIZE + FINGERPRINT_LEN;
-/// Smallest and largest slot sizes accepted.
+/// Smallest slot size accepted, in bytes (32 of metadata and fingerprint, 96 of value).
 pub const MIN_SLOT_SIZE: u32 = 128;
+/// Largest slot size accepted, in bytes (one 4 KiB page).
 pub const MAX_SLOT_SIZE: u32 = 4096;
 /// Entries the table is sized for, as a fraction of its slots (32 of 33, 97%).
 /// Two-choice placement alone lost 0.6% of live sessions per round of TLS 1.3
@@ -96,6 +97,8 @@ pub const MAX_SLOT_SIZE: u32 = 4096;
 /// loses none (bench/RESULTS.md). Files keep the slot count they were created
 /// with: this only sizes new ones.
 pub const LOAD_NUM: u64 = 32;
+/// The other half of the load factor: a new file gets `capacity × LOAD_DEN /
+/// LOAD_NUM` slots, rounded up to whole buckets.
 pub const LOAD_DEN: u64 = 33;
 
 /// Slot state byte of a live entry.
@@ -109,6 +112,7 @@ pub const SLOT_PENDING: u8 = 2;
 /// Slot flags, bits 2–3: how many times a ticket was restored after a
 /// connection that took it failed (0–3). A restored ticket never carries 0-RTT.
 pub const SLOT_RESTORES_SHIFT: u8 = 2;
+/// Slot flags: the bits of the restore count (see [`SLOT_RESTORES_SHIFT`]).
 pub const SLOT_RESTORES_MASK: u8 = 0b1100;
 /// The most restores a slot can count.
 pub const MAX_SLOT_RESTORES: u8 = 3;
@@ -119,16 +123,29 @@ pub const BUCKET_PENDING_DEADLINE: usize = 40;
 
 /// Byte offsets inside the header page.
 pub mod hdr {
+    /// 8 bytes: [`super::MAGIC`].
     pub const MAGIC: usize = 0;
+    /// u32: format version ([`super::VERSION`]); any other is refused.
     pub const VERSION: usize = 8;
+    /// u32: size of the header page as written ([`super::HEADER_SIZE`]); checked on open.
     pub const HEADER_SIZE: usize = 12;
+    /// u32: bytes per slot, fixed at creation.
     pub const SLOT_SIZE: usize = 16;
+    /// u32: slots per bucket as written ([`super::SLOTS_PER_BUCKET`]); checked on open.
     pub const SLOTS_PER_BUCKET: usize = 20;
+    /// u64: number of buckets, fixed at creation (1 to 2^40 accepted).
     pub const BUCKET_COUNT: usize = 24;
+    /// u64: sessions the file was sized for; a store configured for another
+    /// capacity migrates to a new file.
     pub const CAPACITY: usize = 32;
+    /// u64: unix seconds when the file was created.
     pub const CREATED_AT: usize = 40;
+    /// 16 bytes: the key of the fingerprint hash (SipHash-1-3-128): random per
+    /// file, copied only into a migration's new file.
     pub const SEED: usize = 48;
+    /// Length of the static header, the bytes the CRC covers.
     pub const STATIC_LEN: usize = 64;
+    /// u32: CRC-32 of bytes `0..STATIC_LEN`; a mismatch refuses the file.
     pub const CRC: usize = 64;
     /// Atomic u32: [`super::FLAG_OPEN`] while a writer has the file open.
     pub const FLAGS: usize = 128;
@@ -142,6 +159,8 @@ pub mod hdr {
     pub const PREVIOUS_ENCODING: usize = 164;
     /// Atomic u64: unix seconds of the last change of `ENCODING`.
     pub const ENCODING_SINCE: usize = 168;
+    /// Start of the counter stripes: [`super::COUNTER_STRIPES`] ×
+    /// [`super::COUNTER_STRIPE_SIZE`] bytes of atomic u64s (bytes 1024..3072).
     pub const COUNTERS: usize = 1024;
 }
 
@@ -160,21 +179,37 @@ pub const FLAG_SEALED: u32 = 2;
 /// Counter stripes (each on its own 128-byte line pair), picked by bucket index,
 /// so cores hitting different buckets don't bounce one cache line.
 pub const COUNTER_STRIPES: usize = 16;
+/// Bytes of one stripe: two 64-byte cache lines, room for 16 u64 counters
+/// (counter `c` at byte `c × 8`).
 pub const COUNTER_STRIPE_SIZE: usize = 128;
 
 /// The counters kept in the file, in stripe order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Counter {
+    /// A lookup (get, take, refreshing get) that returned a value.
     Hits = 0,
+    /// A lookup that returned nothing: absent, expired, too old, corrupt, or not
+    /// openable with this store's key.
     Misses,
+    /// A value stored (new key or overwrite).
     Puts,
+    /// A value removed and returned by `take` (also counted in `Hits`).
     Takes,
+    /// A live entry overwritten by a put: both candidate buckets were full and
+    /// no resident could move to its other bucket.
     Evictions,
+    /// An expired (or too old) entry erased or its slot reused.
     Expired,
+    /// A slot that did not verify (checksum, tag, bucket) or that a killed writer
+    /// left half-written, erased.
     Corrupt,
+    /// A value too large for a slot: refused by a put, or dropped when it no
+    /// longer fits (a migration to smaller slots, sealing in place).
     TooLarge,
+    /// A bucket lock taken over from a process that died holding it.
     LockSteals,
+    /// An entry erased by a purge (`warmtls-cache purge`).
     Purged,
     /// A sealed value that did not open with this store's key (rotated or
     /// altered), or a value whose sealed-ness differs from this store's setting.
@@ -192,6 +227,7 @@ pub enum Counter {
 }
 
 impl Counter {
+    /// Every counter, in stripe order.
     pub const ALL: [Counter; 15] = [
         Counter::Hits,
         Counter::Misses,
@@ -217,7 +253,9 @@ const _: () = assert!(Counter::ALL.len() * 8 <= COUNTER_STRIPE_SIZE);
 /// The shape of a table: everything needed to find a byte in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
+    /// Bytes per slot: 32 of metadata and fingerprint, the rest for the value.
     pub slot_size: u32,
+    /// Buckets of [`SLOTS_PER_BUCKET`] slots; the keyed hash picks two per key.
     pub bucket_count: u64,
     /// Sessions the file was sized for (slots × 32/33).
     pub capacity: u64,
@@ -235,6 +273,7 @@ impl Geometry {
         }
     }
 
+    /// Slots in the table: `bucket_count` × [`SLOTS_PER_BUCKET`].
     pub fn slot_count(&self) -> u64 {
         self.bucket_count * SLOTS_PER_BUCKET as u64
     }
@@ -244,23 +283,28 @@ impl Geometry {
         self.slot_size as usize - VALUE_OFFSET
     }
 
+    /// Byte offset of the first bucket header: right after the header page.
     pub fn buckets_offset(&self) -> usize {
         HEADER_SIZE
     }
 
+    /// Byte offset of the first slot: after the bucket headers, rounded up to a 4 KiB page.
     pub fn slots_offset(&self) -> usize {
         let end = HEADER_SIZE + self.bucket_count as usize * BUCKET_HEADER_SIZE;
         end.div_ceil(4096) * 4096
     }
 
+    /// Length of the file in bytes; a file of any other length is refused as truncated.
     pub fn file_len(&self) -> u64 {
         self.slots_offset() as u64 + self.slot_count() * self.slot_size as u64
     }
 
+    /// Byte offset of `bucket`'s 64-byte header (lock, sequence number, tags).
     pub fn bucket_header_offset(&self, bucket: u64) -> usize {
         self.buckets_offset() + bucket as usize * BUCKET_HEADER_SIZE
     }
 
+    /// Byte offset of slot `slot` of `bucket`; a bucket's slots are contiguous.
     pub fn slot_offset(&self, bucket: u64, slot: usize) -> usize {
         self.slots_offset() + (bucket as usize * SLOTS_PER_BUCKET + slot) * self.slot_size as usize
     }
@@ -274,9 +318,14 @@ impl Geometry {
 /// The static part of the header page, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticHeader {
+    /// Format version ([`VERSION`] in every header that decodes).
     pub version: u32,
+    /// The table's shape, fixed when the file was created.
     pub geometry: Geometry,
+    /// Unix seconds when the file was created.
     pub created_at: u64,
+    /// Key of the fingerprint hash: random per file, shared only with a
+    /// migration's new file. Secret: it keeps clients from aiming keys at one bucket.
     pub seed: [u8; 16],
 }
 
@@ -360,14 +409,23 @@ impl StaticHeader {
 /// Why a header page was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderProblem {
+    /// Fewer than the 68 bytes of static header and CRC.
     Short,
+    /// The first eight bytes (given) are not [`MAGIC`]: not a cache file.
     Magic([u8; 8]),
+    /// A format version (given) other than [`VERSION`].
     Version(u32),
+    /// The CRC-32 of the static header does not match the stored one.
     Checksum,
+    /// The checksum matches but the layout is not one this build accepts.
     Layout {
+        /// Header page size recorded; must be [`HEADER_SIZE`].
         header_size: u32,
+        /// Slots per bucket recorded; must be [`SLOTS_PER_BUCKET`].
         slots_per_bucket: u32,
+        /// Slot size recorded; must pass [`Geometry::slot_size_is_valid`].
         slot_size: u32,
+        /// Bucket count recorded; must be 1 to 2^40.
         bucket_count: u64,
     },
 }

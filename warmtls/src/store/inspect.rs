@@ -13,8 +13,12 @@ use super::table::{erase, SessionStore};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotState {
+    /// Never used or erased: no tag and every byte zero.
     Empty,
+    /// Intact and unexpired: a lookup of its key would find it.
     Live,
+    /// Intact but past its expiry: a miss, erased by the background sweep, a
+    /// purge, a lookup of its key or a put that needs the slot.
     Expired,
     /// Corrupted: its checksum, tag or place does not verify. Lookups treat it
     /// as a miss.
@@ -29,8 +33,12 @@ pub enum SlotState {
 /// One slot's metadata (never its secret bytes).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct SlotInfo {
+    /// Bucket index, `0..bucket_count`.
     pub bucket: u64,
+    /// Slot index within the bucket, `0..SLOTS_PER_BUCKET`.
     pub index: usize,
+    /// What the slot holds; the fields below are meaningful for `Live` and
+    /// `Expired` slots only (zero for `Empty` ones).
     pub state: SlotState,
     /// First 8 bytes of the keyed key fingerprint, as an identifier.
     pub id: u64,
@@ -47,10 +55,15 @@ pub struct SlotInfo {
 /// Totals of one scan.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct ScanTotals {
+    /// Slots inspected: every slot of the file except those of `busy_buckets`.
     pub slots: u64,
+    /// Slots found [`SlotState::Empty`].
     pub empty: u64,
+    /// Slots holding a resumable session ([`SlotState::Live`]).
     pub live: u64,
+    /// Slots holding an expired entry not yet erased ([`SlotState::Expired`]).
     pub expired: u64,
+    /// Slots that do not verify ([`SlotState::Corrupt`]); torn ones are in `torn`.
     pub corrupt: u64,
     /// Slots a killed writer left half-written (see [`SlotState::Torn`]).
     pub torn: u64,
@@ -79,7 +92,18 @@ const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250)
 
 impl SessionStore {
     /// Visit every slot with a consistent snapshot of its bucket.
-    pub fn scan(&self, mut visit: impl FnMut(&SlotInfo)) -> ScanTotals {
+    pub fn scan(&self, visit: impl FnMut(&SlotInfo)) -> ScanTotals {
+        self.scan_buckets(0..self.geometry().bucket_count, visit)
+    }
+
+    /// [`SessionStore::scan`] over the buckets in `range` only (clamped to the
+    /// table): keys are hashed over the buckets, so any run of buckets is a fair
+    /// sample of the table.
+    pub fn scan_buckets(
+        &self,
+        range: std::ops::Range<u64>,
+        mut visit: impl FnMut(&SlotInfo),
+    ) -> ScanTotals {
         let geo = self.geometry();
         let now = self.now();
         let slot_size = geo.slot_size as usize;
@@ -87,7 +111,7 @@ impl SessionStore {
         let map = self.mapping();
         let mut buf = vec![0u8; slot_size * SLOTS_PER_BUCKET];
         let mut totals = ScanTotals::default();
-        for b in 0..geo.bucket_count {
+        for b in range.start..range.end.min(geo.bucket_count) {
             let mut read = None;
             let started = std::time::Instant::now();
             for attempt in 0u32.. {

@@ -93,6 +93,7 @@ pub struct MigrationReport {
     /// Entries of the previous file not kept (a smaller table: the oldest; or
     /// values too large for the new slots, or sealed with a key this store lacks).
     pub dropped: u64,
+    /// Wall-clock seconds the call took.
     pub seconds: f64,
 }
 

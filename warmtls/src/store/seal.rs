@@ -13,13 +13,14 @@
 //! This module must never write the key anywhere but the key file it creates.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM_SIV, NONCE_LEN};
 
 use super::error::StoreError;
 use super::format::FINGERPRINT_LEN;
+use super::NotPrivate;
 
 /// Bytes of a value key file.
 pub const VALUE_KEY_LEN: usize = 32;
@@ -61,21 +62,17 @@ impl ValueKey {
                 found: meta.len(),
             });
         }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::KeyFilePermissions {
+        super::check_private(&meta, true).map_err(|e| match e {
+            NotPrivate::Mode(mode) => StoreError::KeyFilePermissions {
                 path: path.to_path_buf(),
                 mode,
-            });
-        }
-        let euid = nix::unistd::geteuid().as_raw();
-        if euid != 0 && meta.uid() != euid {
-            return Err(StoreError::KeyFileOwner {
+            },
+            NotPrivate::Owner { owner, euid } => StoreError::KeyFileOwner {
                 path: path.to_path_buf(),
-                owner: meta.uid(),
+                owner,
                 euid,
-            });
-        }
+            },
+        })?;
         let mut buf = Vec::with_capacity(VALUE_KEY_LEN + 1);
         (&mut file)
             .take(VALUE_KEY_LEN as u64 + 1)

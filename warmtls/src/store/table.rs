@@ -16,7 +16,7 @@
 //! lock-free probe found the key in, or both candidate buckets (lower index
 //! first, in every process) when they place a key.
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use super::slot::{
     born_of, compose, expires_of, fingerprint_of, raw_value, reseal_place, slot_intact,
     slots_tagged, tag_of, Entry, RawValue, SlotBuf,
 };
+use super::NotPrivate;
 
 /// Default number of sessions a cache file is sized for.
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
@@ -49,6 +50,8 @@ pub const DEFAULT_SLOT_SIZE: u32 = 128;
 /// Where the cache file is and what shape it should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
+    /// The cache file. Its directory must be writable by the endpoint: new files
+    /// are made there, and a migration's `<path>.prev` is kept beside it.
     pub path: PathBuf,
     /// Sessions the file holds (the table has 33/32 as many slots).
     pub capacity: u64,
@@ -91,23 +94,45 @@ const MAX_CAPACITY: u64 = 1 << 36;
 /// Whether an existing file is opened for writing (the endpoint, `purge`) or only read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Mapped writable: lookups erase what is expired or corrupt, counters count,
+    /// and the file must be owned by this user (unless root).
     ReadWrite,
+    /// Mapped read-only: lookups and scans only; nothing is counted or erased,
+    /// and any owner may open the file (its mode is still checked).
     ReadOnly,
 }
 
 /// The store's counters, summed over the file's stripes (shared by every process).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
+    /// Lookups (get, take, refreshing get) that returned a value; includes
+    /// `takes` and `undecodable`.
     pub hits: u64,
+    /// Lookups that found nothing usable: absent, expired, too old, corrupt, or
+    /// not openable with this store's key.
     pub misses: u64,
+    /// Values stored (new keys and overwrites); refused ones are in `too_large`.
     pub puts: u64,
+    /// Values removed and returned by a take (single-use TLS 1.3 resumption);
+    /// also counted in `hits`.
     pub takes: u64,
     /// Live sessions evicted to make room (the table was full around them).
     pub evictions: u64,
+    /// Entries erased (or their slots reused) because they expired or their
+    /// lineage outlived the maximum session age: by lookups, puts, the
+    /// background sweep and migrations.
     pub expired: u64,
+    /// Slots erased because they did not verify (checksum, tag, bucket) or a
+    /// killed writer left them half-written. Expected after a kill; growth
+    /// without crashes points at damage to the file or its disk.
     pub corrupt: u64,
+    /// Values that did not fit a slot: refused by a put, or dropped by a
+    /// migration or by sealing in place. If it grows, raise the slot size.
     pub too_large: u64,
+    /// Bucket locks taken over from a process that died holding them (each
+    /// followed by a scrub of that bucket, counted in `corrupt`).
     pub lock_steals: u64,
+    /// Entries erased by a purge (`warmtls-cache purge`).
     pub purged: u64,
     /// Sealed values that did not open with this key (key rotated, or bytes
     /// altered), and values sealed when this store does not seal or vice versa:
@@ -292,21 +317,17 @@ impl SessionStore {
             .open(path)
             .map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::Permissions {
+        super::check_private(&meta, writable).map_err(|e| match e {
+            NotPrivate::Mode(mode) => StoreError::Permissions {
                 path: path.to_path_buf(),
                 mode,
-            });
-        }
-        let euid = nix::unistd::geteuid().as_raw();
-        if writable && euid != 0 && meta.uid() != euid {
-            return Err(StoreError::Owner {
+            },
+            NotPrivate::Owner { owner, euid } => StoreError::Owner {
                 path: path.to_path_buf(),
-                owner: meta.uid(),
+                owner,
                 euid,
-            });
-        }
+            },
+        })?;
         let header = check_header(path, &file, meta.len())?;
         let geo = header.geometry;
 

@@ -9,15 +9,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn ecdsa_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = dir.join(format!("{name}.cert.pem"));
-    let key = dir.join(format!("{name}.key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
-
 fn rsa_cert(dir: &Path) -> (PathBuf, PathBuf) {
     let cert = dir.join("rsa.cert.pem");
     let key = dir.join("rsa.key.pem");

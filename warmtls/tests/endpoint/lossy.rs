@@ -123,11 +123,13 @@ fn start(cache: &Path, backend: &str) -> Server {
     )
 }
 
-/// The server for [`resumes_after`]: stateful tickets with 0-RTT on, or the
-/// store ticketer's 7-day tickets.
+/// The server for [`resumes_after`]: stateful tickets with 0-RTT on, the
+/// same with `backend_protocol = "http"`, or the store ticketer's 7-day
+/// tickets.
 #[derive(Clone, Copy)]
 enum Tickets {
     Stateful,
+    StatefulHttp,
     StoreTicketer,
 }
 
@@ -140,6 +142,18 @@ fn resumes_after(cut: Cut, kind: Tickets) {
     let (backend, requests, _) = logging_responder();
     let server = match kind {
         Tickets::Stateful => start(&dir.path().join("c.cache"), &backend),
+        Tickets::StatefulHttp => Server::start(
+            &dir.path().join("c.cache"),
+            &backend,
+            &[
+                "--backend-protocol",
+                "http",
+                "--early-data",
+                "4096",
+                "--handshake-timeout",
+                "2s",
+            ],
+        ),
         Tickets::StoreTicketer => Server::start(
             &dir.path().join("c.cache"),
             &backend,
@@ -204,6 +218,73 @@ fn a_store_ticketer_device_cut_after_the_servers_flight_resumes_with_the_same_ti
 #[test]
 fn a_tls13_device_cut_after_the_servers_flight_resumes_with_the_same_ticket() {
     resumes_after(Cut::AfterServerFlight, Tickets::Stateful);
+}
+
+/// `backend_protocol = "http"`: the connection machine frames the requests,
+/// and a cut connection's ticket is restored all the same.
+#[test]
+fn http_mode_a_tls13_device_cut_after_the_servers_flight_resumes_with_the_same_ticket() {
+    resumes_after(Cut::AfterServerFlight, Tickets::StatefulHttp);
+}
+
+/// `backend_protocol = "http"` with a kept-alive device connection: the device
+/// asks again after its new ticket went out, so it has it — the ticket is
+/// spent when the pending window closes, while the connection is still open
+/// and serving requests, and never restored.
+#[test]
+fn http_mode_a_kept_alive_device_spends_its_ticket_while_still_connected() {
+    use crate::http::{exchange_one, http_backend, Backend};
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _seen) = http_backend(Backend::KeepAlive);
+    let server = Server::start(
+        &dir.path().join("c.cache"),
+        &backend,
+        &["--backend-protocol", "http", "--handshake-timeout", "2s"],
+    );
+    let cfg = device(&server.cert_path(), &rustls::version::TLS13);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    {
+        let mut tls = connect(&cfg, &server.addr()).unwrap();
+        let (head, _) = exchange_one(&mut tls, get("/full").as_bytes(), &mut Vec::new());
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    }
+    assert!(server.wait_idle(Duration::from_secs(10)));
+
+    let mut tls = connect(&cfg, &server.addr()).unwrap();
+    let mut buf = Vec::new();
+    for path in ["/1", "/2"] {
+        let (head, body) = exchange_one(&mut tls, get(path).as_bytes(), &mut buf);
+        assert!(
+            head.starts_with("HTTP/1.1 200") && body == b"hello",
+            "{head}"
+        );
+    }
+    assert_eq!(
+        tls.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    // Past the pending window (the 2 s handshake timeout), still connected.
+    assert!(
+        wait_for(Duration::from_secs(6), || tickets(&server)["spent"] == 1),
+        "{}",
+        server.stats()
+    );
+    assert_eq!(tickets(&server)["restored"], 0, "{}", server.stats());
+    assert_eq!(server.stats()["active_connections"], 1);
+    let (head, _) = exchange_one(&mut tls, get("/3").as_bytes(), &mut buf);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    drop(tls);
+    assert!(server.wait_idle(Duration::from_secs(10)));
+    let t = tickets(&server);
+    assert_eq!(
+        (t["spent"].as_u64(), t["restored"].as_u64()),
+        (Some(1), Some(0)),
+        "{t}"
+    );
 }
 
 /// The early request of a cut 0-RTT connection reached the backend (that is

@@ -1,5 +1,9 @@
 //! Shared pieces of the endpoint tests: the real `warmtls serve` binary as a child
 //! process, plaintext backends on loopback, and a rustls device.
+//!
+//! The driver matrix: with `WARMTLS_TEST_RUNTIME=epoll` (or `io_uring`) in the
+//! environment, every server these tests start runs that event loop
+//! (`--runtime`), so the whole suite runs once per driver (.ci/run does both).
 #![allow(dead_code)]
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +27,15 @@ pub struct Launch<'a> {
     pub env: &'a [(String, String)],
     /// A file for the server's stderr (its log); inherited if None.
     pub stderr: Option<&'a Path>,
+    /// Applied to the command last (e.g. a seccomp filter installed before exec).
+    pub prepare: Option<&'a dyn Fn(&mut Command)>,
+}
+
+/// The event loop the matrix asks for (`WARMTLS_TEST_RUNTIME`), if any.
+pub fn matrix_runtime() -> Option<String> {
+    std::env::var("WARMTLS_TEST_RUNTIME")
+        .ok()
+        .filter(|r| !r.is_empty())
 }
 
 /// A running `warmtls serve`.
@@ -31,6 +44,8 @@ pub struct Server {
     pub port: u16,
     pub cache: PathBuf,
     pub stats: PathBuf,
+    /// The event loop the driver matrix made it run, checked in every stats read.
+    runtime: Option<String>,
 }
 
 impl Server {
@@ -61,6 +76,7 @@ impl Server {
     /// As [`Server::start`], launched as `how` says.
     pub fn launch(cache: &Path, backend: &str, extra: &[&str], how: &Launch) -> Server {
         let stats = cache.with_extension("stats.json");
+        let runtime = matrix_runtime().filter(|_| !extra.contains(&"--runtime"));
         let mut cmd = match how.nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -89,6 +105,11 @@ impl Server {
         ])
         .arg("--stats-file")
         .arg(&stats)
+        .args(
+            runtime
+                .iter()
+                .flat_map(|r| ["--runtime".to_string(), r.clone()]),
+        )
         .args(extra)
         .env("RUST_LOG", "warn")
         .envs(how.env.iter().map(|(k, v)| (k, v)))
@@ -97,29 +118,17 @@ impl Server {
             Some(p) => Stdio::from(std::fs::File::create(p).expect("server log file")),
             None => Stdio::inherit(),
         });
+        if let Some(prepare) = how.prepare {
+            prepare(&mut cmd);
+        }
         let mut child = cmd.spawn().expect("spawn warmtls serve");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("warmtls printed its readiness line");
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .expect("a port in the readiness line");
+        let port = ready_port(&mut child);
         Server {
             child: Some(child),
             port,
             cache: cache.to_path_buf(),
             stats,
+            runtime,
         }
     }
 
@@ -155,7 +164,15 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let text = std::fs::read_to_string(&self.stats).expect("stats file");
-        serde_json::from_str(&text).expect("stats JSON")
+        let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        if let Some(r) = &self.runtime {
+            assert_eq!(
+                v["runtime"],
+                r.as_str(),
+                "the driver matrix's event loop runs"
+            );
+        }
+        v
     }
 
     /// Wait (up to `timeout`) until the server holds no connection, lingering
@@ -175,6 +192,28 @@ impl Server {
     }
 }
 
+/// Wait (up to 30 s) for a `warmtls serve` child's readiness line on its piped
+/// stdout and return the port in it; the rest of its stdout is drained, so a
+/// successor that inherits the pipe never blocks on it.
+pub fn ready_port(child: &mut Child) -> u16 {
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("warmtls printed its readiness line");
+    line.rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("a port in the readiness line")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -182,6 +221,17 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// A fresh self-signed ECDSA certificate for `localhost`: `DIR/NAME.cert.pem`
+/// and `DIR/NAME.key.pem`.
+pub fn ecdsa_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = dir.join(format!("{name}.cert.pem"));
+    let key = dir.join(format!("{name}.key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
 }
 
 /// A backend that reads one request (up to a blank line) and answers `hello`,

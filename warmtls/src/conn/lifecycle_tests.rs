@@ -1,0 +1,97 @@
+//! The connection's lifecycle driven in memory through the very machine the
+//! endpoint runs (a real rustls client and server, a real store file), where
+//! the order of completions matters and a socket test could only hit it by luck.
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection};
+
+use super::memory::MemoryDriver;
+use super::{Limits, Side};
+use crate::config::Config;
+use crate::store::SessionStore;
+use crate::tls::{self, ServerConfigs};
+
+/// A TLS 1.3 ChangeCipherSpec record: allowed during the handshake (middlebox
+/// compatibility), a fatal `unexpected_message` after the client's Finished.
+const CCS: [u8; 6] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
+
+/// tlsfuzzer's "CCS message after Finished message": the client's Finished
+/// completes the handshake (the backend connect goes out), the CCS behind it
+/// fails the connection, and the connect completes only afterwards. The
+/// connection must stay failed — alert, half-close, close on the device's EOF —
+/// not start piping to the backend and keep the device waiting for
+/// `idle_timeout` (it did, whenever the connect won the race with the alert).
+#[test]
+fn a_connect_that_completes_after_a_tls_failure_does_not_revive_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.cache.path = dir.path().join("c");
+    cfg.cache.capacity = 1000;
+    let store = Arc::new(SessionStore::open_or_create(&cfg.store_config()).unwrap());
+    let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
+    let server = tls::server_config(&cfg, resolver, store, Duration::from_secs(3600)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(tls::self_signed_paths(&cfg.cache.path).cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = Arc::new(
+        ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        backend_connect_timeout: Duration::from_secs(3),
+        proxy_protocol: false,
+        http: None,
+    };
+    let mut d = MemoryDriver::new(ServerConfigs::new(server), limits);
+    let mut c = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+
+    // Handshake until the client's Finished has gone in and the machine wants
+    // the backend.
+    for _ in 0..10 {
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).unwrap();
+        }
+        assert!(d.deliver(Side::Client, &out).is_empty());
+        let back = d.take_to_client();
+        c.read_tls(&mut back.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+        if !c.is_handshaking() && !c.wants_write() {
+            break;
+        }
+    }
+    assert!(!c.is_handshaking());
+    assert!(d.posted().connect, "the backend connect is in flight");
+
+    // The forbidden record; the connect completes only after it.
+    assert!(d.deliver(Side::Client, &CCS).is_empty());
+    let alert = d.take_to_client();
+    c.read_tls(&mut alert.as_slice()).unwrap();
+    let err = c.process_new_packets().unwrap_err();
+    assert!(
+        err.to_string().contains("UnexpectedMessage"),
+        "the device is told why: {err}"
+    );
+    assert!(d.connected(Ok(())));
+
+    assert!(d.shut.0, "the device's side is half-closed after the alert");
+    assert!(!d.posted().backend_recv, "nothing is read from the backend");
+    assert!(
+        d.take_to_backend().is_empty(),
+        "nothing reached the backend"
+    );
+    // The device closes in turn: the connection is done, not piping.
+    assert!(d.end(Side::Client, None));
+    assert!(d.is_finished(), "closed on the device's EOF");
+    d.release();
+    let mut rest = Vec::new();
+    let _ = c.reader().read_to_end(&mut rest);
+}
