@@ -14,7 +14,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
-use cmd::{economy, fleet, handover, hold, rtt, sleep, store};
+use cmd::{economy, fleet, handover, hold, lossy, rtt, sleep, store};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,9 @@ enum Cmd {
     /// without TCP Fast Open, over a delayed link between two network namespaces
     /// (needs root).
     Rtt(rtt::RttArgs),
+    /// What a lossy link costs a device's next reconnect, per TLS version and
+    /// drop point, with and without restored tickets.
+    Lossy(lossy::LossyArgs),
     /// Which device sleep patterns resume, per TLS mode, on simulated time.
     Sleep(sleep::SleepArgs),
     /// Server memory per open idle or half-open connection.
@@ -64,7 +67,7 @@ fn main() -> std::process::ExitCode {
             return warmtls::cli::main_from(std::iter::once("warmtls".into()).chain(args))
         }
         Cmd::Demo(a) => {
-            warmtls::cli::init_logs("warn");
+            warmtls::cli::init_logs("warn", warmtls::cli::LogFormat::Text);
             warmtls_bench::demo::run(a)
         }
         Cmd::Store(a) => store::main(a),
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Economy(a) => economy::main(a),
         Cmd::Rtt(a) => rtt::main(a),
         Cmd::Sleep(a) => sleep::main(a),
+        Cmd::Lossy(a) => lossy::main(a),
         Cmd::Hold(a) => hold::main(a),
     };
     match result {

@@ -59,6 +59,9 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log: String,
+    /// Log format: text (for people), json (one JSON object per line, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     settings: Config,
 }
@@ -77,9 +80,21 @@ impl ServeArgs {
     }
 }
 
-/// Log to stderr at `level` (RUST_LOG overrides), in colour only when stderr is
-/// a terminal and NO_COLOR is unset: a log file or a journal gets plain text.
-pub fn init_logs(level: &str) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, in colour on a terminal.
+    Text,
+    /// One JSON object per event and line: `timestamp`, `level`, `target`,
+    /// `message` and the event's fields at the top level.
+    Json,
+}
+
+/// Log to stderr at `level` (RUST_LOG overrides). Text is in colour only when
+/// stderr is a terminal and NO_COLOR is unset: a log file or a journal gets
+/// plain text. Events are state changes (start, fallbacks, reloads, stats,
+/// faults), never one per connection at info level.
+pub fn init_logs(level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -92,13 +107,22 @@ pub fn init_logs(level: &str) {
             filter = filter.add_directive(d);
         }
     }
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).try_init()
+        }
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Parse `args` (the program name first) and run the command.
@@ -115,7 +139,7 @@ where
     };
     let result = match cli.cmd {
         Cmd::Serve(a) => {
-            init_logs(&a.log);
+            init_logs(&a.log, a.log_format);
             match a.config(&sub) {
                 Ok(c) => crate::server::serve(c).map_err(anyhow::Error::from),
                 Err(e) => {

@@ -237,6 +237,23 @@ pub enum Tls13Tickets {
     StoreTicketer,
 }
 
+/// Which event loop drives the workers. Both carry out the same connection
+/// machine: TLS, the store, the backend pipe and the stats do not differ.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// io_uring where this process may set it up, else epoll (said once in the
+    /// log, with the reason).
+    #[default]
+    Auto,
+    /// io_uring or nothing: start-up fails, saying why, if it cannot be set up.
+    #[serde(rename = "io_uring", alias = "io-uring")]
+    #[value(name = "io_uring", alias = "io-uring")]
+    IoUring,
+    /// epoll readiness (works under container runtimes' default seccomp profiles).
+    Epoll,
+}
+
 /// Clients that must not get a TLS 1.3 ticket, recognised by their ClientHello
 /// (see `tls::hello_rule`): the first matching rule decides.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -440,6 +457,12 @@ pub struct Config {
         help_heading = "Sessions"
     )]
     pub early_data: u32,
+    /// How many times a TLS 1.3 ticket whose connection died before the
+    /// replacement ticket reached the device is made resumable again (1-RTT,
+    /// never 0-RTT); 0 = strict single use (a dropped connection costs the
+    /// device its session). At most 3.
+    #[arg(long, value_name = "N", default_value_t = crate::store::DEFAULT_TICKET_RESTORES, help_heading = "Sessions")]
+    pub ticket_restores: u8,
     /// Key exchange groups in preference order.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [KxGroup::X25519, KxGroup::Secp256r1], help_heading = "TLS")]
     pub groups: Vec<KxGroup>,
@@ -488,6 +511,10 @@ pub struct Config {
     /// device's address, SNI, TLS version and suite, resumed and 0-RTT flags.
     #[arg(long, help_heading = "Connections")]
     pub proxy_protocol: bool,
+    /// Event loop: auto (io_uring, else epoll with a log line saying why),
+    /// io_uring (fail if unavailable) or epoll.
+    #[arg(long, value_enum, default_value_t = Runtime::Auto, help_heading = "Connections")]
+    pub runtime: Runtime,
     /// What the backend speaks: tcp (bytes piped untouched) or http (HTTP/1.x
     /// framed, X-Forwarded-For added, kept-alive backend connections pooled).
     #[arg(long, value_enum, default_value_t = BackendProtocol::Tcp, help_heading = "HTTP backends")]
@@ -531,6 +558,10 @@ pub struct Config {
     /// Default: none.
     #[arg(long, value_name = "FILE", help_heading = "Operations")]
     pub stats_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: keep it on
+    /// loopback or a management network; never the TLS address). Default: off.
+    #[arg(long, value_name = "ADDR", help_heading = "Operations")]
+    pub metrics_listen: Option<String>,
     /// The running instance's control socket (mode 0600): `warmtls upgrade`
     /// asks it for a hand-over, and a second `warmtls serve` on the same cache
     /// finds it and refuses to start. Default: the cache path plus `.ctl`.
@@ -688,6 +719,9 @@ impl Config {
                     .into(),
             );
         }
+        if self.ticket_restores > 3 {
+            return invalid("ticket_restores", "at most 3".into());
+        }
         if self.backend_protocol == BackendProtocol::Http && self.proxy_protocol {
             return invalid(
                 "proxy_protocol",
@@ -734,6 +768,29 @@ impl Config {
         }
         if self.cluster.enabled() {
             self.validate_cluster()?;
+        }
+        if let Some(m) = &self.metrics_listen {
+            let Ok(addr) = m.parse::<SocketAddr>() else {
+                return invalid(
+                    "metrics_listen",
+                    format!("{m:?} is not an IP:PORT address (e.g. \"127.0.0.1:9443\")"),
+                );
+            };
+            if let Ok(tls) = self.listen_addr() {
+                let overlap = addr.ip() == tls.ip()
+                    || addr.ip().is_unspecified()
+                    || tls.ip().is_unspecified();
+                if addr.port() == tls.port() && addr.port() != 0 && overlap {
+                    return invalid(
+                        "metrics_listen",
+                        format!(
+                            "{m} is the TLS listener's address ({}): the metrics page is plain \
+                             HTTP, give it a port of its own",
+                            self.listen
+                        ),
+                    );
+                }
+            }
         }
         self.store_config().validate().map_err(ConfigError::Cache)?;
         if let Some(n) = self.max_record_size {
@@ -822,6 +879,11 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.listen.parse()
+    }
+
+    /// The metrics listener's address, if one is configured (validated).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.as_ref()?.parse().ok()
     }
 
     pub fn backend_addr(&self) -> Result<Backend, String> {
@@ -923,6 +985,48 @@ mod tests {
             "an empty file is the defaults"
         );
         assert_eq!(layered(&[]).unwrap(), c, "no flags are the defaults");
+    }
+
+    #[test]
+    fn runtime_and_metrics_listener_parse_alike_in_file_and_flags() {
+        let c = Config::from_toml("runtime = \"io_uring\"\nmetrics_listen = \"127.0.0.1:9443\"\n")
+            .unwrap();
+        assert_eq!(c.runtime, Runtime::IoUring);
+        assert_eq!(c.metrics_addr(), Some("127.0.0.1:9443".parse().unwrap()));
+        c.validate().unwrap();
+        assert_eq!(Config::default().runtime, Runtime::Auto);
+        assert_eq!(Config::default().metrics_listen, None);
+        let c = layered(&["--runtime", "epoll", "--metrics-listen", "[::1]:9443"]).unwrap();
+        assert_eq!(c.runtime, Runtime::Epoll);
+        c.validate().unwrap();
+        let c = layered(&["--runtime", "io_uring"]).unwrap();
+        assert_eq!(c.runtime, Runtime::IoUring);
+    }
+
+    #[test]
+    fn metrics_are_never_served_on_the_tls_address() {
+        for (listen, metrics) in [
+            ("127.0.0.1:8443", "127.0.0.1:8443"),
+            ("0.0.0.0:443", "127.0.0.1:443"),
+            ("127.0.0.1:443", "0.0.0.0:443"),
+        ] {
+            let c = layered(&["--listen", listen, "--metrics-listen", metrics]).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("metrics_listen") && e.contains("port of its own"),
+                "{e}"
+            );
+        }
+        let c = layered(&["--metrics-listen", "localhost:9443"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("not an IP:PORT"), "{e}");
+        let c = layered(&[
+            "--listen",
+            "127.0.0.1:443",
+            "--metrics-listen",
+            "127.0.0.2:443",
+        ]);
+        c.unwrap().validate().unwrap();
     }
 
     #[test]
@@ -1089,6 +1193,19 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("early_data"));
+        let c = Config {
+            ticket_restores: 4,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ticket_restores"));
+        assert_eq!(
+            Config::default().ticket_restores,
+            crate::store::DEFAULT_TICKET_RESTORES
+        );
         let c = Config {
             stats_interval: Duration::from_millis(10),
             ..Config::default()

@@ -18,20 +18,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminListener;
 use crate::config::Config;
 use crate::handover::{
     self, ControlRequest, ControlSocket, InstanceInfo, Offer, Predecessor, Progress, Relaunch,
     Successor, Waiter,
 };
-use crate::metrics::{self, WorkerMetrics};
-use crate::runtime::{listener, worker};
-use crate::store::{check_key_apart, encoding, EncodingStatus, Flusher, SessionStore, ValueKey};
+use crate::metrics::{StatsSource, WorkerMetrics};
+use crate::runtime::{listener, worker, EventLoop};
+use crate::store::{check_key_apart, encoding, Flusher, SessionStore, ValueKey};
 use crate::systemd::{self, Notifier};
 use crate::tier::{Tier, TierKeys, TierSettings};
 use crate::tls::{self, CertResolver};
 
 /// Listen backlog of every socket we bind.
 const BACKLOG: i32 = 4096;
+/// How long a process taking over waits for the running one to let go of the
+/// metrics port (it does once the hand-over is confirmed).
+const ADMIN_PORT_WAIT: Duration = Duration::from_secs(30);
 
 /// In a hand-over, how long the new process waits for its session tier client
 /// to connect before it takes over (the old process serves meanwhile).
@@ -170,7 +174,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         None => format!("serving on {}", ep.bound),
     };
-    tracing::info!(bound = %ep.bound, workers = ep.handles.len(), sockets = ep.sockets.len(),
+    tracing::info!(bound = %ep.bound, workers = ep.handles.len(), runtime = ep.stats.runtime().name(), sockets = ep.sockets.len(),
         activated = ep.activated, cache = %ep.cfg.cache.path.display(),
         previous_shutdown_unclean = ep.store.previous_shutdown_unclean(), "serving");
     let mut out = std::io::stdout();
@@ -190,8 +194,11 @@ struct Endpoint {
     /// The shared session tier's client (this process's own: a successor
     /// opens its own).
     tier: Option<Tier>,
-    /// The cache file's session encoding as found at start-up.
-    encoding: EncodingStatus,
+    /// The one reading of the counters every report shows (the stats line and
+    /// file, the metrics page).
+    stats: Arc<StatsSource>,
+    /// The metrics page (`metrics_listen`), if asked for.
+    admin: Option<AdminListener>,
     metrics: Arc<Vec<WorkerMetrics>>,
     shutdown: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
@@ -267,8 +274,10 @@ fn start(
     activated_fds: Vec<OwnedFd>,
 ) -> Result<Endpoint, ServeError> {
     cfg.validate()?;
-    // A host that forbids io_uring gets a clear error and no side effects.
-    crate::runtime::ring::Ring::new(8)?;
+    // Before touching the cache file: which event loop runs (a host that forbids
+    // io_uring falls back to epoll under `auto`, and gets a clear error and no
+    // side effects when io_uring was asked for).
+    let event_loop = EventLoop::choose(cfg.runtime)?;
     let workers = cfg.worker_count();
     raise_fd_limit(cfg.max_connections);
     let mut cache_key = cache_key_bytes(&cfg)?;
@@ -460,7 +469,7 @@ fn start(
                         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one);
                     }
                 }
-                worker::run(setup, ready)
+                event_loop.run(setup, ready)
             });
         match spawned {
             Ok(h) => handles.push(h),
@@ -481,6 +490,35 @@ fn start(
             Err(_) => failed = Some(ServeError::Worker(i, "exited during start-up".into())),
         }
     }
+    let stats = Arc::new(StatsSource::new(
+        metrics.clone(),
+        store.clone(),
+        encoding,
+        event_loop,
+        tier.as_ref().map(Tier::status),
+    ));
+    let mut admin = None;
+    if let (None, Some(addr)) = (&failed, cfg.metrics_addr()) {
+        // Taking over: the running process holds the metrics port until it has
+        // handed over, so ours waits for it.
+        let wait = if predecessor.is_some() {
+            ADMIN_PORT_WAIT
+        } else {
+            Duration::ZERO
+        };
+        match AdminListener::start(addr, stats.clone(), wait) {
+            Ok(a) => {
+                tracing::info!(addr = %a.local_addr(), "metrics at http://{}/metrics", a.local_addr());
+                admin = Some(a);
+            }
+            Err(io) => {
+                failed = Some(ServeError::Listen {
+                    addr: addr.to_string(),
+                    io,
+                })
+            }
+        }
+    }
     if let Some(e) = failed {
         // Workers that did start may have accepted connections already (from
         // sockets a running process shares with us): let them finish.
@@ -498,7 +536,8 @@ fn start(
         resolver,
         tls_cfgs,
         tier,
-        encoding,
+        stats,
+        admin,
         metrics,
         shutdown,
         handles,
@@ -635,14 +674,7 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
         }
         if last_stats.elapsed() >= ep.cfg.stats_interval {
             last_stats = Instant::now();
-            report(
-                &ep.metrics,
-                &ep.store,
-                ep.tier.as_ref(),
-                &ep.encoding,
-                ep.cfg.stats_file.as_deref(),
-                true,
-            );
+            report(&ep.stats, ep.cfg.stats_file.as_deref());
         }
     };
     let Endpoint {
@@ -651,8 +683,8 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
         flusher,
         tls_cfgs,
         mut tier,
-        encoding,
-        metrics,
+        stats,
+        mut admin,
         shutdown,
         handles,
         sockets,
@@ -687,6 +719,9 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
                 w.answer(&Ok(pid));
             }
             control.release();
+            // The successor waits for the metrics port: let it go now, not
+            // after the drain.
+            admin = None;
             tracing::info!(successor = pid,
                 "handed over: the new process accepts on the same sockets; draining connections (up to {:?})",
                 cfg.drain_timeout);
@@ -700,6 +735,7 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
     if let Some(t) = &mut tier {
         t.stop();
     }
+    drop(admin);
     drop(flusher);
     store.flush()?;
     // After a hand-over the stats file is the successor's to write.
@@ -708,7 +744,8 @@ fn run(ep: Endpoint, notify: &Notifier, relaunch: &Relaunch) -> Result<(), Serve
     } else {
         cfg.stats_file.as_deref()
     };
-    report(&metrics, &store, tier.as_ref(), &encoding, stats_file, true);
+    report(&stats, stats_file);
+    drop(stats);
     drop(tier);
     drop(tls_cfgs);
     if let Ok(store) = Arc::try_unwrap(store) {
@@ -833,51 +870,47 @@ fn log_sealed_room(store: &SessionStore) {
     }
 }
 
-fn report(
-    metrics: &[WorkerMetrics],
-    store: &SessionStore,
-    tier: Option<&Tier>,
-    encoding: &EncodingStatus,
-    stats_file: Option<&std::path::Path>,
-    log: bool,
-) {
-    let m = metrics::snapshot(metrics);
-    let s = store.counters();
-    let t = tier.map(Tier::counters);
-    if log {
+/// The stats line, and the stats file if there is one: both from one reading.
+fn report(stats: &StatsSource, stats_file: Option<&std::path::Path>) {
+    let st = stats.read();
+    let (m, s) = (&st.conns, &st.store.counters);
+    tracing::info!(
+        conns = m.connections,
+        active = m.active_connections,
+        full = m.full_handshakes,
+        resumed = m.resumed_handshakes,
+        tls_errors = m.tls_errors,
+        backend_errors = m.backend_errors,
+        timeouts = m.timeouts,
+        refused = m.refused,
+        store_hits = s.hits,
+        store_misses = s.misses,
+        store_puts = s.puts,
+        store_evictions = s.evictions,
+        store_undecodable = s.undecodable,
+        "stats"
+    );
+    let c = &st.cluster;
+    if let (Some(up), Some(t)) = (c.up, &c.tier) {
         tracing::info!(
-            "conns {} active {} full {} resumed {} tls_err {} backend_err {} timeouts {} refused {} | store hits {} misses {} puts {} evictions {} undecodable {}",
-            m.connections, m.active_connections, m.full_handshakes, m.resumed_handshakes, m.tls_errors,
-            m.backend_errors, m.timeouts, m.refused, s.hits, s.misses, s.puts, s.evictions, s.undecodable
+            tier = if up { "up" } else { "down" },
+            local_hits = c.conns.local_hits,
+            lookups = c.conns.lookups,
+            found = c.conns.found,
+            missing = c.conns.missing,
+            timeouts = c.conns.timeouts,
+            unavailable = c.conns.unavailable,
+            zero_rtt_refused = c.conns.zero_rtt_refused,
+            writes = t.writes,
+            writes_dropped = t.writes_dropped,
+            write_errors = t.write_errors,
+            "tier"
         );
-        if let (Some(tier), Some(t)) = (tier, &t) {
-            let c = &m.cluster;
-            tracing::info!(
-                "tier {} | local hits {} lookups {} found {} missing {} timeouts {} unavailable {} 0-rtt refused {} | writes {} dropped {} errors {}",
-                if tier.is_up() { "up" } else { "down" },
-                c.local_hits, c.lookups, c.found, c.missing, c.timeouts, c.unavailable,
-                c.zero_rtt_refused, t.writes, t.writes_dropped, t.write_errors
-            );
-        }
     }
     if let Some(path) = stats_file {
-        let mut v = serde_json::to_value(m).unwrap_or_default();
-        v["store"] = serde_json::to_value(s).unwrap_or_default();
-        // `cluster`: what connections saw, and (with a tier) what its thread counted.
-        v["cluster"]["enabled"] = tier.is_some().into();
-        if let (Some(tier), Some(t)) = (tier, t) {
-            v["cluster"]["up"] = tier.is_up().into();
-            v["cluster"]["sealed"] = tier.seals().into();
-            if let serde_json::Value::Object(fields) = serde_json::to_value(t).unwrap_or_default() {
-                for (k, val) in fields {
-                    v["cluster"][k] = val;
-                }
-            }
-        }
-        // As found at start-up, before this build recorded its own generation.
-        v["session_encoding"] = serde_json::to_value(encoding).unwrap_or_default();
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, v.to_string())
+        let json = serde_json::to_string(&st).unwrap_or_default();
+        if std::fs::write(&tmp, json)
             .and_then(|_| std::fs::rename(&tmp, path))
             .is_err()
         {

@@ -292,7 +292,9 @@ pub fn session_cache(
     store: Arc<SessionStore>,
     session_lifetime: Duration,
 ) -> SessionCache {
-    SessionCache::new(store, session_lifetime).with_max_session_age(cfg.max_session_age)
+    SessionCache::new(store, session_lifetime)
+        .with_max_session_age(cfg.max_session_age)
+        .with_ticket_restores(cfg.ticket_restores, cfg.handshake_timeout)
 }
 
 /// The rustls configurations an endpoint serves, built once at start-up, and
@@ -306,11 +308,16 @@ pub struct ServerConfigs {
     tls12: Option<Arc<rustls::ServerConfig>>,
     /// As `default`, without TLS 1.3 tickets.
     no_tls13_tickets: Arc<rustls::ServerConfig>,
-    /// `default` and `no_tls13_tickets` without early data, for a 0-RTT offer
-    /// the shared session tier could not vouch for (the handshake goes on; its
-    /// early data is refused).
+    /// `default` and `no_tls13_tickets` without early data (the same `Arc`
+    /// when 0-RTT is off): for a 0-RTT offer the shared session tier could not
+    /// vouch for, or on a ticket that was taken before (pending or restored).
+    /// The handshake goes on; its early data is refused.
     no_early_data: Arc<rustls::ServerConfig>,
     no_tls13_tickets_no_early_data: Arc<rustls::ServerConfig>,
+    /// The store the configurations keep sessions in: where connections settle
+    /// the tickets they took. `None`: taken tickets are only ever released by
+    /// their pending deadline.
+    tickets: Option<SessionCache>,
     rules: HelloRules,
 }
 
@@ -335,14 +342,21 @@ impl ServerConfigs {
             no_tls13_tickets_no_early_data: no_early_data.clone(),
             no_early_data,
             default,
+            tickets: None,
             rules: HelloRules::default(),
         }
+    }
+
+    /// The session cache the configurations store in, where connections settle
+    /// the TLS 1.3 tickets they took.
+    pub fn tickets(&self) -> Option<&SessionCache> {
+        self.tickets.as_ref()
     }
 
     /// Whether a ClientHello's bytes are needed ([`ServerConfigs::for_hello`]'s
     /// `features`): only when there are ticket rules.
     pub fn reads_hellos(&self) -> bool {
-        !self.rules.is_empty()
+        !self.rules.is_empty() || self.refuses_spent_tickets()
     }
 
     /// Which configuration the connection that sent `hello` gets (`features`:
@@ -362,11 +376,14 @@ impl ServerConfigs {
         features: Option<&hello_rule::HelloFeatures>,
     ) -> (TicketPolicy, &Arc<rustls::ServerConfig>) {
         let policy = self.policy_for(hello, features);
-        (policy, self.for_policy(policy, false))
+        let refuse = self.spent_ticket_with_early_data(features);
+        (policy, self.for_policy(policy, refuse))
     }
 
     /// The configuration of `policy`; with `refuse_early_data`, one that refuses
-    /// 0-RTT data (for an offer the shared session tier could not vouch for).
+    /// 0-RTT data. One mechanism for both reasons to refuse it: the shared
+    /// session tier could not vouch for the ticket, or the ticket was taken
+    /// before ([`ServerConfigs::spent_ticket_with_early_data`]).
     pub fn for_policy(
         &self,
         policy: TicketPolicy,
@@ -395,6 +412,39 @@ impl ServerConfigs {
     /// Whether 0-RTT data is accepted at all.
     pub fn accepts_early_data(&self) -> bool {
         self.default.max_early_data_size > 0 && !self.default.ticketer.enabled()
+    }
+
+    /// Whether the client offers 0-RTT on a ticket that was taken before (it is
+    /// pending, or was restored after its connection failed): early data is
+    /// accepted on a ticket once, ever, so that client gets a configuration
+    /// without early data and resumes in 1-RTT. rustls decides early data from
+    /// the configuration's `max_early_data_size` (server/tls13.rs
+    /// `decide_if_early_data_allowed`), not from the stored ticket, so the
+    /// choice of configuration is the whole decision. The store's take checks
+    /// again (a take for a configuration with early data misses on a restored
+    /// ticket), which closes the gap between this look and rustls' take.
+    pub fn spent_ticket_with_early_data(
+        &self,
+        features: Option<&hello_rule::HelloFeatures>,
+    ) -> bool {
+        if !self.refuses_spent_tickets() {
+            return false;
+        }
+        let (Some(cache), Some(f)) = (&self.tickets, features) else {
+            return false;
+        };
+        if !f.offers_early_data {
+            return false;
+        }
+        f.first_psk_identity()
+            .and_then(|id| cache.ticket_state(id))
+            .is_some_and(|t| !t.fresh())
+    }
+
+    /// Whether 0-RTT offers on tickets taken before are looked for: there is
+    /// early data to refuse, and a store to ask.
+    fn refuses_spent_tickets(&self) -> bool {
+        self.tickets.is_some() && self.default.max_early_data_size > 0
     }
 
     /// The configuration most clients get.
@@ -450,6 +500,7 @@ pub fn server_configs_with(
         default,
         tls12,
         no_tls13_tickets,
+        tickets: Some(cache),
         rules: HelloRules {
             rules: cfg.ticket_rules.clone(),
             tls12_suites,

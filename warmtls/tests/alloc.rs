@@ -1,6 +1,7 @@
 //! How many heap allocations a resumed connection costs the endpoint, and whose
-//! they are: the real endpoint (its io_uring workers, in this process) against
-//! rustls doing the very same handshakes with nothing around it.
+//! they are: the real endpoint (its workers, in this process: io_uring, or epoll
+//! with `WARMTLS_TEST_RUNTIME=epoll`) against rustls doing the very same
+//! handshakes with nothing around it.
 //!
 //! A counting global allocator counts the allocations made on the endpoint's
 //! worker threads ("warmtls-w…") while devices resume, and, separately, those
@@ -285,6 +286,12 @@ fn a_resumed_connection_allocates_nothing_beyond_what_rustls_allocates() {
         backend: backend().to_string(),
         workers: 1,
         tcp_fastopen: 0,
+        // The driver matrix (.ci/run): the same count for each event loop.
+        runtime: match std::env::var("WARMTLS_TEST_RUNTIME").as_deref() {
+            Ok("epoll") => warmtls::config::Runtime::Epoll,
+            Ok("io_uring") => warmtls::config::Runtime::IoUring,
+            _ => warmtls::config::Runtime::Auto,
+        },
         ..Default::default()
     };
     cfg.cache.path = dir.path().join("alloc.cache");

@@ -3,6 +3,7 @@ pub mod economy;
 pub mod fleet;
 pub mod handover;
 pub mod hold;
+pub mod lossy;
 pub mod netlab;
 pub mod rtt;
 pub mod sleep;

@@ -13,6 +13,7 @@
 //! - [`devices`]: the per-device session slots (rustls `ClientSessionStore`).
 //! - [`client`]: the devices' rustls configs and certificate checking.
 //! - [`connection`]: one device connection, bytes counted at the socket.
+//! - [`lossy`]: devices on a lossy link that keep their saved session (OpenSSL).
 //! - [`schedule`]: which device connects when.
 //! - [`report`]: per-phase tallies, JSON and the human table.
 //! - [`probe`]: the server's CPU and memory from /proc; waiting for it to accept.
@@ -32,6 +33,7 @@ use rustls::pki_types::ServerName;
 pub mod client;
 pub mod connection;
 pub mod devices;
+pub mod lossy;
 pub mod plot;
 pub mod probe;
 pub mod report;

@@ -44,7 +44,7 @@ use rustls::server::Acceptor;
 use rustls::{HandshakeKind, ServerConnection};
 
 use crate::metrics::{Metric, WorkerMetrics};
-use crate::store::SessionCache;
+use crate::store::{SessionCache, TicketScope};
 use crate::tier::{LookupOp, LookupRequest, Outcome};
 use crate::tls::hello_rule::{self, HelloFeatures, TicketPolicy};
 use crate::tls::ServerConfigs;
@@ -73,6 +73,10 @@ pub const RECV_BUF: usize = 16 * 1024;
 /// How long a connection that sent its alert or close_notify waits for the
 /// client's EOF before it is closed anyway.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+/// How long a backend connect the kernel turned away with EAGAIN (a unix
+/// backend whose accept queue is full, or no local port left) waits before it
+/// is tried again, until the connect timeout.
+pub const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
 /// Which socket of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +258,8 @@ enum Link {
     Wanted,
     /// `Action::Connect` handed out, not completed.
     Connecting,
+    /// The connect was turned away for now (EAGAIN): `Wanted` again at `at`.
+    Retry { at: Instant },
     /// Connected.
     Open,
     /// Down (connect failed or timed out, or an I/O error). `cancel` while a
@@ -297,9 +303,22 @@ pub struct Conn {
     /// handshake completes, and this still bounds it.
     handshake_deadline: Instant,
     close_notify_sent: bool,
-    /// Start of this connection's session lineage, once the store has told us
-    /// (see `store::SessionCache::lineage_scope`); `None` for a full handshake.
-    lineage: Option<u64>,
+    /// What the store learned about this connection's session (see
+    /// `store::SessionCache::ticket_scope`): its lineage, and the TLS 1.3 ticket
+    /// it took, kept pending until [`Conn::settle_ticket`].
+    session: TicketScope,
+    /// Everything queued for the client once the handshake was complete (the
+    /// replacement ticket included) has been handed to the kernel.
+    ticket_flight_sent: bool,
+    /// The device sent bytes after that flight went out: it is alive and
+    /// talking, not lost on the link.
+    client_spoke_after_ticket: bool,
+    /// The device has its replacement ticket: it closed its side (FIN or
+    /// close_notify) after that flight went out, or it was still talking when
+    /// the pending window closed.
+    ticket_delivered: bool,
+    /// The ticket's pending window is over: settle it, delivered or not.
+    settle_now: bool,
     /// 0-RTT bytes accepted from the client and queued for the backend.
     early_data: usize,
     /// The backend was started on accepted 0-RTT data, before the handshake
@@ -318,6 +337,8 @@ pub struct Conn {
     hello_overflow: bool,
     /// The lookup of a parked connection.
     parked: Option<ParkedLookup>,
+    /// When the driver accepted it (the connection-time histogram).
+    accepted_at: Instant,
     /// http mode: the framing of requests and responses.
     http: Option<Http>,
     /// `Action::ConnectPooled` to ask for (else `Connect`) when the link is wanted.
@@ -354,6 +375,19 @@ struct ParkedLookup {
     /// The configuration the ClientHello gets (its ticket rule), decided
     /// before parking: the bytes it was read from are not kept.
     policy: TicketPolicy,
+    /// What the ClientHello said of early data, read before parking.
+    early: EarlyData,
+}
+
+/// What a ClientHello says of early data, as far as the configuration it gets
+/// is concerned.
+#[derive(Debug, Clone, Copy)]
+struct EarlyData {
+    /// It offers 0-RTT (or its bytes were not read: assume it may).
+    offered: bool,
+    /// It offers it on a ticket taken before (pending or restored): refused,
+    /// 0-RTT is accepted on a ticket once, ever.
+    spent_ticket: bool,
 }
 
 /// How far `accept_hello` got.
@@ -375,7 +409,11 @@ impl Conn {
             link: Link::None,
             handshake_deadline: now + limits.handshake_timeout,
             close_notify_sent: false,
-            lineage: None,
+            session: TicketScope::default(),
+            ticket_flight_sent: false,
+            client_spoke_after_ticket: false,
+            ticket_delivered: false,
+            settle_now: false,
             early_data: 0,
             zero_rtt: false,
             first_flight: Some(FirstFlight::default()),
@@ -383,6 +421,7 @@ impl Conn {
             hello_buf: Vec::new(),
             hello_overflow: false,
             parked: None,
+            accepted_at: now,
             http: limits.http.map(|_| Http::default()),
             pooled_wanted: false,
             link_pooled: false,
@@ -418,16 +457,32 @@ impl Conn {
 
     /// When [`Conn::on_timeout`] must be called, if ever.
     pub fn deadline(&self) -> Option<Instant> {
+        let state = self.state_deadline();
+        match (state, self.session.taken) {
+            // A taken ticket is settled by the end of its pending window.
+            (Some(d), Some(_)) => Some(d.min(self.handshake_deadline)),
+            (d, _) => d,
+        }
+    }
+
+    /// The deadline of the state the connection is in.
+    fn state_deadline(&self) -> Option<Instant> {
         let handshaking = self.handshaking();
         let hs = self.handshake_deadline;
         match self.state {
             State::Hello | State::Handshaking => Some(hs),
             State::Parked { deadline } => Some(deadline.min(hs)),
-            State::Connecting { deadline } => Some(if handshaking {
-                deadline.min(hs)
-            } else {
-                deadline
-            }),
+            State::Connecting { deadline } => {
+                let deadline = match self.link {
+                    Link::Retry { at } => deadline.min(at),
+                    _ => deadline,
+                };
+                Some(if handshaking {
+                    deadline.min(hs)
+                } else {
+                    deadline
+                })
+            }
             State::Piping { idle_deadline } => Some(if handshaking {
                 idle_deadline.min(hs)
             } else {
@@ -510,14 +565,15 @@ impl Conn {
             return;
         }
         match (side, got) {
-            (Side::Client, Err(_)) => self.close(), // reset: nobody is left to answer
+            (Side::Client, Err(_)) => self.close(env), // reset: nobody is left to answer
             (Side::Client, Ok([])) => {
-                self.client_eof();
+                self.client_eof(env);
                 self.http_client_eof(env);
             }
             (Side::Client, Ok(bytes)) => {
                 env.metrics
                     .add(Metric::BytesFromClients, bytes.len() as u64);
+                self.client_spoke_after_ticket |= self.ticket_flight_sent;
                 if matches!(self.state, State::Draining { .. }) {
                     return; // discard while we linger
                 }
@@ -535,7 +591,7 @@ impl Conn {
                 // the device sees a truncation, not a complete answer.
                 env.metrics.add(Metric::BackendErrors, 1);
                 env.backend_log.failed(BackendFailure::Io(e), env.now);
-                self.close();
+                self.close(env);
             }
             (Side::Backend, Ok([])) if self.http.is_some() => {
                 self.backend.eof = true;
@@ -572,6 +628,9 @@ impl Conn {
                 self.half_mut(side).outbox.sent(n, env.pool);
                 if side == Side::Client {
                     env.metrics.add(Metric::BytesToClients, n as u64);
+                    if !self.handshaking() && self.client.outbox.is_empty() {
+                        self.ticket_flight_sent = true;
+                    }
                 }
                 if !closing {
                     self.touch(env);
@@ -614,7 +673,7 @@ impl Conn {
                     env.metrics.add(Metric::BackendErrors, 1);
                     env.backend_log.failed(BackendFailure::Io(e), env.now);
                 }
-                self.close();
+                self.close(env);
             }
         }
     }
@@ -660,6 +719,15 @@ impl Conn {
                 if self.backend.eof && self.http.is_none() {
                     self.backend_closed(env);
                 }
+            }
+            Err(libc::EAGAIN) => {
+                // Not refused, only not now: the backend's accept queue is full
+                // (a unix socket says so at once, where TCP would wait for the
+                // SYN to be taken). Try again shortly, within the connect timeout.
+                tracing::debug!("backend connect would block; trying again");
+                self.link = Link::Retry {
+                    at: env.now + CONNECT_RETRY,
+                };
             }
             Err(e) => {
                 self.link = Link::Failed {
@@ -711,11 +779,26 @@ impl Conn {
     /// The driver's clock passed [`Conn::deadline`] (it may call early: nothing
     /// happens then).
     pub fn on_timeout(&mut self, env: &mut Env<'_>) {
-        let Some(deadline) = self.deadline() else {
+        if self.session.taken.is_some() && env.now >= self.handshake_deadline {
+            // The ticket's pending window is closing: settle it now. A device
+            // still talking after its new ticket went out has it; one that
+            // went quiet (the radio dropped after its Finished) gets its old
+            // ticket back.
+            self.ticket_delivered |= self.client_spoke_after_ticket && !self.handshaking();
+            self.settle_now = true;
+        }
+        let Some(deadline) = self.state_deadline() else {
             return;
         };
         if env.now < deadline {
             return;
+        }
+        if let (State::Connecting { deadline: d }, Link::Retry { at }) = (self.state, self.link) {
+            let handshake_late = self.handshaking() && env.now >= self.handshake_deadline;
+            if env.now >= at && env.now < d && !handshake_late {
+                self.link = Link::Wanted; // `poll` hands out the connect again
+                return;
+            }
         }
         match self.state {
             State::Connecting { deadline: d } if env.now >= d => {
@@ -734,28 +817,29 @@ impl Conn {
                 self.unpark(Outcome::TimedOut, env);
             }
             // Our close_notify is out and the device lingered: as `Draining`.
-            State::Piping { .. } if self.close_notify_sent => self.close(),
+            State::Piping { .. } if self.close_notify_sent => self.close(env),
             State::Hello
             | State::Parked { .. }
             | State::Handshaking
             | State::Connecting { .. }
             | State::Piping { .. } => {
                 env.metrics.add(Metric::Timeouts, 1);
-                self.close();
+                self.close(env);
             }
-            State::Draining { .. } => self.close(),
+            State::Draining { .. } => self.close(env),
             State::Closing { .. } => {}
         }
     }
 
     /// The endpoint is shutting down and its drain time is up: close now.
-    pub fn abort(&mut self) {
-        self.close();
+    pub fn abort(&mut self, env: &mut Env<'_>) {
+        self.close(env);
     }
 
     // ---- the machine ----
 
     fn next_action(&mut self, env: &mut Env<'_>) -> Option<Action> {
+        self.settle_ticket(env);
         if let State::Closing { cancelled } = self.state {
             if !cancelled && self.in_flight() > 0 {
                 self.state = State::Closing { cancelled: true };
@@ -829,7 +913,7 @@ impl Conn {
         if let State::Draining { .. } = self.state {
             if self.client.outbox.is_empty() && !self.client.outbox.posted() {
                 if self.client.eof {
-                    self.close();
+                    self.close(env);
                     return self.next_action(env);
                 }
                 if !self.client.shut && self.alerted {
@@ -888,6 +972,49 @@ impl Conn {
             return Some(Action::Recv(Side::Backend));
         }
         None
+    }
+
+    /// Settle the TLS 1.3 ticket this connection took, once its fate is known:
+    /// erased when the device has its replacement, restored (1-RTT only) when
+    /// the connection ends first — a reset, a timeout, a TLS error, a device
+    /// that never closed after the new ticket went out.
+    ///
+    /// Why the device's own close is the proof, not our send completing: a
+    /// send completes when the kernel has the bytes, and the radio drop this is
+    /// for ("after the device sent its Finished") loses exactly those bytes.
+    /// A device reads the response behind the ticket and then closes; the
+    /// close comes after the ticket in its TCP stream. A device that dies
+    /// after reading the ticket is restored too: it then holds a new ticket and
+    /// an old one (1-RTT only), each single use, both bounded.
+    fn settle_ticket(&mut self, env: &mut Env<'_>) {
+        let Some(taken) = self.session.taken else {
+            return;
+        };
+        let closing = matches!(self.state, State::Closing { .. });
+        if !self.ticket_delivered && !closing && !self.settle_now {
+            return;
+        }
+        self.session.taken = None;
+        if let Some(cache) = env.tls.tickets() {
+            cache.settle(&taken, self.ticket_delivered);
+        }
+        env.metrics.add(
+            if self.ticket_delivered {
+                Metric::TicketsSpent
+            } else {
+                Metric::TicketsRestored
+            },
+            1,
+        );
+    }
+
+    /// The client closed its side: if the flight with its new ticket was out
+    /// by then, it has read past it.
+    fn client_closed(&mut self) {
+        self.client.eof = true;
+        if self.ticket_flight_sent && !self.handshaking() {
+            self.ticket_delivered = true;
+        }
     }
 
     /// Whether more device bytes are wanted. http: not while a whole request
@@ -955,15 +1082,18 @@ impl Conn {
         }
     }
 
-    /// Stop: nothing new is posted; what is in flight is cancelled.
-    fn close(&mut self) {
+    /// Stop: nothing new is posted; what is in flight is cancelled. The
+    /// connection's time ends here (whatever the driver still has to reap).
+    fn close(&mut self, env: &Env<'_>) {
         if !matches!(self.state, State::Closing { .. }) {
             self.state = State::Closing { cancelled: false };
+            env.metrics
+                .observe_connection_time(env.now.saturating_duration_since(self.accepted_at));
         }
     }
 
-    fn client_eof(&mut self) {
-        self.client.eof = true;
+    fn client_eof(&mut self, env: &Env<'_>) {
+        self.client_closed();
         // A FIN after the handshake is a half-close: the request already read
         // still goes to the backend and its answer comes back (http: see
         // `http_client_eof`).
@@ -972,7 +1102,7 @@ impl Conn {
             State::Hello | State::Handshaking | State::Draining { .. }
         ) || self.handshaking()
         {
-            self.close();
+            self.close(env);
         }
     }
 
@@ -1018,6 +1148,7 @@ impl Conn {
         };
         let handshaking = tls.is_handshaking();
         let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+        let tls12 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2);
         if self.state == State::Hello {
             self.state = State::Handshaking;
         }
@@ -1027,8 +1158,7 @@ impl Conn {
             // the early data queued first (http: once a request head is whole).
             // Only a resumption carries early data; count it now, as the
             // backend may answer and close before the client's Finished arrives.
-            env.metrics.add(Metric::ResumedHandshakes, 1);
-            env.metrics.add(Metric::EarlyDataAccepted, 1);
+            env.metrics.add(Metric::ResumedTls13EarlyData, 1);
             self.zero_rtt = true;
             if self.http.is_none() {
                 self.start_backend(env);
@@ -1052,17 +1182,16 @@ impl Conn {
                     self.backend_closed(env);
                 }
             } else {
-                env.metrics.add(
-                    if resumed {
-                        Metric::ResumedHandshakes
-                    } else {
-                        Metric::FullHandshakes
-                    },
-                    1,
-                );
-                if self.early_data > 0 {
+                let kind = match (resumed, tls12) {
+                    (false, true) => Metric::FullTls12,
+                    (false, false) => Metric::FullTls13,
+                    (true, true) => Metric::ResumedTls12,
                     // Early data and Finished came in one read.
-                    env.metrics.add(Metric::EarlyDataAccepted, 1);
+                    (true, false) if self.early_data > 0 => Metric::ResumedTls13EarlyData,
+                    (true, false) => Metric::ResumedTls13,
+                };
+                env.metrics.add(kind, 1);
+                if self.early_data > 0 {
                     env.metrics
                         .add(Metric::EarlyDataBytes, self.early_data as u64);
                 }
@@ -1098,7 +1227,12 @@ impl Conn {
 
     /// Whether the session the ClientHello names must be asked of the tier
     /// before rustls looks for it, and how.
-    fn plan_lookup(&mut self, policy: TicketPolicy, env: &mut Env<'_>) -> Option<ParkedLookup> {
+    fn plan_lookup(
+        &mut self,
+        policy: TicketPolicy,
+        early: EarlyData,
+        env: &mut Env<'_>,
+    ) -> Option<ParkedLookup> {
         let tier = env.tier?;
         if self.hello_overflow {
             env.metrics.add(Metric::ClusterHelloUnparsed, 1);
@@ -1137,6 +1271,7 @@ impl Conn {
             zero_rtt,
             posted: false,
             policy,
+            early,
         })
     }
 
@@ -1148,7 +1283,7 @@ impl Conn {
             std::mem::replace(&mut self.tls, Tls::Waiting),
         ) else {
             debug_assert!(false, "parked without a held ClientHello");
-            return self.close();
+            return self.close(env);
         };
         env.metrics.add(
             match outcome {
@@ -1159,8 +1294,8 @@ impl Conn {
             },
             1,
         );
-        let refuse_early_data = p.zero_rtt && outcome != Outcome::Found;
-        if refuse_early_data {
+        let not_vouched = p.zero_rtt && outcome != Outcome::Found;
+        if not_vouched {
             env.metrics.add(Metric::ClusterZeroRttRefused, 1);
         }
         // Found or missing, the tier has settled this key: rustls' take or
@@ -1172,7 +1307,12 @@ impl Conn {
             .establish(
                 accepted,
                 p.policy,
-                refuse_early_data,
+                EarlyData {
+                    // One refusal for both reasons: the tier did not vouch
+                    // for the ticket, or it was taken before.
+                    spent_ticket: p.early.spent_ticket || not_vouched,
+                    ..p.early
+                },
                 settled.as_ref().map(|k| k.as_bytes()),
                 env,
             )
@@ -1234,7 +1374,14 @@ impl Conn {
                         tracing::debug!(extensions = ?f.extensions(), psk_modes = ?f.psk_modes(),
                             tls12 = f.offers_tls12, tls13 = f.offers_tls13, ?policy, "ClientHello");
                     }
-                    if let Some(p) = self.plan_lookup(policy, env) {
+                    let early = EarlyData {
+                        offered: features.as_ref().is_none_or(|f| f.offers_early_data),
+                        spent_ticket: env.tls.spent_ticket_with_early_data(features.as_ref()),
+                    };
+                    if early.spent_ticket && !env.tls.is_tls12_only(policy) {
+                        env.metrics.add(Metric::EarlyDataSpentTicket, 1);
+                    }
+                    if let Some(p) = self.plan_lookup(policy, early, env) {
                         let timeout = env.tier.map_or(Duration::ZERO, |t| t.lookup_timeout);
                         env.metrics.add(Metric::ClusterLookups, 1);
                         self.tls = Tls::Held(accepted);
@@ -1246,7 +1393,7 @@ impl Conn {
                     }
                     env.pool.give(std::mem::take(&mut self.hello_buf));
                     return self
-                        .establish(accepted, policy, false, None, env)
+                        .establish(accepted, policy, early, None, env)
                         .map(|()| Hello::Fed);
                 }
                 Err((e, mut alert)) => {
@@ -1294,14 +1441,18 @@ impl Conn {
         &mut self,
         accepted: rustls::server::Accepted,
         policy: TicketPolicy,
-        refuse_early_data: bool,
+        early: EarlyData,
         settled: Option<&[u8]>,
         env: &mut Env<'_>,
     ) -> Result<(), TlsFailure> {
-        let config = env.tls.for_policy(policy, refuse_early_data).clone();
-        let lineage = &mut self.lineage;
+        let config = env.tls.for_policy(policy, early.spent_ticket).clone();
+        // A ticket taken for a connection that may accept its early data must
+        // never have been used before.
+        self.session.early_data = config.max_early_data_size > 0 && early.offered;
+        self.session.settles = env.tls.tickets().is_some();
+        let session = &mut self.session;
         let made = SessionCache::tier_scope(settled, || {
-            SessionCache::lineage_scope(lineage, || accepted.into_connection(config))
+            SessionCache::ticket_scope(session, || accepted.into_connection(config))
         });
         match made {
             Ok(conn) => {
@@ -1324,7 +1475,7 @@ impl Conn {
         };
         loop {
             let processed =
-                SessionCache::lineage_scope(&mut self.lineage, || tls.process_new_packets());
+                SessionCache::ticket_scope(&mut self.session, || tls.process_new_packets());
             if let Err(e) = processed {
                 return Err(TlsFailure::Protocol(e));
             }
@@ -1345,11 +1496,16 @@ impl Conn {
             // Decrypted bytes for the backend (http: for the framing first),
             // copied straight from rustls' own buffer; a pooled buffer is taken
             // only when there are some.
+            let handshaking = tls.is_handshaking();
             let mut reader = tls.reader();
             loop {
                 match reader.fill_buf() {
                     Ok([]) => {
-                        self.client.eof = true; // close_notify
+                        // close_notify (as `client_closed`, with rustls borrowed)
+                        self.client.eof = true;
+                        if self.ticket_flight_sent && !handshaking {
+                            self.ticket_delivered = true;
+                        }
                         break;
                     }
                     Ok(bytes) => {
@@ -1377,7 +1533,14 @@ impl Conn {
     fn fail(&mut self, why: TlsFailure, env: &mut Env<'_>) {
         env.pool.give(std::mem::take(&mut self.hello_buf));
         env.metrics.add(Metric::TlsErrors, 1);
-        env.metrics.add(why.reason(), 1);
+        let reason = why.reason();
+        env.metrics.add(reason, 1);
+        if matches!(reason, Metric::TlsBadPskBinder) {
+            // Not a lossy link but a client that does not know the ticket's
+            // secret: the ticket is spent, not restored, so a forger cannot
+            // probe it again.
+            self.ticket_delivered = true;
+        }
         tracing::debug!("TLS error from client: {why}");
         // rustls has queued the matching alert; send it, then drain.
         self.flush_tls(env);
@@ -1427,7 +1590,7 @@ impl Conn {
         if self.http.is_some() {
             return self.http_backend_lost(why, env);
         }
-        env.metrics.add(Metric::BackendErrors, 1);
+        count_backend_failure(why, env);
         env.backend_log.failed(why, env.now);
         self.backend.eof = true;
         self.backend_closed(env);
@@ -1576,13 +1739,13 @@ impl Conn {
         {
             return;
         }
-        env.metrics.add(Metric::BackendErrors, 1);
+        count_backend_failure(why, env);
         env.backend_log.failed(why, env.now);
         if self.ending {
             return;
         }
         if self.http.as_ref().is_some_and(|h| h.relayed() > 0) {
-            return self.close();
+            return self.close(env);
         }
         env.metrics.add(Metric::HttpBadGateway, 1);
         let status = match why {
@@ -1617,7 +1780,7 @@ impl Conn {
             self.ending = true;
             self.backend_closed(env);
         } else if !h.awaiting_response() && !self.handshaking() {
-            self.close();
+            self.close(env);
         }
     }
 
@@ -1646,6 +1809,17 @@ impl Conn {
                 deadline: env.now + DRAIN_LINGER,
             };
         }
+    }
+}
+
+/// Count a backend failure: every kind in `BackendErrors`, a failed or timed
+/// out connect also in its own counter (both drivers, both protocols).
+fn count_backend_failure(why: BackendFailure, env: &Env<'_>) {
+    env.metrics.add(Metric::BackendErrors, 1);
+    match why {
+        BackendFailure::Connect(_) => env.metrics.add(Metric::BackendConnectFailures, 1),
+        BackendFailure::ConnectTimeout(_) => env.metrics.add(Metric::BackendConnectTimeouts, 1),
+        BackendFailure::Io(_) | BackendFailure::Closed | BackendFailure::Http(_) => {}
     }
 }
 

@@ -1,10 +1,16 @@
 //! Listening sockets: one SO_REUSEPORT listener per worker, so the kernel spreads
 //! connections across cores with no shared accept queue; or sockets made by
-//! someone else (systemd, the process we took over from), set up the same way.
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+//! someone else (systemd, the process we took over from), set up the same way;
+//! and taking ownership of the descriptors accept hands back (the only `unsafe`
+//! here: owning an fd).
+#![allow(unsafe_code)]
 
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
+};
 
 /// Bind a listener on `addr` with SO_REUSEPORT (and SO_REUSEADDR, so a restart
 /// does not wait out TIME_WAIT), TCP_NODELAY (a device's records go out at
@@ -82,4 +88,31 @@ pub fn local_addr(fd: &OwnedFd) -> std::io::Result<SocketAddr> {
         return Ok(SocketAddr::from(std::net::SocketAddrV6::from(*v6)));
     }
     Err(std::io::Error::other("listener has no IP address"))
+}
+
+/// Accept one connection from a non-blocking listener: a non-blocking,
+/// close-on-exec socket (TCP_NODELAY is inherited from the listener).
+/// `WouldBlock` when none is waiting.
+pub fn accept(listener: &impl AsFd) -> std::io::Result<OwnedFd> {
+    let fd = socket::accept4(
+        listener.as_fd().as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok(own_accepted(fd))
+}
+
+/// Own the descriptor a successful accept returned (accept4, or an io_uring
+/// accept completion).
+pub fn own_accepted(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful accept: it is open and
+    // nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A unix socket address as a `SockaddrStorage` (what a connect takes).
+pub fn unix_storage(u: &UnixAddr) -> SockaddrStorage {
+    // SAFETY: `u` is a valid sockaddr_un of length `u.len()`; SockaddrStorage
+    // copies it.
+    unsafe { SockaddrStorage::from_raw(u.as_ptr().cast(), Some(u.len())) }
+        .expect("a unix address fits a sockaddr_storage")
 }

@@ -5,11 +5,13 @@
 //!
 //! Bounded (`backend_pool` per worker), most recently used first (so the
 //! others age out), each kept at most `backend_idle_timeout`. Every idle
-//! connection has one receive posted, so a backend that closes it while it
-//! waits is seen and the socket retired before anyone takes it; the connection
-//! that takes it inherits that receive. An entry outlives its socket's checkout
-//! until that receive completes, to route the completion to its new owner. The
-//! pool never decides whether a connection is reusable: the machine does.
+//! connection is watched, so a backend that closes it while it waits is seen
+//! and the socket retired before anyone takes it. io_uring: one receive is
+//! posted on it, which the connection that takes it inherits; an entry
+//! outlives its socket's checkout until that receive completes, to route the
+//! completion to its new owner. epoll: it stays registered for readability
+//! under the entry's token, and is taken out whole (`checkout`). The pool
+//! never decides whether a connection is reusable: the machine does.
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -83,6 +85,13 @@ impl BackendPool {
         let e = &mut self.entries[key];
         e.owner = Some(owner);
         e.fd.take()
+    }
+
+    /// The most recently pooled idle connection, taken out whole (epoll: no
+    /// receive is posted on it, so nothing is left to route).
+    pub fn checkout(&mut self) -> Option<OwnedFd> {
+        let key = self.idle.pop_back()?;
+        self.entries.remove(key).fd
     }
 
     /// The entry a pool receive's token names, if it is still that entry.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::slots::TICK;
 use super::token::{ConnToken, Op};
 
 /// Why the ring could not be set up.
@@ -24,10 +25,9 @@ pub enum RingError {
     Unavailable(std::io::Error),
     #[error("cannot create io_uring: {0}")]
     Setup(std::io::Error),
+    #[error("this kernel's io_uring cannot take a provided-buffer ring ({0}): Linux 5.19 or later is needed")]
+    NoBufferRing(std::io::Error),
 }
-
-/// The period of the worker's tick (timeouts, drain, accept re-arm).
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The buffer group of the worker's receive buffers (one group per ring).
 const RECV_GROUP: u16 = 0;
@@ -220,6 +220,15 @@ impl Ring {
         Err(RingError::Setup(
             last.unwrap_or_else(|| std::io::Error::other("no attempt")),
         ))
+    }
+
+    /// Whether this process may run the io_uring driver: a ring with a
+    /// provided-buffer ring, as each worker makes (nothing else is touched).
+    pub fn probe() -> Result<(), RingError> {
+        Ring::new(8)?
+            .with_recv_buffers(2, 64)
+            .map(drop)
+            .map_err(RingError::NoBufferRing)
     }
 
     /// Register `count` receive buffers of `size` bytes (a power of two count,

@@ -1,5 +1,6 @@
-//! `user_data` of a submission: which connection, which incarnation of its slab
-//! slot, and which operation — so a completion for a freed-and-reused slot is
+//! `user_data` of a submission (io_uring) or of a registered socket (epoll):
+//! which connection, which incarnation of its slab slot, and which operation or
+//! socket — so a completion or readiness for a freed-and-reused slot is
 //! recognised and dropped.
 
 /// The operation a completion belongs to.
@@ -16,8 +17,13 @@ pub enum Op {
     Cancel,
     /// Closing a freed connection's socket (not tied to a live connection).
     Close,
-    /// The receive posted on an idle pooled backend connection (key: its pool
-    /// entry), which becomes the receive of the connection that takes it.
+    /// Readiness of a connection's client socket (epoll).
+    Client,
+    /// Readiness of a connection's backend socket (epoll).
+    Backend,
+    /// An idle pooled backend connection (key: its pool entry). io_uring: the
+    /// receive posted on it, which becomes the receive of the connection that
+    /// takes it; epoll: its readiness (the backend closed it, or spoke unasked).
     PoolRecv,
     /// A receive linked behind a send whose success posts no completion
     /// (`Ring::push_send_then_recv`): its completion also says the send is done.
@@ -45,12 +51,14 @@ impl Op {
             7 => Op::BackendSend,
             8 => Op::Cancel,
             9 => Op::Close,
-            10 => Op::PoolRecv,
-            11 => Op::ClientRecvAfterSend,
-            12 => Op::BackendRecvAfterSend,
-            13 => Op::PeerName,
-            14 => Op::TierWake,
-            15 => Op::TierLookup,
+            10 => Op::Client,
+            11 => Op::Backend,
+            12 => Op::PoolRecv,
+            13 => Op::ClientRecvAfterSend,
+            14 => Op::BackendRecvAfterSend,
+            15 => Op::PeerName,
+            16 => Op::TierWake,
+            17 => Op::TierLookup,
             _ => return None,
         })
     }
@@ -106,6 +114,8 @@ mod tests {
             Op::BackendSend,
             Op::Cancel,
             Op::Close,
+            Op::Client,
+            Op::Backend,
             Op::PoolRecv,
             Op::ClientRecvAfterSend,
             Op::BackendRecvAfterSend,

@@ -9,9 +9,17 @@
 //! handshake stays resumable only until `max_session_age`, while each resumption
 //! refreshes `session_lifetime`. rustls gives the store no connection context, so
 //! the connection driver lends it for the duration of each call into rustls
-//! ([`SessionCache::lineage_scope`]): `take`/`get` record the lineage start of the
+//! ([`SessionCache::ticket_scope`]): `take`/`get` record the lineage start of the
 //! session being resumed, and the `put` of the ticket issued later in the same
 //! connection inherits it.
+//!
+//! A TLS 1.3 ticket taken inside a connection's scope is not erased but marked
+//! pending (pending.rs): the connection settles it — erased once the device has
+//! its replacement, restored (1-RTT only) if the connection failed first. The
+//! adapter leaves the ticket it took in the scope ([`TicketScope::taken`]);
+//! rustls calls `take` synchronously on the thread driving the connection, so
+//! the connection finds it there as soon as the call into rustls returns. A take
+//! outside any scope (tools, tests of the adapter alone) erases as before.
 //!
 //! A value handed back to rustls that its decoder will reject (another session
 //! encoding: a rustls upgrade changed it) would be a silent full handshake; it is
@@ -29,7 +37,34 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pending::{TakeRules, Taken, TicketState};
 use super::table::SessionStore;
+
+/// Default for how many times a TLS 1.3 ticket whose connection failed is
+/// restored (`ticket_restores`).
+pub const DEFAULT_TICKET_RESTORES: u8 = 2;
+
+/// How long past the handshake timeout a taken ticket stays pending: the store's
+/// clock counts whole seconds and the worker's timer wheel is coarse, so the
+/// connection settles its ticket well before another take could see it as
+/// abandoned.
+pub const PENDING_MARGIN: Duration = Duration::from_secs(5);
+
+/// What a connection lends the store for the duration of each call into its
+/// rustls state (see [`SessionCache::ticket_scope`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TicketScope {
+    /// Start of the session lineage being resumed (`None`: a full handshake).
+    pub lineage: Option<u64>,
+    /// The TLS 1.3 ticket this connection took and must settle.
+    pub taken: Option<Taken>,
+    /// The connection's configuration accepts early data: a ticket taken for it
+    /// must never have been used before (a restored one misses instead).
+    pub early_data: bool,
+    /// The connection will settle the ticket it takes (its driver can reach the
+    /// store); if not, a take erases, as strict single use.
+    pub settles: bool,
+}
 
 /// Default cap on a chain of resumptions since its full handshake.
 pub const DEFAULT_MAX_SESSION_AGE: Duration = Duration::from_secs(90 * 86_400);
@@ -62,6 +97,11 @@ thread_local! {
     /// The session key the connection being driven has already settled with the
     /// shared tier (length, bytes; length 0: none).
     static TIER_SETTLED: Cell<(u8, [u8; SETTLED_KEY_MAX])> = const { Cell::new((0, [0; SETTLED_KEY_MAX])) };
+    /// The ticket taken for the connection being driven on this thread.
+    static TAKEN: Cell<Option<Taken>> = const { Cell::new(None) };
+    /// 0: no connection is being driven (a take erases); 1: one is; 2: one is
+    /// and its configuration accepts early data.
+    static SCOPE: Cell<u8> = const { Cell::new(0) };
 }
 
 /// Longest session key [`SessionCache::tier_scope`] remembers (TLS 1.2 session
@@ -90,6 +130,11 @@ pub struct SessionCache {
     tls13_ttl: Option<Duration>,
     /// The shared tier, if several hosts share sessions.
     mirror: Option<Arc<dyn SessionMirror>>,
+    /// How many times a ticket whose connection failed is restored (0: a take
+    /// erases, strict single use).
+    restores: u8,
+    /// How long a taken ticket stays pending.
+    pending_window: Duration,
 }
 
 impl SessionCache {
@@ -102,6 +147,8 @@ impl SessionCache {
             max_age: DEFAULT_MAX_SESSION_AGE,
             tls13_ttl: None,
             mirror: None,
+            restores: DEFAULT_TICKET_RESTORES,
+            pending_window: Duration::from_secs(10) + PENDING_MARGIN,
         }
     }
 
@@ -178,6 +225,35 @@ impl SessionCache {
         self
     }
 
+    /// Restore a TLS 1.3 ticket whose connection failed up to `restores` times
+    /// (0: a take erases it); a taken ticket stays pending for the connection's
+    /// `handshake_timeout` (and [`PENDING_MARGIN`]).
+    pub fn with_ticket_restores(
+        mut self,
+        restores: u8,
+        handshake_timeout: Duration,
+    ) -> SessionCache {
+        self.restores = restores;
+        self.pending_window = handshake_timeout + PENDING_MARGIN;
+        self
+    }
+
+    /// How many times a ticket is restored.
+    pub fn ticket_restores(&self) -> u8 {
+        self.restores
+    }
+
+    /// Settle the ticket a connection took: erase it once the device has its
+    /// replacement (`delivered`), else restore it (see pending.rs).
+    pub fn settle(&self, taken: &Taken, delivered: bool) {
+        self.store.settle_ticket(taken, delivered, self.restores);
+    }
+
+    /// The lifecycle of the ticket `key`, without taking it.
+    pub fn ticket_state(&self, key: &[u8]) -> Option<TicketState> {
+        self.store.ticket_state(key)
+    }
+
     /// How long an unused session stays resumable.
     pub fn lifetime(&self) -> Duration {
         self.lifetime
@@ -204,11 +280,20 @@ impl SessionCache {
     }
 
     /// Run `f` (a call into one connection's rustls state) with that connection's
-    /// lineage, and keep what the store learned about it. Start with `None`.
-    pub fn lineage_scope<R>(lineage: &mut Option<u64>, f: impl FnOnce() -> R) -> R {
-        let outer = LINEAGE.replace(*lineage);
+    /// lineage and ticket, and keep what the store learned about them. Start
+    /// with the default.
+    pub fn ticket_scope<R>(scope: &mut TicketScope, f: impl FnOnce() -> R) -> R {
+        let outer_lineage = LINEAGE.replace(scope.lineage);
+        let outer_taken = TAKEN.replace(scope.taken);
+        let outer_scope = SCOPE.replace(match (scope.settles, scope.early_data) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        });
         let r = f();
-        *lineage = LINEAGE.replace(outer);
+        scope.lineage = LINEAGE.replace(outer_lineage);
+        scope.taken = TAKEN.replace(outer_taken);
+        SCOPE.set(outer_scope);
         r
     }
 
@@ -248,12 +333,29 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let (v, born) = self.store.take_with_born(key)?;
+        let scope = SCOPE.get();
+        let rules = TakeRules {
+            window: self.pending_window,
+            // No connection to settle it: erase, as single use requires.
+            max_restores: if scope == 0 { 0 } else { self.restores },
+            fresh_only: scope == 2,
+        };
+        let (v, born, taken) = self.store.take_ticket(key, &rules)?;
         if let Some(m) = self.mirror_for(key) {
             m.taken(key);
         }
         if self.too_old(born) {
-            return None; // taken and erased: the chain has reached max_session_age
+            if let Some(t) = taken {
+                self.store.settle_ticket(&t, true, self.restores);
+            }
+            return None; // erased: the chain has reached max_session_age
+        }
+        if let Some(t) = taken {
+            if let Some(passed_over) = TAKEN.replace(Some(t)) {
+                // rustls went on to another identity of the same ClientHello:
+                // the one it took before is not used by this connection.
+                self.store.settle_ticket(&passed_over, false, self.restores);
+            }
         }
         LINEAGE.set(Some(born));
         self.check_encoding(&v);

@@ -10,7 +10,8 @@
 //!                     160..176  session encoding of the values (see below)
 //!                    1024..     counter stripes (atomic u64s)
 //! buckets_offset      bucket_count × BucketHeader (64 bytes, one cache line: lock u32,
-//!                       seq u32, 16 × u16 tags read and written as four u64 words)
+//!                       seq u32, 16 × u16 tags read and written as four u64 words,
+//!                       pending deadline u32 at 40)
 //! slots_offset        bucket_count × SLOTS_PER_BUCKET × slot_size
 //! ```
 //!
@@ -37,7 +38,9 @@
 //!                     not the expiry, which is rewritten in place (see table.rs `slot_crc`)
 //! 12  val_len   u16
 //! 14  state     u8   SLOT_LIVE when in use
-//! 15  flags     u8   SLOT_SEALED: the value is AES-256-GCM-SIV ciphertext + tag (seal.rs)
+//! 15  flags     u8   SLOT_SEALED: the value is AES-256-GCM-SIV ciphertext + tag (seal.rs);
+//!                     SLOT_PENDING: a TLS 1.3 ticket taken by a connection still running;
+//!                     bits 2–3: times the ticket was restored (a restored one gets no 0-RTT)
 //! 16  fingerprint [u8; 16]  keyed SipHash-1-3-128 of the session key
 //! 32  value     [u8; slot_size - 32]
 //! ```
@@ -102,6 +105,21 @@ pub const LOAD_DEN: u64 = 33;
 pub const SLOT_LIVE: u8 = 1;
 /// Slot flag (byte 15): the value is sealed (encrypted at rest). Covered by the checksum.
 pub const SLOT_SEALED: u8 = 1;
+/// Slot flag: a TLS 1.3 ticket taken by a connection that has not finished yet
+/// (see table.rs `take_ticket`): another take misses until the connection
+/// settles it or its bucket's pending deadline passes.
+pub const SLOT_PENDING: u8 = 2;
+/// Slot flags, bits 2–3: how many times a ticket was restored after a
+/// connection that took it failed (0–3). A restored ticket never carries 0-RTT.
+pub const SLOT_RESTORES_SHIFT: u8 = 2;
+/// Slot flags: the bits of the restore count (see [`SLOT_RESTORES_SHIFT`]).
+pub const SLOT_RESTORES_MASK: u8 = 0b1100;
+/// The most restores a slot can count.
+pub const MAX_SLOT_RESTORES: u8 = 3;
+/// Offset in a bucket header of the bucket's pending deadline (u32 unix
+/// seconds): a pending slot of the bucket is in use until then. Spare (zero)
+/// in files written before tickets could be pending, which reads as "passed".
+pub const BUCKET_PENDING_DEADLINE: usize = 40;
 
 /// Byte offsets inside the header page.
 pub mod hdr {

@@ -92,7 +92,18 @@ const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250)
 
 impl SessionStore {
     /// Visit every slot with a consistent snapshot of its bucket.
-    pub fn scan(&self, mut visit: impl FnMut(&SlotInfo)) -> ScanTotals {
+    pub fn scan(&self, visit: impl FnMut(&SlotInfo)) -> ScanTotals {
+        self.scan_buckets(0..self.geometry().bucket_count, visit)
+    }
+
+    /// [`SessionStore::scan`] over the buckets in `range` only (clamped to the
+    /// table): keys are hashed over the buckets, so any run of buckets is a fair
+    /// sample of the table.
+    pub fn scan_buckets(
+        &self,
+        range: std::ops::Range<u64>,
+        mut visit: impl FnMut(&SlotInfo),
+    ) -> ScanTotals {
         let geo = self.geometry();
         let now = self.now();
         let slot_size = geo.slot_size as usize;
@@ -100,7 +111,7 @@ impl SessionStore {
         let map = self.mapping();
         let mut buf = vec![0u8; slot_size * SLOTS_PER_BUCKET];
         let mut totals = ScanTotals::default();
-        for b in 0..geo.bucket_count {
+        for b in range.start..range.end.min(geo.bucket_count) {
             let mut read = None;
             let started = std::time::Instant::now();
             for attempt in 0u32.. {

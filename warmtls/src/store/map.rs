@@ -23,7 +23,9 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::MmapRaw;
 
-use super::format::{Geometry, BUCKET_HEADER_SIZE, SLOTS_PER_BUCKET, TAG_WORDS};
+use super::format::{
+    Geometry, BUCKET_HEADER_SIZE, BUCKET_PENDING_DEADLINE, SLOTS_PER_BUCKET, TAG_WORDS,
+};
 
 /// A shared mapping of a whole cache file.
 #[derive(Debug)]
@@ -325,6 +327,22 @@ impl BucketGuard<'_> {
         self.stolen
     }
 
+    /// Until when (unix seconds) this bucket's pending slots are in use.
+    pub(crate) fn pending_deadline(&self) -> u32 {
+        self.map
+            .atomic_u32(self.header + BUCKET_PENDING_DEADLINE)
+            .load(Ordering::Relaxed)
+    }
+
+    /// Push this bucket's pending deadline out to at least `until` (never back:
+    /// other pending slots of the bucket keep theirs).
+    pub(crate) fn raise_pending_deadline(&mut self, until: u32) {
+        let d = self.map.atomic_u32(self.header + BUCKET_PENDING_DEADLINE);
+        if d.load(Ordering::Relaxed) < until {
+            d.store(until, Ordering::Relaxed);
+        }
+    }
+
     #[inline]
     fn tag_word(&self, slot: usize) -> &AtomicU64 {
         assert!(slot < SLOTS_PER_BUCKET);
@@ -421,4 +439,6 @@ impl Drop for BucketGuard<'_> {
 }
 
 const _: () = assert!(BUCKET_HEADER_SIZE >= 8 + 8 * TAG_WORDS);
+const _: () = assert!(BUCKET_PENDING_DEADLINE >= 8 + 8 * TAG_WORDS);
+const _: () = assert!(BUCKET_PENDING_DEADLINE + 4 <= BUCKET_HEADER_SIZE);
 const _: () = assert!(TAG_WORDS * 4 == SLOTS_PER_BUCKET);

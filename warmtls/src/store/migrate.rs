@@ -492,12 +492,12 @@ impl SessionStore {
         let (len, flags) = match (self.value_key(), is_sealed(s)) {
             (Some(_), true) | (None, false) if value.len() <= self.max_value_len() => {
                 out.bytes_mut()[..value.len()].copy_from_slice(value);
-                (value.len(), s[15] & SLOT_SEALED)
+                (value.len(), super::pending::carried_flags(s[15]))
             }
             (Some(k), false) if value.len() + SEAL_OVERHEAD <= self.max_value_len() => {
                 let n = value.len() + SEAL_OVERHEAD;
                 k.seal(&kh.fingerprint, born, value, &mut out.bytes_mut()[..n]);
-                (n, SLOT_SEALED)
+                (n, SLOT_SEALED | super::pending::carried_flags(s[15]))
             }
             (None, true) => {
                 self.bump(Counter::DecryptFailures);
@@ -761,7 +761,9 @@ impl SessionStore {
                         value: &sealed[..n],
                         expires: expires_of(s),
                         born: born_of(s),
-                        flags: SLOT_SEALED,
+                        // Same slot, same bucket deadline: a pending or
+                        // restored ticket stays so.
+                        flags: SLOT_SEALED | s[15],
                     },
                     b,
                     i,

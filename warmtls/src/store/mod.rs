@@ -24,13 +24,15 @@ pub mod format;
 pub mod inspect;
 mod map;
 mod migrate;
+mod pending;
 mod seal;
 mod slot;
 mod table;
 mod ticketer;
 
 pub use adapter::{
-    SessionCache, SessionMirror, DEFAULT_MAX_SESSION_AGE, STATEFUL_TLS13_TICKET_TTL,
+    SessionCache, SessionMirror, TicketScope, DEFAULT_MAX_SESSION_AGE, DEFAULT_TICKET_RESTORES,
+    PENDING_MARGIN, STATEFUL_TLS13_TICKET_TTL,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use encoding::{EncodingStatus, Generation, Layout};
@@ -39,6 +41,7 @@ pub use flusher::Flusher;
 pub use format::Geometry;
 pub use inspect::{ScanTotals, SlotInfo, SlotState};
 pub use migrate::{open_elsewhere, previous_file_of, MigrationReport, MigrationState};
+pub use pending::{TakeRules, Taken, TicketState};
 pub use seal::{check_key_apart, ValueKey, SEAL_OVERHEAD, VALUE_KEY_LEN};
 pub use table::{Access, Counters, SessionStore, StoreConfig, DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE};
 pub use ticketer::{StoreTicketer, MAX_TICKET_LIFETIME, TICKET_ID_LEN};

@@ -29,8 +29,8 @@ use super::clock::{Clock, SystemClock};
 use super::error::StoreError;
 use super::format::{
     hdr, Counter, Geometry, HeaderProblem, StaticHeader, COUNTER_STRIPES, COUNTER_STRIPE_SIZE,
-    FINGERPRINT_LEN, FLAG_OPEN, FLAG_SEALED, HEADER_SIZE, MAGIC, SLOTS_PER_BUCKET, SLOT_SEALED,
-    VERSION,
+    FINGERPRINT_LEN, FLAG_OPEN, FLAG_SEALED, HEADER_SIZE, MAGIC, SLOTS_PER_BUCKET, SLOT_PENDING,
+    SLOT_SEALED, VERSION,
 };
 use super::map::{BucketGuard, Mapping};
 use super::migrate::Predecessor;
@@ -193,7 +193,7 @@ pub(crate) struct KeyHash {
 }
 
 /// What one lock-free pass over a key's two candidate buckets saw.
-enum Probe {
+pub(crate) enum Probe {
     Absent,
     Found {
         bucket: u64,
@@ -644,7 +644,7 @@ impl SessionStore {
         &self.map
     }
 
-    fn slot_buf(&self) -> SlotBuf {
+    pub(crate) fn slot_buf(&self) -> SlotBuf {
         SlotBuf::new(self.header.geometry.slot_size as usize)
     }
 
@@ -851,7 +851,7 @@ impl SessionStore {
     /// The pass counts only if neither bucket was written meanwhile; reading
     /// both under one check means an entry moving between the two (which holds
     /// both locks) cannot slip past.
-    fn probe(&self, kh: &KeyHash, mut copy: Option<&mut SlotBuf>) -> Probe {
+    pub(crate) fn probe(&self, kh: &KeyHash, mut copy: Option<&mut SlotBuf>) -> Probe {
         let geo = &self.header.geometry;
         let (b1, b2) = (kh.bucket, kh.alt);
         for _ in 0..64 {
@@ -920,7 +920,7 @@ impl SessionStore {
     /// of the slot's bytes, verified and unexpired). A lock-free probe says which
     /// bucket to lock; if the entry moved meanwhile, both candidate buckets are
     /// locked and searched. `None` if absent (or read-only).
-    fn with_locked_entry<R>(
+    pub(crate) fn with_locked_entry<R>(
         &self,
         kh: &KeyHash,
         now: u64,
@@ -1212,8 +1212,13 @@ impl SessionStore {
                 return Some((gi, i));
             }
             let tag = g.tag(i);
+            let pending_until = g.pending_deadline();
             erase(g, i);
             reseal_place(buf.bytes_mut(), alts[k], j);
+            if buf.bytes()[15] & SLOT_PENDING != 0 {
+                // A ticket in use moves with its connection's deadline.
+                to.raise_pending_deadline(pending_until);
+            }
             write_slot(&mut to, j, buf.bytes(), tag);
             self.bump(Counter::Displacements);
             return Some((gi, i));

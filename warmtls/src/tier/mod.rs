@@ -348,6 +348,14 @@ impl Tier {
         self.shared.counters.snapshot()
     }
 
+    /// A handle the stats reports read the tier's state through.
+    pub fn status(&self) -> TierStatus {
+        TierStatus {
+            shared: self.shared.clone(),
+            sealed: self.sealed,
+        }
+    }
+
     /// Stop the tier thread: writes still queued get a moment to go out.
     pub fn stop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
@@ -442,5 +450,30 @@ impl TierPort {
     /// This worker's inbox: outcomes, and the eventfd that says there are some.
     pub fn inbox(&self) -> &Inbox {
         &self.shared.inboxes[self.worker]
+    }
+}
+
+/// The tier's state as the stats reports show it (`cluster` in the stats JSON,
+/// `warmtls_cluster_*` on the metrics page).
+#[derive(Debug, Clone)]
+pub struct TierStatus {
+    shared: Arc<Shared>,
+    sealed: bool,
+}
+
+impl TierStatus {
+    /// Whether the tier is reachable (as last seen).
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether values are sealed in the tier.
+    pub fn seals(&self) -> bool {
+        self.sealed
+    }
+
+    /// The tier thread's counters.
+    pub fn counters(&self) -> TierCounters {
+        self.shared.counters.snapshot()
     }
 }

@@ -33,6 +33,10 @@ const EXT_MAX_FRAGMENT_LENGTH: u16 = 1;
 const EXT_RECORD_SIZE_LIMIT: u16 = 28;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 const EXT_PSK_KEY_EXCHANGE_MODES: u16 = 45;
+const EXT_PRE_SHARED_KEY: u16 = 41;
+const EXT_EARLY_DATA: u16 = 42;
+/// Longest first PSK identity kept: our tickets are 32-byte store keys.
+pub const MAX_PSK_IDENTITY: usize = 64;
 /// psk_key_exchange_modes kept (there are two defined).
 const MAX_PSK_MODES: usize = 4;
 const TLS12: u16 = 0x0303;
@@ -53,6 +57,13 @@ pub struct HelloFeatures {
     pub max_fragment_length: Option<u16>,
     /// RFC 8449 `record_size_limit`, if sent.
     pub record_size_limit: Option<u16>,
+    /// The client sent early data (the `early_data` extension).
+    pub offers_early_data: bool,
+    /// The first `pre_shared_key` identity (the only one early data can be
+    /// accepted on, RFC 8446 §4.2.10): for our stateful tickets, the store key.
+    psk_identity: [u8; MAX_PSK_IDENTITY],
+    /// Its length; 0 when absent or longer than [`MAX_PSK_IDENTITY`].
+    psk_identity_len: usize,
 }
 
 impl HelloFeatures {
@@ -121,6 +132,9 @@ impl HelloFeatures {
             offers_tls13: false,
             max_fragment_length: None,
             record_size_limit: None,
+            offers_early_data: false,
+            psk_identity: [0; MAX_PSK_IDENTITY],
+            psk_identity_len: 0,
         };
         if r.0.is_empty() {
             return Some(f); // no extensions at all
@@ -152,6 +166,18 @@ impl HelloFeatures {
                     }
                 }
                 EXT_RECORD_SIZE_LIMIT => f.record_size_limit = Some(data.u16()?),
+                EXT_EARLY_DATA => f.offers_early_data = true,
+                EXT_PRE_SHARED_KEY => {
+                    // identities<7..2^16-1>: identity<1..2^16-1>, obfuscated_ticket_age u32.
+                    let n = usize::from(data.u16()?);
+                    let mut ids = Reader(data.take(n)?);
+                    let len = usize::from(ids.u16()?);
+                    let id = ids.take(len)?;
+                    if (1..=MAX_PSK_IDENTITY).contains(&len) {
+                        f.psk_identity[..len].copy_from_slice(id);
+                        f.psk_identity_len = len;
+                    }
+                }
                 EXT_PSK_KEY_EXCHANGE_MODES => {
                     let n = usize::from(data.u8()?);
                     // The extension may come twice (rustls refuses such a hello
@@ -176,6 +202,12 @@ impl HelloFeatures {
     /// The psk_key_exchange_modes offered, in order (0 psk_ke, 1 psk_dhe_ke).
     pub fn psk_modes(&self) -> &[u8] {
         &self.psk_modes[..self.psk_mode_count]
+    }
+
+    /// The first `pre_shared_key` identity offered, if any (and short enough
+    /// to be one of our tickets).
+    pub fn first_psk_identity(&self) -> Option<&[u8]> {
+        (self.psk_identity_len > 0).then(|| &self.psk_identity[..self.psk_identity_len])
     }
 
     /// Does `rule` describe this ClientHello?

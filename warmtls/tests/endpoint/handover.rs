@@ -43,6 +43,7 @@ impl Procs {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .args(args)
+            .args(matrix_args())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
         for (k, v) in env {
@@ -96,6 +97,15 @@ impl Drop for Procs {
             }
         }
     }
+}
+
+/// `--runtime R` when the driver matrix asks for R (`WARMTLS_TEST_RUNTIME`):
+/// these tests start `warmtls serve` themselves, and a successor inherits the
+/// flag with the rest of the command line.
+fn matrix_args() -> Vec<String> {
+    matrix_runtime()
+        .map(|r| vec!["--runtime".to_string(), r])
+        .unwrap_or_default()
 }
 
 /// `warmtls upgrade --control-socket CTL`: the new pid, or what it printed.
@@ -435,6 +445,56 @@ fn the_worker_count_may_change_across_an_upgrade() {
     assert_eq!(procs.stop(pid), 0);
 }
 
+/// `GET /metrics` on `addr`: the status line and the body, or why not.
+fn scrape(addr: &str) -> Result<(String, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    Ok((status, body.unwrap_or_default()))
+}
+
+#[test]
+fn the_metrics_page_moves_to_the_new_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _) = responder();
+    let cache = dir.path().join("c.cache");
+    let ctl = ctl_of(&cache);
+    let cfg = dir.path().join("warmtls.toml");
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let top = format!("metrics_listen = \"{metrics}\"");
+    write_config(&cfg, "127.0.0.1:0", &backend, &cache, &top, "");
+    let mut procs = Procs::new();
+    let (pid, _) = procs.serve(&[OsStr::new("--config"), cfg.as_os_str()], &[]);
+    let (status, _) = scrape(&metrics).unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    // The running process holds the port while the new one starts: the new
+    // one must not fail for it, and takes the port once the old one lets go.
+    let new = upgrade(&ctl).unwrap();
+    procs.track(new);
+    assert_eq!(procs.exit_status(pid), 0);
+    let end = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match scrape(&metrics) {
+            Ok((status, body)) if status.contains(" 200 ") => break body,
+            other if Instant::now() > end => {
+                panic!("no metrics page after the hand-over: {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(body.contains("warmtls_connections_total"), "{body}");
+    assert_eq!(procs.stop(new), 0);
+}
+
 fn tls_cert_of(cache: &Path) -> PathBuf {
     let mut p = cache.as_os_str().to_owned();
     p.push(".cert.pem");
@@ -446,6 +506,7 @@ fn serve_fails<S: AsRef<OsStr>>(args: &[S]) -> String {
     let out = Command::new(BIN)
         .arg("serve")
         .args(args)
+        .args(matrix_args())
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -720,6 +781,7 @@ fn activated(listener: &std::net::TcpListener, args: &[String]) -> Command {
         ))
         .arg(BIN)
         .args(args)
+        .args(matrix_args())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped());
     // The dup stays open in this process until the child has it.

@@ -19,7 +19,7 @@ use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 
 /// What the backend saw.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     accepted: AtomicU64,
     heads: Mutex<Vec<String>>,
 }
@@ -32,7 +32,7 @@ impl Seen {
 
 /// How the test backend behaves after each response.
 #[derive(Clone, Copy, PartialEq)]
-enum Backend {
+pub(crate) enum Backend {
     /// HTTP/1.1 keep-alive, as long as the peer wants.
     KeepAlive,
     /// Every other response says `Connection: close`, and closes.
@@ -132,7 +132,7 @@ fn read_message(s: &mut impl Read, buf: &mut Vec<u8>, no_body: bool) -> Option<(
 /// A real HTTP/1.1 backend: echoes each request's body back with the same
 /// framing (a GET gets `hello`), keeps connections alive unless `how` says
 /// otherwise.
-fn http_backend(how: Backend) -> (String, Arc<Seen>) {
+pub(crate) fn http_backend(how: Backend) -> (String, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let s2 = seen.clone();
     let addr = serve(move |mut s| {
@@ -193,7 +193,7 @@ fn http_server(dir: &tempfile::TempDir, backend: &str, extra: &[&str]) -> Server
 
 /// One request on an open device connection; the response head and body (as
 /// on the wire).
-fn exchange_one(
+pub(crate) fn exchange_one(
     tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>,
     req: &[u8],
     buf: &mut Vec<u8>,

@@ -1,5 +1,9 @@
 //! Shared pieces of the endpoint tests: the real `warmtls serve` binary as a child
 //! process, plaintext backends on loopback, and a rustls device.
+//!
+//! The driver matrix: with `WARMTLS_TEST_RUNTIME=epoll` (or `io_uring`) in the
+//! environment, every server these tests start runs that event loop
+//! (`--runtime`), so the whole suite runs once per driver (.ci/run does both).
 #![allow(dead_code)]
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +27,15 @@ pub struct Launch<'a> {
     pub env: &'a [(String, String)],
     /// A file for the server's stderr (its log); inherited if None.
     pub stderr: Option<&'a Path>,
+    /// Applied to the command last (e.g. a seccomp filter installed before exec).
+    pub prepare: Option<&'a dyn Fn(&mut Command)>,
+}
+
+/// The event loop the matrix asks for (`WARMTLS_TEST_RUNTIME`), if any.
+pub fn matrix_runtime() -> Option<String> {
+    std::env::var("WARMTLS_TEST_RUNTIME")
+        .ok()
+        .filter(|r| !r.is_empty())
 }
 
 /// A running `warmtls serve`.
@@ -31,6 +44,8 @@ pub struct Server {
     pub port: u16,
     pub cache: PathBuf,
     pub stats: PathBuf,
+    /// The event loop the driver matrix made it run, checked in every stats read.
+    runtime: Option<String>,
 }
 
 impl Server {
@@ -61,6 +76,7 @@ impl Server {
     /// As [`Server::start`], launched as `how` says.
     pub fn launch(cache: &Path, backend: &str, extra: &[&str], how: &Launch) -> Server {
         let stats = cache.with_extension("stats.json");
+        let runtime = matrix_runtime().filter(|_| !extra.contains(&"--runtime"));
         let mut cmd = match how.nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -89,6 +105,11 @@ impl Server {
         ])
         .arg("--stats-file")
         .arg(&stats)
+        .args(
+            runtime
+                .iter()
+                .flat_map(|r| ["--runtime".to_string(), r.clone()]),
+        )
         .args(extra)
         .env("RUST_LOG", "warn")
         .envs(how.env.iter().map(|(k, v)| (k, v)))
@@ -97,6 +118,9 @@ impl Server {
             Some(p) => Stdio::from(std::fs::File::create(p).expect("server log file")),
             None => Stdio::inherit(),
         });
+        if let Some(prepare) = how.prepare {
+            prepare(&mut cmd);
+        }
         let mut child = cmd.spawn().expect("spawn warmtls serve");
         let port = ready_port(&mut child);
         Server {
@@ -104,6 +128,7 @@ impl Server {
             port,
             cache: cache.to_path_buf(),
             stats,
+            runtime,
         }
     }
 
@@ -139,7 +164,15 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let text = std::fs::read_to_string(&self.stats).expect("stats file");
-        serde_json::from_str(&text).expect("stats JSON")
+        let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        if let Some(r) = &self.runtime {
+            assert_eq!(
+                v["runtime"],
+                r.as_str(),
+                "the driver matrix's event loop runs"
+            );
+        }
+        v
     }
 
     /// Wait (up to `timeout`) until the server holds no connection, lingering

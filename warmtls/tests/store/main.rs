@@ -10,6 +10,7 @@ mod cache_cli;
 mod crash;
 mod encoding;
 mod migrate;
+mod pending;
 mod rustls_adapter;
 mod sealed;
 mod table;
