@@ -179,6 +179,77 @@ fn devices_alternating_between_two_endpoints_resume_every_time() {
     }
 }
 
+/// `GET /metrics` from the metrics page at `addr`: the body.
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    page
+}
+
+/// The value of the sample `name` (no labels) on a metrics page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn the_metrics_page_shows_every_tier_counter() {
+    let redis = RedisServer::start();
+    let (backend, _) = responder();
+    let url = redis.url();
+    let metrics_at = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let fleet = Fleet::start(
+        1,
+        &backend,
+        &["--cluster-url", &url],
+        &["--metrics-listen", &metrics_at],
+    );
+    fleet.wait_tier_up();
+    let devices = mixed_devices(&fleet.cert, 20);
+    let prime = round(&devices, |_| fleet.addr(0));
+    assert_eq!((prime.full, prime.failed), (20, 0), "{prime:?}");
+    wait_keys(&redis, 20);
+    assert!(fleet.servers[0].wait_idle(Duration::from_secs(10)));
+    let stats = fleet.servers[0].stats();
+    let page = scrape(&metrics_at);
+    let c = stats["cluster"].as_object().unwrap();
+    assert!(c["writes"].as_u64() >= Some(20), "{stats}");
+    assert_eq!(
+        sample(&page, "warmtls_cluster_enabled"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(sample(&page, "warmtls_cluster_up"), Some(1.0), "{page}");
+    // Every counter of `cluster` (the connections' and the tier thread's) is on
+    // the page under its own name, so one the tier gains cannot be left off.
+    let mut counters = 0;
+    for (field, v) in c {
+        let Some(v) = v.as_u64() else {
+            continue; // enabled, up, sealed
+        };
+        counters += 1;
+        let name = format!("warmtls_cluster_{field}_total");
+        assert_eq!(
+            sample(&page, &name),
+            Some(v as f64),
+            "{name} in {stats}\n{page}"
+        );
+    }
+    assert!(counters >= 20, "{stats}");
+}
+
 #[test]
 fn the_devices_of_a_killed_endpoint_resume_on_the_other() {
     let redis = RedisServer::start();
