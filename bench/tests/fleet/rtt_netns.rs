@@ -108,13 +108,16 @@ fn round_trips_to_the_answer_match_the_protocols_with_and_without_tfo() {
                 "connect took {connect:.2} RTT: {what}"
             );
         }
-        // The answer: the protocol's count, never less, and less than half a
-        // round trip of processing and scheduling on top.
+        // The answer: the protocol's count, never less, and less than one more
+        // round trip (so a protocol that needed one more still fails). The
+        // margin is wide because the delay line is a userspace thread: with the
+        // other tests of this binary on 2 cores, half a round trip (25 ms) of
+        // scheduling on top was seen (2.62 RTT where 2 were due).
         let expected = expected_round_trips(name, tfo);
         assert_eq!(f("expected_rtts"), expected, "{what}");
         let got = f("first_byte_rtts");
         assert!(
-            got >= expected - 0.05 && got < expected + 0.5,
+            got >= expected - 0.05 && got < expected + 0.9,
             "first byte after {got:.2} RTT, expected {expected}: {what}"
         );
     }
