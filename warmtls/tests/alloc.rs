@@ -174,13 +174,23 @@ fn endpoint_allocs_per_resumption(
         assert_eq!(connect(&cfg, addr), Some(HandshakeKind::Resumed));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = WORKER_ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..RESUMES {
-        assert_eq!(connect(&cfg, addr), Some(HandshakeKind::Resumed));
+    // The best of three rounds: on a loaded machine the count moved by a few
+    // allocations in 200 connections now and then (62.1 instead of 62.0, once
+    // in a full suite) — most likely rustls meeting the device's flights cut
+    // into reads differently; not tracked down. Anything the endpoint allocates
+    // per connection shows in every round.
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let before = WORKER_ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..RESUMES {
+            assert_eq!(connect(&cfg, addr), Some(HandshakeKind::Resumed));
+        }
+        // Let the workers finish closing the last connections.
+        std::thread::sleep(Duration::from_millis(300));
+        let round = (WORKER_ALLOCS.load(Ordering::Relaxed) - before) as f64 / RESUMES as f64;
+        best = best.min(round);
     }
-    // Let the workers finish closing the last connections.
-    std::thread::sleep(Duration::from_millis(300));
-    (WORKER_ALLOCS.load(Ordering::Relaxed) - before) as f64 / RESUMES as f64
+    best
 }
 
 /// rustls alone, in memory, doing what the endpoint must do with it: an
