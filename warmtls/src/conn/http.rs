@@ -633,9 +633,8 @@ impl Http {
         let Some(replay) = self.replay.take() else {
             return false;
         };
-        let rest = std::mem::take(&mut self.inbox);
-        self.inbox = replay;
-        self.inbox.extend_from_slice(&rest);
+        // Keep the inbox's (pooled) buffer: the copy goes in front of what it holds.
+        self.inbox.splice(0..0, replay);
         self.request = Request::Head;
         self.response = Response::Head;
         self.asked = Asked::default();
