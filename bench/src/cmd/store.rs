@@ -115,32 +115,38 @@ fn keys(n: u64) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// Run `op` over every key, split across `threads`; gets visit keys in a
-/// scrambled order so lookups are as random as real reconnects.
+/// Run `op` over every key, split across `threads`. Gets visit each thread's
+/// keys in a shuffled order (the same for every table): devices reconnect in an
+/// order unrelated to the one their sessions were stored in, and an order that
+/// follows the insertion order would let a cache that allocates each entry on
+/// the heap walk its allocations almost sequentially. Takes go in insertion
+/// order, the best case of rustls' in-memory cache: its `take` scans its queue
+/// of keys in insertion order for the one removed, so a random order costs it a
+/// scan of half the cache per take ([`random_take_sample`] measures that).
 fn run(table: &dyn Table, keys: &[[u8; 32]], value: &[u8], threads: usize, op: Op) -> OpResult {
     let chunk = keys.len().div_ceil(threads);
+    // Made before the clock starts: the shuffle is not part of any operation.
+    let orders: Vec<Vec<usize>> = keys
+        .chunks(chunk)
+        .enumerate()
+        .map(|(t, mine)| match op {
+            Op::Put | Op::Take => (0..mine.len()).collect(),
+            Op::Get => shuffled(mine.len(), t as u64),
+        })
+        .collect();
     let started = Instant::now();
     let per_thread: Vec<(Histogram<u64>, u64, Duration)> = std::thread::scope(|sc| {
         let hs: Vec<_> = keys
             .chunks(chunk)
-            .enumerate()
-            .map(|(t, mine)| {
+            .zip(&orders)
+            .map(|(mine, order)| {
                 sc.spawn(move || {
                     let mut h =
                         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
                     let mut hits = 0u64;
-                    let n = mine.len();
-                    // A stride coprime with n walks every key once, out of order.
-                    let stride = if matches!(op, Op::Get) {
-                        coprime_stride(n)
-                    } else {
-                        1
-                    };
                     let t0 = Instant::now();
-                    let mut idx = (t * 7919) % n.max(1);
-                    for i in 0..n {
+                    for (i, &idx) in order.iter().enumerate() {
                         let k = &mine[idx];
-                        idx = (idx + stride) % n;
                         let sample = i.is_multiple_of(16);
                         let s0 = sample.then(Instant::now);
                         let hit = match op {
@@ -179,26 +185,36 @@ fn run(table: &dyn Table, keys: &[[u8; 32]], value: &[u8], threads: usize, op: O
     }
 }
 
-fn coprime_stride(n: usize) -> usize {
-    if n < 3 {
-        return 1;
+/// Takes of [`RANDOM_TAKES`] keys in random order, one thread: ops/s. Run before
+/// the full take pass, which then misses these keys.
+fn random_take_sample(table: &dyn Table, keys: &[[u8; 32]]) -> f64 {
+    let order = shuffled(keys.len(), 99);
+    let n = RANDOM_TAKES.min(keys.len());
+    let t0 = Instant::now();
+    for &i in &order[..n] {
+        table.take(&keys[i]);
     }
-    let mut s = n / 2 + 1;
-    while gcd(s, n) != 1 {
-        s += 1;
-    }
-    s
+    n as f64 / t0.elapsed().as_secs_f64()
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+/// Keys in the random-order take sample: enough for a stable rate, few enough
+/// that an O(n) take over a million entries finishes in seconds.
+const RANDOM_TAKES: usize = 2_000;
+
+/// `0..n` in a pseudo-random order (Fisher–Yates with a fixed xorshift seed, so
+/// every table in a run sees the same order).
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
     }
+    v
 }
 
-/// Evict the file's pages from the page cache, so the reopen is measured cold.
 fn drop_from_page_cache(path: &std::path::Path) {
     if let Ok(f) = std::fs::File::open(path) {
         let _ = f.sync_data();
@@ -254,6 +270,7 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
     // The first pass after a cold reopen pays a page fault per bucket it touches:
     // that is what a restart costs, spread over the first lookups.
     let cold_get = run(&store, &keys, &value, a.threads, Op::Get);
+    let random_take = random_take_sample(&store, &keys);
     let take = run(&store, &keys, &value, a.threads, Op::Take);
     drop(store);
 
@@ -307,8 +324,9 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         let cache = ServerSessionMemoryCache::new(a.entries as usize);
         let p = run(&cache, &keys, &value, a.threads, Op::Put);
         let g = run(&cache, &keys, &value, a.threads, Op::Get);
+        let rt = random_take_sample(&cache, &keys);
         let t = run(&cache, &keys, &value, a.threads, Op::Take);
-        (p, g, t)
+        (p, g, t, rt)
     });
 
     let ratio =
@@ -334,6 +352,9 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         "rustls_memcache_take_ops_per_s": rustls.as_ref().map(|r| r.2.ops_per_s),
         "get_ratio_vs_rustls_memcache": ratio(&get, rustls.as_ref().map(|r| &r.1)),
         "take_ratio_vs_rustls_memcache": ratio(&take, rustls.as_ref().map(|r| &r.2)),
+        "random_order_takes": RANDOM_TAKES.min(keys.len()),
+        "random_order_take_ops_per_s": random_take,
+        "rustls_memcache_random_order_take_ops_per_s": rustls.as_ref().map(|r| r.3),
         "put_ratio_vs_rustls_memcache": ratio(&put, rustls.as_ref().map(|r| &r.0)),
         "churn": churn,
         "migration": migration,
@@ -383,6 +404,15 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    println!(
+        "take in random order ({} keys, one thread): warmtls {:.0} ops/s, rustls memcache {}",
+        RANDOM_TAKES.min(keys.len()),
+        random_take,
+        rustls
+            .as_ref()
+            .map(|r| format!("{:.0} ops/s ({:.0}x)", r.3, random_take / r.3))
+            .unwrap_or_else(|| "-".into())
+    );
     println!("reopen (page cache dropped) {reopen_ms:.2} ms; first get served {reopen_first_get_ms:.2} ms after open began");
     println!(
         "first pass of gets after the cold reopen: {:.0} ops/s (page faults)",
