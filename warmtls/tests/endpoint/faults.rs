@@ -101,6 +101,13 @@ fn a_backend_that_never_accepts_times_out_at_backend_connect_timeout() {
     drop(l);
 }
 
+/// How late a connection closed at a 1 s handshake timeout may be seen closed:
+/// the timeout itself, the worker's timer tick, and a scheduler that, with a
+/// CI machine's 2 cores shared by parallel test binaries, was seen to run the
+/// worker 2.2 s late. The point here is that such a client is closed by the
+/// endpoint, and not before its timeout (the lower bound stays tight).
+const HANDSHAKE_TIMEOUT_LIMIT: Duration = Duration::from_secs(6);
+
 #[test]
 fn garbage_truncated_and_silent_clients_are_closed_and_the_endpoint_stays_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,17 +133,17 @@ fn garbage_truncated_and_silent_clients_are_closed_and_the_endpoint_stays_up() {
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ])
     .unwrap();
-    let (took, _) = read_until_closed(&mut s, Duration::from_secs(4));
+    let (took, _) = read_until_closed(&mut s, Duration::from_secs(7));
     assert!(
-        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(800) && took < HANDSHAKE_TIMEOUT_LIMIT,
         "{took:?}"
     );
 
     // A silent client: closed at the handshake timeout.
     let mut s = TcpStream::connect(server.addr()).unwrap();
-    let (took, _) = read_until_closed(&mut s, Duration::from_secs(4));
+    let (took, _) = read_until_closed(&mut s, Duration::from_secs(7));
     assert!(
-        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(800) && took < HANDSHAKE_TIMEOUT_LIMIT,
         "{took:?}"
     );
 
