@@ -364,7 +364,10 @@ impl Ring {
     /// The peer's address of socket `fd` into `addr` (`getsockopt(SO_PEERNAME)`
     /// through the ring, Linux 6.7+; older kernels fail it with EOPNOTSUPP).
     /// `len` must be the address's exact size (16 for IPv4, 28 for IPv6: the
-    /// kernel refuses a larger buffer with EINVAL). It completes at submission.
+    /// kernel refuses a larger buffer with EINVAL). It completes at submission,
+    /// and where the kernel can, posts a completion only if it failed: a
+    /// success costs no wakeup (the caller reads `addr` once a later operation
+    /// on the socket completes).
     ///
     /// # Safety
     /// `addr` must stay alive and unmoved until this operation completes.
@@ -376,7 +379,7 @@ impl Ring {
         token: ConnToken,
     ) {
         debug_assert!(len as usize <= std::mem::size_of::<libc::sockaddr_storage>());
-        let e = opcode::GetSockOpt::new(
+        let mut e = opcode::GetSockOpt::new(
             types::Fd(fd),
             libc::SOL_SOCKET as u32,
             libc::SO_PEERNAME as u32,
@@ -385,6 +388,9 @@ impl Ring {
         )
         .build()
         .user_data(token.encode());
+        if self.skip_success {
+            e = e.flags(squeue::Flags::SKIP_SUCCESS);
+        }
         self.push(e);
     }
 

@@ -32,10 +32,17 @@ use crate::conn::{Action, Env, Side, RECV_BUF};
 /// open connections.
 const RECV_BUFFERS: u16 = 256;
 
-/// What the io_uring driver keeps per connection: per side (client, backend),
-/// a send linked before a receive (`Ring::push_send_then_recv`) whose success
-/// is not known yet: its length.
-type LinkedSends = [Option<usize>; 2];
+/// What the io_uring driver keeps per connection.
+#[derive(Default)]
+struct UringIo {
+    /// Per side (client, backend), a send linked before a receive
+    /// (`Ring::push_send_then_recv`) whose success is not known yet: its length.
+    linked: [Option<usize>; 2],
+    /// The device's address was asked through the ring with no completion on
+    /// success (`Ring::push_peer_name`): it is read from `peer_names` before
+    /// the device's first bytes are handed in.
+    peer_pending: bool,
+}
 
 fn side_index(side: Side) -> usize {
     match side {
@@ -95,7 +102,7 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             return;
         }
     };
-    let mut slots: Slots<LinkedSends> = match Slots::new(&s) {
+    let mut slots: Slots<UringIo> = match Slots::new(&s) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -244,7 +251,7 @@ impl Uring {
 
     /// Outcomes of lookups are waiting: post the read again, then hand them
     /// to their connections.
-    fn tier_woke(&mut self, slots: &mut Slots<LinkedSends>, res: i32) {
+    fn tier_woke(&mut self, slots: &mut Slots<UringIo>, res: i32) {
         match -res {
             libc::ECANCELED => return, // shutting down
             e if res < 0 && e != libc::EINTR && e != libc::EAGAIN => {
@@ -270,7 +277,7 @@ impl Uring {
         }
     }
 
-    fn complete(&mut self, slots: &mut Slots<LinkedSends>, ud: u64, res: i32, flags: u32) {
+    fn complete(&mut self, slots: &mut Slots<UringIo>, ud: u64, res: i32, flags: u32) {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
@@ -292,7 +299,7 @@ impl Uring {
     /// The receive of a pooled backend connection completed: while the
     /// connection was idle, it is dead (EOF, reset) or the backend spoke unasked
     /// — retire it; once taken, it is its new owner's backend receive.
-    fn pool_recv(&mut self, slots: &mut Slots<LinkedSends>, t: ConnToken, res: i32, flags: u32) {
+    fn pool_recv(&mut self, slots: &mut Slots<UringIo>, t: ConnToken, res: i32, flags: u32) {
         let key = t.key as usize;
         let owner = match self.pool.get(key, t.gen) {
             Some(e) => e.owner,
@@ -322,13 +329,15 @@ impl Uring {
         }
     }
 
-    /// The device's address arrived through the ring (or the kernel does not
-    /// answer that: ask getpeername(2) from now on).
-    fn peer_name(&mut self, slots: &mut Slots<LinkedSends>, t: ConnToken, res: i32) {
+    /// The device's address asked through the ring completed: an error (the
+    /// kernel does not answer that: ask getpeername(2) from now on), or, on a
+    /// kernel that posts completions for successes too, the address.
+    fn peer_name(&mut self, slots: &mut Slots<UringIo>, t: ConnToken, res: i32) {
         let key = t.key as usize;
         let Some(Live { slot, .. }) = slots.live(key, t.gen) else {
             return;
         };
+        slot.io.peer_pending = false;
         let peer = if res > 0 {
             sockaddr_to_std(&self.peer_names[key], res as usize)
         } else {
@@ -346,10 +355,31 @@ impl Uring {
         }
     }
 
+    /// The device's first bytes are in and its address, asked through the
+    /// ring with no completion on success, has not been handed over: it is in
+    /// `peer_names` (the request completed at submission, before the receive
+    /// was posted), or, if the kernel did not write it, getpeername(2) says it.
+    fn take_peer_name(&self, key: usize, slot: &mut Slot<UringIo>) {
+        slot.io.peer_pending = false;
+        let a = &self.peer_names[key];
+        let len = match i32::from(a.ss_family) {
+            libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+            _ => 0,
+        };
+        let peer = match len {
+            0 => client_peer(&slot.client).map(|(p, _)| p),
+            len => sockaddr_to_std(a, len),
+        };
+        if let Some(peer) = peer {
+            slot.conn.on_peer_address(peer);
+        }
+    }
+
     /// A completion of connection `t.key`'s operation `t.op` on `side`.
     fn dispatch(
         &mut self,
-        slots: &mut Slots<LinkedSends>,
+        slots: &mut Slots<UringIo>,
         t: ConnToken,
         side: Side,
         res: i32,
@@ -372,9 +402,12 @@ impl Uring {
                 if matches!(t.op, Op::ClientRecvAfterSend | Op::BackendRecvAfterSend) {
                     // The linked send posted no completion before this one: it
                     // succeeded, whole (a failed send's completion comes first).
-                    if let Some(n) = slot.io[side_index(side)].take() {
+                    if let Some(n) = slot.io.linked[side_index(side)].take() {
                         slot.conn.on_sent(side, Ok(n), &mut env);
                     }
+                }
+                if slot.io.peer_pending && side == Side::Client {
+                    self.take_peer_name(key, slot);
                 }
                 if res == -libc::ENOBUFS {
                     // The buffer ring ran dry: post it again once buffers return.
@@ -401,7 +434,7 @@ impl Uring {
             Op::ClientSend | Op::BackendSend => {
                 // A linked send's completion (it failed or fell short) comes
                 // before its receive's: the receive must not report it again.
-                slot.io[side_index(side)] = None;
+                slot.io.linked[side_index(side)] = None;
                 let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
                 slot.conn.on_sent(side, done, &mut env);
             }
@@ -417,7 +450,7 @@ impl Uring {
         slots.carry_out(self, key);
     }
 
-    fn accepted(&mut self, slots: &mut Slots<LinkedSends>, listener: usize, res: i32, flags: u32) {
+    fn accepted(&mut self, slots: &mut Slots<UringIo>, listener: usize, res: i32, flags: u32) {
         if !more(flags) {
             // Re-armed on the next tick (a back-off on EMFILE), unless draining.
             if let Some(armed) = self.accept_armed.get_mut(listener) {
@@ -440,6 +473,9 @@ impl Uring {
         if by_ring && key < self.peer_names.len() {
             if let Some(slot) = slots.get_mut(key) {
                 let raw = slot.client.as_raw_fd();
+                // Unwritten until the kernel answers (no completion if it does).
+                self.peer_names[key].ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+                slot.io.peer_pending = true;
                 let addr: *mut libc::sockaddr_storage = &mut self.peer_names[key];
                 let len = self
                     .peer_name_len
@@ -463,7 +499,7 @@ impl Uring {
     }
 
     /// Post again the receives that found no buffer.
-    fn retry_starved(&mut self, slots: &mut Slots<LinkedSends>) {
+    fn retry_starved(&mut self, slots: &mut Slots<UringIo>) {
         let starved = std::mem::take(&mut self.starved);
         for t in &starved {
             let Some(Live { slot, .. }) = slots.live(t.key as usize, t.gen) else {
@@ -492,7 +528,7 @@ impl Uring {
         }
     }
 
-    fn tick(&mut self, slots: &mut Slots<LinkedSends>) {
+    fn tick(&mut self, slots: &mut Slots<UringIo>) {
         self.ring.push_tick();
         let now = slots.now;
         slots.tick(self, now);
@@ -511,7 +547,7 @@ impl Uring {
     fn push_send(
         &mut self,
         key: usize,
-        slot: &mut Slot<LinkedSends>,
+        slot: &mut Slot<UringIo>,
         side: Side,
         then_recv: Option<Op>,
     ) {
@@ -527,7 +563,7 @@ impl Uring {
         let buf = slot.conn.send_buf(side);
         match then_recv {
             Some(recv) => {
-                slot.io[side_index(side)] = Some(buf.len());
+                slot.io.linked[side_index(side)] = Some(buf.len());
                 // SAFETY: the bytes are the outbox's lent buffer, neither
                 // touched nor freed until the machine hears of this send
                 // (`on_sent`, from the send's own completion or the linked
@@ -545,12 +581,12 @@ impl Uring {
 }
 
 impl Driver for Uring {
-    type Io = LinkedSends;
+    type Io = UringIo;
 
     fn act(
         &mut self,
         key: usize,
-        slot: &mut Slot<LinkedSends>,
+        slot: &mut Slot<UringIo>,
         action: Action,
         backend: &BackendAddr,
         env: &mut Env<'_>,
@@ -652,7 +688,7 @@ impl Driver for Uring {
     }
 
     /// Sends still held back go out alone.
-    fn flush(&mut self, key: usize, slot: &mut Slot<LinkedSends>) {
+    fn flush(&mut self, key: usize, slot: &mut Slot<UringIo>) {
         for side in [Side::Client, Side::Backend] {
             if std::mem::take(&mut self.held[side_index(side)]) {
                 self.push_send(key, slot, side, None);
@@ -661,7 +697,7 @@ impl Driver for Uring {
     }
 
     /// Its sockets are closed by the ring (no close(2) of their own).
-    fn close(&mut self, slot: Slot<LinkedSends>) {
+    fn close(&mut self, slot: Slot<UringIo>) {
         let token = detached_token(Op::Close);
         self.ring.push_close(slot.client, token);
         if let Some(b) = slot.backend {
