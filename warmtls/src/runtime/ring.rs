@@ -268,6 +268,15 @@ impl Ring {
         self.push(e);
     }
 
+    /// Wait until the peer of `fd` closes its side, or an error or hang-up (a
+    /// one-shot poll; input does not end it and nothing is read).
+    pub fn push_poll_closed(&mut self, fd: RawFd, token: ConnToken) {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLRDHUP as u32)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
     /// Cancel every operation in flight on `fd` (each completes, cancelled).
     pub fn push_cancel_fd(&mut self, fd: RawFd, token: ConnToken) {
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())

@@ -42,6 +42,9 @@ struct UringIo {
     /// success (`Ring::push_peer_name`): it is read from `peer_names` before
     /// the device's first bytes are handed in.
     peer_pending: bool,
+    /// The backend socket is lent by the pool: its entry (key, generation),
+    /// whose poll stays posted on it.
+    pool_entry: Option<(usize, u32)>,
 }
 
 fn side_index(side: Side) -> usize {
@@ -223,7 +226,7 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: usize) -> Option<std::net::S
 }
 
 fn is_pool_op(ud: u64) -> bool {
-    ud as u8 == Op::PoolRecv as u8
+    ud as u8 == Op::PoolWatch as u8
 }
 
 /// Token of the multishot accept on listener `i` (not a connection): the
@@ -286,7 +289,7 @@ impl Uring {
             Op::Tick => return self.tick(slots),
             Op::TierWake => return self.tier_woke(slots, res),
             Op::Cancel | Op::Close | Op::Client | Op::Backend | Op::TierLookup => return,
-            Op::PoolRecv => return self.pool_recv(slots, t, res, flags),
+            Op::PoolWatch => return self.pool_watch(t),
             Op::PeerName => return self.peer_name(slots, t, res),
             Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
             Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
@@ -296,36 +299,17 @@ impl Uring {
         self.dispatch(slots, t, side, res, flags);
     }
 
-    /// The receive of a pooled backend connection completed: while the
-    /// connection was idle, it is dead (EOF, reset) or the backend spoke unasked
-    /// — retire it; once taken, it is its new owner's backend receive.
-    fn pool_recv(&mut self, slots: &mut Slots<UringIo>, t: ConnToken, res: i32, flags: u32) {
+    /// The poll watching a pooled backend connection completed: while the
+    /// connection was idle, the backend closed it (or reset it) — retire it;
+    /// while lent out, its owner's own receive sees the close (the entry
+    /// notes it is no longer watched).
+    fn pool_watch(&mut self, t: ConnToken) {
         let key = t.key as usize;
-        let owner = match self.pool.get(key, t.gen) {
-            Some(e) => e.owner,
-            None => {
-                // Cancelled as it expired: the entry is gone.
-                if let Some(bid) = buffer_id(flags) {
-                    self.ring.recv_buffers().recycle(bid);
-                }
-                return;
-            }
-        };
-        if let Some(fd) = self.pool.finish(key) {
-            if let Some(bid) = buffer_id(flags) {
-                self.ring.recv_buffers().recycle(bid);
-            }
-            self.ring.push_close(fd, detached_token(Op::Close));
-            return;
+        if self.pool.get(key, t.gen).is_none() {
+            return; // cancelled as it expired: the entry is gone
         }
-        if let Some((conn, gen)) = owner {
-            self.dispatch(
-                slots,
-                ConnToken::new(conn, gen, Op::BackendRecv),
-                Side::Backend,
-                res,
-                flags,
-            );
+        if let Some(fd) = self.pool.finish(key) {
+            self.ring.push_close(fd, detached_token(Op::Close));
         }
     }
 
@@ -620,30 +604,54 @@ impl Driver for Uring {
             }
             Action::Send(side) => self.push_send(key, slot, side, None),
             Action::ConnectPooled if self.pool.idle() > 0 => {
-                // Its receive, posted while it was idle, is now this
-                // connection's backend receive.
-                slot.backend = self.pool.take((key, gen));
-                debug_assert!(slot.backend.is_some());
-                slot.conn.on_pooled(env);
+                // The pool's poll (for the backend's close) stays posted; the
+                // machine posts its own receive, the request linked before it.
+                match self.pool.take((key, gen)) {
+                    Some((fd, entry)) => {
+                        slot.backend = Some(fd);
+                        slot.io.pool_entry = Some(entry);
+                        slot.conn.on_pooled(false, env);
+                    }
+                    None => self.act(key, slot, Action::Connect, backend, env),
+                }
             }
             Action::ReleaseBackend { reusable } => {
                 let Some(fd) = slot.backend.take() else {
                     return;
                 };
-                let fd = if reusable {
-                    let raw = fd.as_raw_fd();
-                    match self
+                let raw = fd.as_raw_fd();
+                let fd = match (reusable, slot.io.pool_entry.take()) {
+                    (true, Some(entry)) => match self.pool.give_back(entry, fd, env.now) {
+                        Ok(rewatch) => {
+                            if rewatch {
+                                let (k, g) = entry;
+                                self.ring
+                                    .push_poll_closed(raw, ConnToken::new(k, g, Op::PoolWatch));
+                            }
+                            return;
+                        }
+                        Err(fd) => {
+                            self.ring.push_cancel_fd(raw, detached_token(Op::Cancel));
+                            fd
+                        }
+                    },
+                    (true, None) => match self
                         .pool
-                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolWatch))
                     {
                         Ok(t) => {
-                            self.ring.push_recv_select(raw, t);
+                            self.ring.push_poll_closed(raw, t);
                             return;
                         }
                         Err(fd) => fd,
+                    },
+                    (false, Some(entry)) => {
+                        // Its poll holds the socket open: cancelled first.
+                        self.pool.forget(entry);
+                        self.ring.push_cancel_fd(raw, detached_token(Op::Cancel));
+                        fd
                     }
-                } else {
-                    fd
+                    (false, None) => fd,
                 };
                 self.ring.push_close(fd, detached_token(Op::Close));
             }
@@ -700,6 +708,12 @@ impl Driver for Uring {
     fn close(&mut self, slot: Slot<UringIo>) {
         let token = detached_token(Op::Close);
         self.ring.push_close(slot.client, token);
+        if let (Some(entry), Some(b)) = (slot.io.pool_entry, &slot.backend) {
+            // A socket lent by the pool: its poll holds it open.
+            self.pool.forget(entry);
+            self.ring
+                .push_cancel_fd(b.as_raw_fd(), detached_token(Op::Cancel));
+        }
         if let Some(b) = slot.backend {
             self.ring.push_close(b, token);
         }
