@@ -39,6 +39,8 @@ pub struct Ring {
     tick: Box<types::Timespec>,
     /// IOSQE_CQE_SKIP_SUCCESS is supported (Linux 5.17+).
     skip_success: bool,
+    /// IORING_OP_SOCKET is supported (Linux 5.19+).
+    sockets: bool,
     /// Registered with the ring by [`Ring::with_recv_buffers`].
     recv: Option<RecvBuffers>,
 }
@@ -199,10 +201,14 @@ impl Ring {
             match b.setup_cqsize(entries * 4).build(entries) {
                 Ok(ring) => {
                     let skip_success = ring.params().is_feature_skip_cqe_on_success();
+                    let mut probe = io_uring::Probe::new();
+                    let sockets = ring.submitter().register_probe(&mut probe).is_ok()
+                        && probe.is_supported(opcode::Socket::CODE);
                     return Ok(Ring {
                         ring,
                         tick: Box::new(types::Timespec::from(TICK)),
                         skip_success,
+                        sockets,
                         recv: None,
                     });
                 }
@@ -400,6 +406,46 @@ impl Ring {
         if self.skip_success {
             e = e.flags(squeue::Flags::SKIP_SUCCESS);
         }
+        self.push(e);
+    }
+
+    /// Whether [`Ring::push_socket`] is available (IORING_OP_SOCKET, Linux
+    /// 5.19+) and [`Ring::push_set_nodelay`] can post no completion on success
+    /// (CQE_SKIP_SUCCESS, 5.17+).
+    pub fn can_open_sockets(&self) -> bool {
+        self.sockets && self.skip_success
+    }
+
+    /// A non-blocking, close-on-exec stream socket of `family` (as socket(2));
+    /// the completion's result is the descriptor. It completes at submission.
+    pub fn push_socket(&mut self, family: i32, token: ConnToken) {
+        let e = opcode::Socket::new(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+        .build()
+        .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// TCP_NODELAY on socket `fd` (`setsockopt` through the ring, Linux 6.7+;
+    /// older kernels fail it with EOPNOTSUPP). It completes at submission and
+    /// posts a completion only if it failed.
+    pub fn push_set_nodelay(&mut self, fd: RawFd, token: ConnToken) {
+        debug_assert!(self.skip_success);
+        static ONE: libc::c_int = 1;
+        // The option's value is a static: it outlives the operation.
+        let e = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&ONE as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(token.encode());
         self.push(e);
     }
 

@@ -37,6 +37,11 @@ pub enum Op {
     /// A lookup handed to the shared session tier (never an SQE: the tier's
     /// answer comes back through its inbox with this token).
     TierLookup,
+    /// A backend socket opened through the ring (its connect follows).
+    BackendSocket,
+    /// TCP_NODELAY set on a backend socket through the ring (a completion
+    /// only if it failed).
+    BackendNoDelay,
 }
 
 impl Op {
@@ -59,6 +64,8 @@ impl Op {
             15 => Op::PeerName,
             16 => Op::TierWake,
             17 => Op::TierLookup,
+            18 => Op::BackendSocket,
+            19 => Op::BackendNoDelay,
             _ => return None,
         })
     }
@@ -122,6 +129,8 @@ mod tests {
             Op::PeerName,
             Op::TierWake,
             Op::TierLookup,
+            Op::BackendSocket,
+            Op::BackendNoDelay,
         ];
         let mut seen = std::collections::HashSet::new();
         for op in all {

@@ -14,9 +14,10 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use nix::sys::socket::{shutdown, Shutdown, SockaddrStorage};
+use nix::sys::socket::{self, shutdown, AddressFamily, Shutdown, SockaddrStorage};
 
 use super::listener;
 use super::pool::BackendPool;
@@ -45,6 +46,12 @@ struct UringIo {
     /// The backend socket is lent by the pool: its entry (key, generation),
     /// whose poll stays posted on it.
     pool_entry: Option<(usize, u32)>,
+    /// The backend socket is being opened through the ring; its connect is
+    /// posted when it completes.
+    socket_pending: bool,
+    /// The connect was cancelled while its socket was being opened: the
+    /// socket is closed when it arrives and the connect reported cancelled.
+    connect_cancelled: bool,
 }
 
 fn side_index(side: Side) -> usize {
@@ -84,6 +91,10 @@ struct Uring {
     peer_name_by_ring: bool,
     /// The peer address size to ask for, per listener (its address family).
     peer_name_len: Vec<u32>,
+    /// Backend sockets are opened and set up through the ring (socket and
+    /// TCP_NODELAY as SQEs: no syscall of their own), else by socket(2) and
+    /// setsockopt(2).
+    sockets_by_ring: bool,
     /// Sends held back within one `Slots::carry_out`, per side: when the machine
     /// will send nothing more on that side until it speaks, a receive on the
     /// same side asked for next goes out linked behind the send, so the send's
@@ -122,6 +133,7 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             _ => std::mem::size_of::<libc::sockaddr_in6>() as u32,
         })
         .collect();
+    let ring_sockets = ring.can_open_sockets();
     let mut io = Uring {
         ring,
         tier_fd: slots.tier_wake_fd(),
@@ -141,8 +153,16 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         },
         peer_name_by_ring: true,
         peer_name_len,
+        sockets_by_ring: ring_sockets,
         held: [false; 2],
     };
+    if !io.sockets_by_ring {
+        say_once(
+            &SOCKETS_BY_SYSCALL,
+            "this kernel's io_uring cannot open sockets (IORING_OP_SOCKET, Linux 5.19+): \
+             backend sockets by socket(2) and setsockopt(2)",
+        );
+    }
     let _ = ready.send(Ok(()));
     io.arm_accept();
     io.ring.push_tick();
@@ -196,6 +216,17 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     // anything the kernel could do with it (8 bytes, once per process).
     Box::leak(io.tier_wake);
     tracing::debug!("worker stopped");
+}
+
+/// Kernel features this process found missing, each said once in the log
+/// whatever the number of workers.
+static SOCKETS_BY_SYSCALL: AtomicBool = AtomicBool::new(false);
+static NODELAY_BY_SYSCALL: AtomicBool = AtomicBool::new(false);
+
+fn say_once(said: &AtomicBool, what: &str) {
+    if !said.swap(true, Ordering::Relaxed) {
+        tracing::info!("{what}");
+    }
 }
 
 fn errno(res: i32) -> std::io::Error {
@@ -292,9 +323,12 @@ impl Uring {
             Op::PoolWatch => return self.pool_watch(t),
             Op::PeerName => return self.peer_name(slots, t, res),
             Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
-            Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
-                Side::Backend
-            }
+            Op::BackendConnect
+            | Op::BackendRecv
+            | Op::BackendSend
+            | Op::BackendRecvAfterSend
+            | Op::BackendSocket
+            | Op::BackendNoDelay => Side::Backend,
         };
         self.dispatch(slots, t, side, res, flags);
     }
@@ -371,7 +405,12 @@ impl Uring {
     ) {
         let bid = buffer_id(flags);
         let key = t.key as usize;
-        let Some(Live { slot, mut env, .. }) = slots.live(key, t.gen) else {
+        let Some(Live {
+            slot,
+            mut env,
+            backend,
+        }) = slots.live(key, t.gen)
+        else {
             // A completion for a previous occupant of this slot.
             if let Some(bid) = bid {
                 self.ring.recv_buffers().recycle(bid);
@@ -421,6 +460,49 @@ impl Uring {
                 slot.io.linked[side_index(side)] = None;
                 let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
                 slot.conn.on_sent(side, done, &mut env);
+            }
+            Op::BackendSocket => {
+                slot.io.socket_pending = false;
+                if res < 0 {
+                    tracing::warn!("cannot create a backend socket: {}", errno(res));
+                    slot.conn.on_connected(Err(-res), &mut env);
+                } else {
+                    let fd = listener::own_accepted(res);
+                    if std::mem::take(&mut slot.io.connect_cancelled) {
+                        self.ring.push_close(fd, detached_token(Op::Close));
+                        slot.conn.on_connected(Err(libc::ECANCELED), &mut env);
+                    } else {
+                        let raw = fd.as_raw_fd();
+                        slot.backend = Some(fd);
+                        let token = ConnToken::new(key, t.gen, Op::BackendNoDelay);
+                        if backend.family != AddressFamily::Unix {
+                            self.ring.push_set_nodelay(raw, token);
+                        }
+                        // SAFETY: the address is boxed in the worker's slots
+                        // and lives as long as the ring.
+                        unsafe {
+                            self.ring.push_connect(
+                                raw,
+                                &backend.addr,
+                                ConnToken::new(key, t.gen, Op::BackendConnect),
+                            )
+                        };
+                    }
+                }
+            }
+            Op::BackendNoDelay => {
+                // Only a failure completes: this kernel cannot set socket
+                // options through the ring (before Linux 6.7).
+                say_once(
+                    &NODELAY_BY_SYSCALL,
+                    "this kernel's io_uring cannot set socket options (Linux 6.7+): \
+                     backend sockets by socket(2) and setsockopt(2)",
+                );
+                tracing::debug!("TCP_NODELAY through io_uring failed: {}", errno(res));
+                self.sockets_by_ring = false;
+                if let Some(fd) = &slot.backend {
+                    let _ = socket::setsockopt(fd, socket::sockopt::TcpNoDelay, &true);
+                }
             }
             Op::BackendConnect => {
                 if res < 0 && res != -libc::ECANCELED && res != -libc::EAGAIN {
@@ -655,6 +737,13 @@ impl Driver for Uring {
                 };
                 self.ring.push_close(fd, detached_token(Op::Close));
             }
+            Action::Connect | Action::ConnectPooled if self.sockets_by_ring => {
+                // The socket through the ring: its completion (at submission)
+                // posts TCP_NODELAY and the connect, with no syscall of their own.
+                slot.io.socket_pending = true;
+                self.ring
+                    .push_socket(backend.family as i32, token(Op::BackendSocket));
+            }
             Action::Connect | Action::ConnectPooled => match backend.socket() {
                 Ok(fd) => {
                     let raw = fd.as_raw_fd();
@@ -672,6 +761,7 @@ impl Driver for Uring {
                 }
             },
             Action::CancelConnect => {
+                slot.io.connect_cancelled |= slot.io.socket_pending;
                 if let Some(fd) = slot.fd(Side::Backend) {
                     self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
                 }
@@ -684,6 +774,7 @@ impl Driver for Uring {
                 }
             }
             Action::Cancel => {
+                slot.io.connect_cancelled |= slot.io.socket_pending;
                 for side in [Side::Client, Side::Backend] {
                     if let Some(fd) = slot.fd(side) {
                         self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
