@@ -291,6 +291,21 @@ impl Ring {
         self.push(e);
     }
 
+    /// Make room for `n` entries in the submission queue (handing what is
+    /// there to the kernel if need be), so that a link of `n` entries is
+    /// submitted whole: a link cut by a submission ends where it is cut.
+    fn reserve(&mut self, n: usize) {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            if let Err(err) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {err}");
+            }
+        }
+    }
+
     fn push(&mut self, e: squeue::Entry) {
         loop {
             // SAFETY: the entry's buffers are valid per the caller's contract of
@@ -367,6 +382,9 @@ impl Ring {
         recv: ConnToken,
     ) {
         debug_assert!(self.skip_success);
+        // The receive must be submitted with the send, or its completion
+        // could say nothing of the send's.
+        self.reserve(2);
         let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
             .build()
