@@ -79,6 +79,13 @@ pub struct MemoryDriver {
     pub released: Vec<bool>,
     /// Backend connections taken from the pool.
     pub reused: usize,
+    /// The pool keeps a receive posted on its idle connections, which the
+    /// connection that takes one inherits (epoll's model); else the machine
+    /// asks for its own (io_uring's, whose pool watches with a poll).
+    pub pool_recv_posted: bool,
+    /// Backend sends posted while the machine said it would send nothing more
+    /// to the backend until it answers (`Conn::quiet_after_send`).
+    pub quiet_backend_sends: usize,
     /// Fail the next backend send with this errno (a connection the backend
     /// reset while it sat in the pool).
     pub fail_backend_send: Option<i32>,
@@ -115,6 +122,8 @@ impl MemoryDriver {
             pooled: 0,
             released: Vec::new(),
             reused: 0,
+            pool_recv_posted: true,
+            quiet_backend_sends: 0,
             fail_backend_send: None,
         };
         d.run();
@@ -154,6 +163,9 @@ impl MemoryDriver {
                     self.conn.on_sent(Side::Backend, Err(e), &mut env);
                 }
                 Action::Send(side) => {
+                    if side == Side::Backend && self.conn.quiet_after_send(side) {
+                        self.quiet_backend_sends += 1;
+                    }
                     let lent = self.conn.send_buf(side);
                     let n = lent.len().min(self.send_limit.max(1));
                     match side {
@@ -167,9 +179,9 @@ impl MemoryDriver {
                 Action::ConnectPooled if self.pooled > 0 => {
                     self.pooled -= 1;
                     self.reused += 1;
-                    self.posted.backend_recv = true;
+                    self.posted.backend_recv = self.pool_recv_posted;
                     let mut env = self.world.env();
-                    self.conn.on_pooled(&mut env);
+                    self.conn.on_pooled(self.pool_recv_posted, &mut env);
                 }
                 Action::ConnectPooled => self.posted.connect = true,
                 Action::ReleaseBackend { reusable } => {

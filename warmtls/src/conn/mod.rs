@@ -504,7 +504,8 @@ impl Conn {
     /// then learn that a send posted now is done only when the next receive on
     /// that side completes (io_uring: the receive linked behind the send, whose
     /// success posts no completion: one wakeup less). `on_sent` must still come
-    /// before that receive's `on_recv`.
+    /// before that receive's `on_recv`. On the backend side (http mode): the
+    /// request has gone out whole and its response is awaited.
     pub fn quiet_after_send(&self, side: Side) -> bool {
         match side {
             Side::Client => {
@@ -513,7 +514,12 @@ impl Conn {
                         && self.link == Link::None
                         && self.early_data == 0)
             }
-            Side::Backend => false,
+            // http: the request went out whole and its response is awaited;
+            // nothing more goes to the backend until it answers.
+            Side::Backend => self
+                .http
+                .as_ref()
+                .is_some_and(|h| h.awaiting_response() && self.link == Link::Open),
         }
     }
 
@@ -748,17 +754,18 @@ impl Conn {
     }
 
     /// `Action::ConnectPooled` was satisfied from the driver's pool: the link is
-    /// open, and a receive is already posted on it — the pool's idle receive,
-    /// which the driver now reports as `on_recv(Side::Backend, ..)` of this
-    /// connection (so a backend that closes the idle connection just as it is
-    /// taken is seen).
-    pub fn on_pooled(&mut self, env: &mut Env<'_>) {
+    /// open. `recv_posted`: a receive is already posted on it — the pool's idle
+    /// watch, which the driver now reports as `on_recv(Side::Backend, ..)` of
+    /// this connection (epoll, whose watch is the socket's readiness); else the
+    /// machine asks for one (io_uring, whose pool watches idle connections with
+    /// a poll, so the request can go out linked before the receive).
+    pub fn on_pooled(&mut self, recv_posted: bool, env: &mut Env<'_>) {
         debug_assert_eq!(self.link, Link::Connecting);
         env.metrics.add(Metric::BackendReused, 1);
         self.link = Link::Open;
         self.link_pooled = true;
         self.link_written = false;
-        self.backend.recv_posted = true;
+        self.backend.recv_posted = recv_posted;
         // As for a fresh connect: a connection that has failed meanwhile stays failed.
         if matches!(self.state, State::Closing { .. } | State::Draining { .. }) {
             return;

@@ -181,3 +181,64 @@ fn a_complete_kept_alive_exchange_hands_the_backend_connection_back() {
     assert_eq!(d.released, [true], "kept for the next device");
     assert_eq!(d.pooled, 1);
 }
+
+#[test]
+fn a_request_sent_whole_is_quiet_and_a_pooled_link_without_a_receive_gets_one() {
+    let w = world();
+    let mut d = http_driver(&w);
+    d.pooled = 1;
+    // io_uring's pool: no receive stays posted on the connection taken.
+    d.pool_recv_posted = false;
+    let (response, to_backend) = run(&w, &mut d, GET, |d, sent| {
+        assert!(!d.posted().connect, "the pooled connection serves");
+        if !sent.is_empty() {
+            assert!(d.posted().backend_recv, "the machine asked for its receive");
+            d.deliver(Side::Backend, OK);
+        }
+    });
+    assert!(response.ends_with(b"\r\n\r\nok"), "{response:?}");
+    assert_eq!(to_backend.windows(5).filter(|w| w == b"GET /").count(), 1);
+    assert_eq!(d.reused, 1);
+    assert_eq!(
+        d.quiet_backend_sends, 1,
+        "the whole request is the machine's last word until the backend answers"
+    );
+}
+
+#[test]
+fn a_request_whose_body_is_still_coming_is_not_quiet() {
+    let w = world();
+    let mut d = http_driver(&w);
+    let mut c = ClientConnection::new(w.client.clone(), ServerName::try_from("localhost").unwrap())
+        .unwrap();
+    let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab";
+    c.writer().write_all(head).unwrap();
+    let mut body_sent = false;
+    for _ in 0..50 {
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).unwrap();
+        }
+        d.deliver(Side::Client, &out);
+        if d.posted().connect {
+            d.connected(Ok(()));
+        }
+        let back = d.take_to_client();
+        let mut rd: &[u8] = &back;
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        let sent = d.take_to_backend();
+        if sent.ends_with(b"ab") && !body_sent {
+            // Head and half the body are out: more is to come, not quiet.
+            assert_eq!(d.quiet_backend_sends, 0);
+            c.writer().write_all(b"cd").unwrap();
+            body_sent = true;
+        } else if sent.ends_with(b"cd") {
+            assert_eq!(d.quiet_backend_sends, 1, "the body's end is");
+            return;
+        }
+    }
+    panic!("the request never reached the backend whole");
+}

@@ -243,7 +243,7 @@ fn tier_token() -> u64 {
 }
 
 fn is_pool_token(data: u64) -> bool {
-    data as u8 == Op::PoolRecv as u8
+    data as u8 == Op::PoolWatch as u8
 }
 
 impl Epoller {
@@ -581,7 +581,7 @@ impl Driver for Epoller {
                     recv: true,
                     ..SideIo::default()
                 };
-                slot.conn.on_pooled(env);
+                slot.conn.on_pooled(true, env);
             }
             Action::ReleaseBackend { reusable } => {
                 slot.io.backend = SideIo::default();
@@ -592,7 +592,7 @@ impl Driver for Epoller {
                 if reusable {
                     match self
                         .pool
-                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolWatch))
                     {
                         Ok(t) => {
                             if let Some(e) = self.pool.get(t.key as usize, t.gen) {

@@ -102,7 +102,7 @@ pub fn accept(listener: &impl AsFd) -> std::io::Result<OwnedFd> {
 }
 
 /// Own the descriptor a successful accept returned (accept4, or an io_uring
-/// accept completion).
+/// accept completion), or an io_uring socket completion.
 pub fn own_accepted(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` was just returned by a successful accept: it is open and
     // nothing else owns it.

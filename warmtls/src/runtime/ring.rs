@@ -39,6 +39,8 @@ pub struct Ring {
     tick: Box<types::Timespec>,
     /// IOSQE_CQE_SKIP_SUCCESS is supported (Linux 5.17+).
     skip_success: bool,
+    /// IORING_OP_SOCKET is supported (Linux 5.19+).
+    sockets: bool,
     /// Registered with the ring by [`Ring::with_recv_buffers`].
     recv: Option<RecvBuffers>,
 }
@@ -199,10 +201,14 @@ impl Ring {
             match b.setup_cqsize(entries * 4).build(entries) {
                 Ok(ring) => {
                     let skip_success = ring.params().is_feature_skip_cqe_on_success();
+                    let mut probe = io_uring::Probe::new();
+                    let sockets = ring.submitter().register_probe(&mut probe).is_ok()
+                        && probe.is_supported(opcode::Socket::CODE);
                     return Ok(Ring {
                         ring,
                         tick: Box::new(types::Timespec::from(TICK)),
                         skip_success,
+                        sockets,
                         recv: None,
                     });
                 }
@@ -268,12 +274,36 @@ impl Ring {
         self.push(e);
     }
 
+    /// Wait until the peer of `fd` closes its side, or an error or hang-up (a
+    /// one-shot poll; input does not end it and nothing is read).
+    pub fn push_poll_closed(&mut self, fd: RawFd, token: ConnToken) {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLRDHUP as u32)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
     /// Cancel every operation in flight on `fd` (each completes, cancelled).
     pub fn push_cancel_fd(&mut self, fd: RawFd, token: ConnToken) {
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
             .build()
             .user_data(token.encode());
         self.push(e);
+    }
+
+    /// Make room for `n` entries in the submission queue (handing what is
+    /// there to the kernel if need be), so that a link of `n` entries is
+    /// submitted whole: a link cut by a submission ends where it is cut.
+    fn reserve(&mut self, n: usize) {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            if let Err(err) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {err}");
+            }
+        }
     }
 
     fn push(&mut self, e: squeue::Entry) {
@@ -352,6 +382,9 @@ impl Ring {
         recv: ConnToken,
     ) {
         debug_assert!(self.skip_success);
+        // The receive must be submitted with the send, or its completion
+        // could say nothing of the send's.
+        self.reserve(2);
         let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
             .build()
@@ -364,7 +397,10 @@ impl Ring {
     /// The peer's address of socket `fd` into `addr` (`getsockopt(SO_PEERNAME)`
     /// through the ring, Linux 6.7+; older kernels fail it with EOPNOTSUPP).
     /// `len` must be the address's exact size (16 for IPv4, 28 for IPv6: the
-    /// kernel refuses a larger buffer with EINVAL). It completes at submission.
+    /// kernel refuses a larger buffer with EINVAL). It completes at submission,
+    /// and where the kernel can, posts a completion only if it failed: a
+    /// success costs no wakeup (the caller reads `addr` once a later operation
+    /// on the socket completes).
     ///
     /// # Safety
     /// `addr` must stay alive and unmoved until this operation completes.
@@ -376,7 +412,7 @@ impl Ring {
         token: ConnToken,
     ) {
         debug_assert!(len as usize <= std::mem::size_of::<libc::sockaddr_storage>());
-        let e = opcode::GetSockOpt::new(
+        let mut e = opcode::GetSockOpt::new(
             types::Fd(fd),
             libc::SOL_SOCKET as u32,
             libc::SO_PEERNAME as u32,
@@ -384,6 +420,49 @@ impl Ring {
             len,
         )
         .build()
+        .user_data(token.encode());
+        if self.skip_success {
+            e = e.flags(squeue::Flags::SKIP_SUCCESS);
+        }
+        self.push(e);
+    }
+
+    /// Whether [`Ring::push_socket`] is available (IORING_OP_SOCKET, Linux
+    /// 5.19+) and [`Ring::push_set_nodelay`] can post no completion on success
+    /// (CQE_SKIP_SUCCESS, 5.17+).
+    pub fn can_open_sockets(&self) -> bool {
+        self.sockets && self.skip_success
+    }
+
+    /// A non-blocking, close-on-exec stream socket of `family` (as socket(2));
+    /// the completion's result is the descriptor. It completes at submission.
+    pub fn push_socket(&mut self, family: i32, token: ConnToken) {
+        let e = opcode::Socket::new(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+        .build()
+        .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// TCP_NODELAY on socket `fd` (`setsockopt` through the ring, Linux 6.7+;
+    /// older kernels fail it with EOPNOTSUPP). It completes at submission and
+    /// posts a completion only if it failed.
+    pub fn push_set_nodelay(&mut self, fd: RawFd, token: ConnToken) {
+        debug_assert!(self.skip_success);
+        static ONE: libc::c_int = 1;
+        // The option's value is a static: it outlives the operation.
+        let e = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&ONE as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
         .user_data(token.encode());
         self.push(e);
     }

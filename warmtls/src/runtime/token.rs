@@ -21,10 +21,10 @@ pub enum Op {
     Client,
     /// Readiness of a connection's backend socket (epoll).
     Backend,
-    /// An idle pooled backend connection (key: its pool entry). io_uring: the
-    /// receive posted on it, which becomes the receive of the connection that
-    /// takes it; epoll: its readiness (the backend closed it, or spoke unasked).
-    PoolRecv,
+    /// A pooled backend connection (key: its pool entry). io_uring: the poll
+    /// for the backend's close posted on it while it is pooled or lent out;
+    /// epoll: its readiness while idle (the backend closed it, or spoke unasked).
+    PoolWatch,
     /// A receive linked behind a send whose success posts no completion
     /// (`Ring::push_send_then_recv`): its completion also says the send is done.
     ClientRecvAfterSend,
@@ -37,6 +37,11 @@ pub enum Op {
     /// A lookup handed to the shared session tier (never an SQE: the tier's
     /// answer comes back through its inbox with this token).
     TierLookup,
+    /// A backend socket opened through the ring (its connect follows).
+    BackendSocket,
+    /// TCP_NODELAY set on a backend socket through the ring (a completion
+    /// only if it failed).
+    BackendNoDelay,
 }
 
 impl Op {
@@ -53,12 +58,14 @@ impl Op {
             9 => Op::Close,
             10 => Op::Client,
             11 => Op::Backend,
-            12 => Op::PoolRecv,
+            12 => Op::PoolWatch,
             13 => Op::ClientRecvAfterSend,
             14 => Op::BackendRecvAfterSend,
             15 => Op::PeerName,
             16 => Op::TierWake,
             17 => Op::TierLookup,
+            18 => Op::BackendSocket,
+            19 => Op::BackendNoDelay,
             _ => return None,
         })
     }
@@ -116,12 +123,14 @@ mod tests {
             Op::Close,
             Op::Client,
             Op::Backend,
-            Op::PoolRecv,
+            Op::PoolWatch,
             Op::ClientRecvAfterSend,
             Op::BackendRecvAfterSend,
             Op::PeerName,
             Op::TierWake,
             Op::TierLookup,
+            Op::BackendSocket,
+            Op::BackendNoDelay,
         ];
         let mut seen = std::collections::HashSet::new();
         for op in all {

@@ -14,9 +14,10 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use nix::sys::socket::{shutdown, Shutdown, SockaddrStorage};
+use nix::sys::socket::{self, shutdown, AddressFamily, Shutdown, SockaddrStorage};
 
 use super::listener;
 use super::pool::BackendPool;
@@ -32,10 +33,26 @@ use crate::conn::{Action, Env, Side, RECV_BUF};
 /// open connections.
 const RECV_BUFFERS: u16 = 256;
 
-/// What the io_uring driver keeps per connection: per side (client, backend),
-/// a send linked before a receive (`Ring::push_send_then_recv`) whose success
-/// is not known yet: its length.
-type LinkedSends = [Option<usize>; 2];
+/// What the io_uring driver keeps per connection.
+#[derive(Default)]
+struct UringIo {
+    /// Per side (client, backend), a send linked before a receive
+    /// (`Ring::push_send_then_recv`) whose success is not known yet: its length.
+    linked: [Option<usize>; 2],
+    /// The device's address was asked through the ring with no completion on
+    /// success (`Ring::push_peer_name`): it is read from `peer_names` before
+    /// the device's first bytes are handed in.
+    peer_pending: bool,
+    /// The backend socket is lent by the pool: its entry (key, generation),
+    /// whose poll stays posted on it.
+    pool_entry: Option<(usize, u32)>,
+    /// The backend socket is being opened through the ring; its connect is
+    /// posted when it completes.
+    socket_pending: bool,
+    /// The connect was cancelled while its socket was being opened: the
+    /// socket is closed when it arrives and the connect reported cancelled.
+    connect_cancelled: bool,
+}
 
 fn side_index(side: Side) -> usize {
     match side {
@@ -74,6 +91,10 @@ struct Uring {
     peer_name_by_ring: bool,
     /// The peer address size to ask for, per listener (its address family).
     peer_name_len: Vec<u32>,
+    /// Backend sockets are opened and set up through the ring (socket and
+    /// TCP_NODELAY as SQEs: no syscall of their own), else by socket(2) and
+    /// setsockopt(2).
+    sockets_by_ring: bool,
     /// Sends held back within one `Slots::carry_out`, per side: when the machine
     /// will send nothing more on that side until it speaks, a receive on the
     /// same side asked for next goes out linked behind the send, so the send's
@@ -95,7 +116,7 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             return;
         }
     };
-    let mut slots: Slots<LinkedSends> = match Slots::new(&s) {
+    let mut slots: Slots<UringIo> = match Slots::new(&s) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -112,6 +133,7 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             _ => std::mem::size_of::<libc::sockaddr_in6>() as u32,
         })
         .collect();
+    let ring_sockets = ring.can_open_sockets();
     let mut io = Uring {
         ring,
         tier_fd: slots.tier_wake_fd(),
@@ -131,8 +153,16 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         },
         peer_name_by_ring: true,
         peer_name_len,
+        sockets_by_ring: ring_sockets,
         held: [false; 2],
     };
+    if !io.sockets_by_ring {
+        say_once(
+            &SOCKETS_BY_SYSCALL,
+            "this kernel's io_uring cannot open sockets (IORING_OP_SOCKET, Linux 5.19+): \
+             backend sockets by socket(2) and setsockopt(2)",
+        );
+    }
     let _ = ready.send(Ok(()));
     io.arm_accept();
     io.ring.push_tick();
@@ -188,6 +218,17 @@ pub fn run(s: WorkerSetup, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     tracing::debug!("worker stopped");
 }
 
+/// Kernel features this process found missing, each said once in the log
+/// whatever the number of workers.
+static SOCKETS_BY_SYSCALL: AtomicBool = AtomicBool::new(false);
+static NODELAY_BY_SYSCALL: AtomicBool = AtomicBool::new(false);
+
+fn say_once(said: &AtomicBool, what: &str) {
+    if !said.swap(true, Ordering::Relaxed) {
+        tracing::info!("{what}");
+    }
+}
+
 fn errno(res: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-res)
 }
@@ -216,7 +257,7 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: usize) -> Option<std::net::S
 }
 
 fn is_pool_op(ud: u64) -> bool {
-    ud as u8 == Op::PoolRecv as u8
+    ud as u8 == Op::PoolWatch as u8
 }
 
 /// Token of the multishot accept on listener `i` (not a connection): the
@@ -244,7 +285,7 @@ impl Uring {
 
     /// Outcomes of lookups are waiting: post the read again, then hand them
     /// to their connections.
-    fn tier_woke(&mut self, slots: &mut Slots<LinkedSends>, res: i32) {
+    fn tier_woke(&mut self, slots: &mut Slots<UringIo>, res: i32) {
         match -res {
             libc::ECANCELED => return, // shutting down
             e if res < 0 && e != libc::EINTR && e != libc::EAGAIN => {
@@ -270,7 +311,7 @@ impl Uring {
         }
     }
 
-    fn complete(&mut self, slots: &mut Slots<LinkedSends>, ud: u64, res: i32, flags: u32) {
+    fn complete(&mut self, slots: &mut Slots<UringIo>, ud: u64, res: i32, flags: u32) {
         let Some(t) = ConnToken::decode(ud) else {
             return;
         };
@@ -279,56 +320,42 @@ impl Uring {
             Op::Tick => return self.tick(slots),
             Op::TierWake => return self.tier_woke(slots, res),
             Op::Cancel | Op::Close | Op::Client | Op::Backend | Op::TierLookup => return,
-            Op::PoolRecv => return self.pool_recv(slots, t, res, flags),
+            Op::PoolWatch => return self.pool_watch(t),
             Op::PeerName => return self.peer_name(slots, t, res),
             Op::ClientRecv | Op::ClientSend | Op::ClientRecvAfterSend => Side::Client,
-            Op::BackendConnect | Op::BackendRecv | Op::BackendSend | Op::BackendRecvAfterSend => {
-                Side::Backend
-            }
+            Op::BackendConnect
+            | Op::BackendRecv
+            | Op::BackendSend
+            | Op::BackendRecvAfterSend
+            | Op::BackendSocket
+            | Op::BackendNoDelay => Side::Backend,
         };
         self.dispatch(slots, t, side, res, flags);
     }
 
-    /// The receive of a pooled backend connection completed: while the
-    /// connection was idle, it is dead (EOF, reset) or the backend spoke unasked
-    /// — retire it; once taken, it is its new owner's backend receive.
-    fn pool_recv(&mut self, slots: &mut Slots<LinkedSends>, t: ConnToken, res: i32, flags: u32) {
+    /// The poll watching a pooled backend connection completed: while the
+    /// connection was idle, the backend closed it (or reset it) — retire it;
+    /// while lent out, its owner's own receive sees the close (the entry
+    /// notes it is no longer watched).
+    fn pool_watch(&mut self, t: ConnToken) {
         let key = t.key as usize;
-        let owner = match self.pool.get(key, t.gen) {
-            Some(e) => e.owner,
-            None => {
-                // Cancelled as it expired: the entry is gone.
-                if let Some(bid) = buffer_id(flags) {
-                    self.ring.recv_buffers().recycle(bid);
-                }
-                return;
-            }
-        };
-        if let Some(fd) = self.pool.finish(key) {
-            if let Some(bid) = buffer_id(flags) {
-                self.ring.recv_buffers().recycle(bid);
-            }
-            self.ring.push_close(fd, detached_token(Op::Close));
-            return;
+        if self.pool.get(key, t.gen).is_none() {
+            return; // cancelled as it expired: the entry is gone
         }
-        if let Some((conn, gen)) = owner {
-            self.dispatch(
-                slots,
-                ConnToken::new(conn, gen, Op::BackendRecv),
-                Side::Backend,
-                res,
-                flags,
-            );
+        if let Some(fd) = self.pool.finish(key) {
+            self.ring.push_close(fd, detached_token(Op::Close));
         }
     }
 
-    /// The device's address arrived through the ring (or the kernel does not
-    /// answer that: ask getpeername(2) from now on).
-    fn peer_name(&mut self, slots: &mut Slots<LinkedSends>, t: ConnToken, res: i32) {
+    /// The device's address asked through the ring completed: an error (the
+    /// kernel does not answer that: ask getpeername(2) from now on), or, on a
+    /// kernel that posts completions for successes too, the address.
+    fn peer_name(&mut self, slots: &mut Slots<UringIo>, t: ConnToken, res: i32) {
         let key = t.key as usize;
         let Some(Live { slot, .. }) = slots.live(key, t.gen) else {
             return;
         };
+        slot.io.peer_pending = false;
         let peer = if res > 0 {
             sockaddr_to_std(&self.peer_names[key], res as usize)
         } else {
@@ -346,10 +373,31 @@ impl Uring {
         }
     }
 
+    /// The device's first bytes are in and its address, asked through the
+    /// ring with no completion on success, has not been handed over: it is in
+    /// `peer_names` (the request completed at submission, before the receive
+    /// was posted), or, if the kernel did not write it, getpeername(2) says it.
+    fn take_peer_name(&self, key: usize, slot: &mut Slot<UringIo>) {
+        slot.io.peer_pending = false;
+        let a = &self.peer_names[key];
+        let len = match i32::from(a.ss_family) {
+            libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+            _ => 0,
+        };
+        let peer = match len {
+            0 => client_peer(&slot.client).map(|(p, _)| p),
+            len => sockaddr_to_std(a, len),
+        };
+        if let Some(peer) = peer {
+            slot.conn.on_peer_address(peer);
+        }
+    }
+
     /// A completion of connection `t.key`'s operation `t.op` on `side`.
     fn dispatch(
         &mut self,
-        slots: &mut Slots<LinkedSends>,
+        slots: &mut Slots<UringIo>,
         t: ConnToken,
         side: Side,
         res: i32,
@@ -357,7 +405,12 @@ impl Uring {
     ) {
         let bid = buffer_id(flags);
         let key = t.key as usize;
-        let Some(Live { slot, mut env, .. }) = slots.live(key, t.gen) else {
+        let Some(Live {
+            slot,
+            mut env,
+            backend,
+        }) = slots.live(key, t.gen)
+        else {
             // A completion for a previous occupant of this slot.
             if let Some(bid) = bid {
                 self.ring.recv_buffers().recycle(bid);
@@ -372,9 +425,12 @@ impl Uring {
                 if matches!(t.op, Op::ClientRecvAfterSend | Op::BackendRecvAfterSend) {
                     // The linked send posted no completion before this one: it
                     // succeeded, whole (a failed send's completion comes first).
-                    if let Some(n) = slot.io[side_index(side)].take() {
+                    if let Some(n) = slot.io.linked[side_index(side)].take() {
                         slot.conn.on_sent(side, Ok(n), &mut env);
                     }
+                }
+                if slot.io.peer_pending && side == Side::Client {
+                    self.take_peer_name(key, slot);
                 }
                 if res == -libc::ENOBUFS {
                     // The buffer ring ran dry: post it again once buffers return.
@@ -401,9 +457,52 @@ impl Uring {
             Op::ClientSend | Op::BackendSend => {
                 // A linked send's completion (it failed or fell short) comes
                 // before its receive's: the receive must not report it again.
-                slot.io[side_index(side)] = None;
+                slot.io.linked[side_index(side)] = None;
                 let done = if res < 0 { Err(-res) } else { Ok(res as usize) };
                 slot.conn.on_sent(side, done, &mut env);
+            }
+            Op::BackendSocket => {
+                slot.io.socket_pending = false;
+                if res < 0 {
+                    tracing::warn!("cannot create a backend socket: {}", errno(res));
+                    slot.conn.on_connected(Err(-res), &mut env);
+                } else {
+                    let fd = listener::own_accepted(res);
+                    if std::mem::take(&mut slot.io.connect_cancelled) {
+                        self.ring.push_close(fd, detached_token(Op::Close));
+                        slot.conn.on_connected(Err(libc::ECANCELED), &mut env);
+                    } else {
+                        let raw = fd.as_raw_fd();
+                        slot.backend = Some(fd);
+                        let token = ConnToken::new(key, t.gen, Op::BackendNoDelay);
+                        if backend.family != AddressFamily::Unix {
+                            self.ring.push_set_nodelay(raw, token);
+                        }
+                        // SAFETY: the address is boxed in the worker's slots
+                        // and lives as long as the ring.
+                        unsafe {
+                            self.ring.push_connect(
+                                raw,
+                                &backend.addr,
+                                ConnToken::new(key, t.gen, Op::BackendConnect),
+                            )
+                        };
+                    }
+                }
+            }
+            Op::BackendNoDelay => {
+                // Only a failure completes: this kernel cannot set socket
+                // options through the ring (before Linux 6.7).
+                say_once(
+                    &NODELAY_BY_SYSCALL,
+                    "this kernel's io_uring cannot set socket options (Linux 6.7+): \
+                     backend sockets by socket(2) and setsockopt(2)",
+                );
+                tracing::debug!("TCP_NODELAY through io_uring failed: {}", errno(res));
+                self.sockets_by_ring = false;
+                if let Some(fd) = &slot.backend {
+                    let _ = socket::setsockopt(fd, socket::sockopt::TcpNoDelay, &true);
+                }
             }
             Op::BackendConnect => {
                 if res < 0 && res != -libc::ECANCELED && res != -libc::EAGAIN {
@@ -417,7 +516,7 @@ impl Uring {
         slots.carry_out(self, key);
     }
 
-    fn accepted(&mut self, slots: &mut Slots<LinkedSends>, listener: usize, res: i32, flags: u32) {
+    fn accepted(&mut self, slots: &mut Slots<UringIo>, listener: usize, res: i32, flags: u32) {
         if !more(flags) {
             // Re-armed on the next tick (a back-off on EMFILE), unless draining.
             if let Some(armed) = self.accept_armed.get_mut(listener) {
@@ -440,6 +539,9 @@ impl Uring {
         if by_ring && key < self.peer_names.len() {
             if let Some(slot) = slots.get_mut(key) {
                 let raw = slot.client.as_raw_fd();
+                // Unwritten until the kernel answers (no completion if it does).
+                self.peer_names[key].ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+                slot.io.peer_pending = true;
                 let addr: *mut libc::sockaddr_storage = &mut self.peer_names[key];
                 let len = self
                     .peer_name_len
@@ -463,7 +565,7 @@ impl Uring {
     }
 
     /// Post again the receives that found no buffer.
-    fn retry_starved(&mut self, slots: &mut Slots<LinkedSends>) {
+    fn retry_starved(&mut self, slots: &mut Slots<UringIo>) {
         let starved = std::mem::take(&mut self.starved);
         for t in &starved {
             let Some(Live { slot, .. }) = slots.live(t.key as usize, t.gen) else {
@@ -492,7 +594,7 @@ impl Uring {
         }
     }
 
-    fn tick(&mut self, slots: &mut Slots<LinkedSends>) {
+    fn tick(&mut self, slots: &mut Slots<UringIo>) {
         self.ring.push_tick();
         let now = slots.now;
         slots.tick(self, now);
@@ -511,7 +613,7 @@ impl Uring {
     fn push_send(
         &mut self,
         key: usize,
-        slot: &mut Slot<LinkedSends>,
+        slot: &mut Slot<UringIo>,
         side: Side,
         then_recv: Option<Op>,
     ) {
@@ -527,7 +629,7 @@ impl Uring {
         let buf = slot.conn.send_buf(side);
         match then_recv {
             Some(recv) => {
-                slot.io[side_index(side)] = Some(buf.len());
+                slot.io.linked[side_index(side)] = Some(buf.len());
                 // SAFETY: the bytes are the outbox's lent buffer, neither
                 // touched nor freed until the machine hears of this send
                 // (`on_sent`, from the send's own completion or the linked
@@ -545,12 +647,12 @@ impl Uring {
 }
 
 impl Driver for Uring {
-    type Io = LinkedSends;
+    type Io = UringIo;
 
     fn act(
         &mut self,
         key: usize,
-        slot: &mut Slot<LinkedSends>,
+        slot: &mut Slot<UringIo>,
         action: Action,
         backend: &BackendAddr,
         env: &mut Env<'_>,
@@ -584,32 +686,63 @@ impl Driver for Uring {
             }
             Action::Send(side) => self.push_send(key, slot, side, None),
             Action::ConnectPooled if self.pool.idle() > 0 => {
-                // Its receive, posted while it was idle, is now this
-                // connection's backend receive.
-                slot.backend = self.pool.take((key, gen));
-                debug_assert!(slot.backend.is_some());
-                slot.conn.on_pooled(env);
+                // The pool's poll (for the backend's close) stays posted; the
+                // machine posts its own receive, the request linked before it.
+                match self.pool.take((key, gen)) {
+                    Some((fd, entry)) => {
+                        slot.backend = Some(fd);
+                        slot.io.pool_entry = Some(entry);
+                        slot.conn.on_pooled(false, env);
+                    }
+                    None => self.act(key, slot, Action::Connect, backend, env),
+                }
             }
             Action::ReleaseBackend { reusable } => {
                 let Some(fd) = slot.backend.take() else {
                     return;
                 };
-                let fd = if reusable {
-                    let raw = fd.as_raw_fd();
-                    match self
+                let raw = fd.as_raw_fd();
+                let fd = match (reusable, slot.io.pool_entry.take()) {
+                    (true, Some(entry)) => match self.pool.give_back(entry, fd, env.now) {
+                        Ok(rewatch) => {
+                            if rewatch {
+                                let (k, g) = entry;
+                                self.ring
+                                    .push_poll_closed(raw, ConnToken::new(k, g, Op::PoolWatch));
+                            }
+                            return;
+                        }
+                        Err(fd) => {
+                            self.ring.push_cancel_fd(raw, detached_token(Op::Cancel));
+                            fd
+                        }
+                    },
+                    (true, None) => match self
                         .pool
-                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolRecv))
+                        .put(fd, env.now, |k, g| ConnToken::new(k, g, Op::PoolWatch))
                     {
                         Ok(t) => {
-                            self.ring.push_recv_select(raw, t);
+                            self.ring.push_poll_closed(raw, t);
                             return;
                         }
                         Err(fd) => fd,
+                    },
+                    (false, Some(entry)) => {
+                        // Its poll holds the socket open: cancelled first.
+                        self.pool.forget(entry);
+                        self.ring.push_cancel_fd(raw, detached_token(Op::Cancel));
+                        fd
                     }
-                } else {
-                    fd
+                    (false, None) => fd,
                 };
                 self.ring.push_close(fd, detached_token(Op::Close));
+            }
+            Action::Connect | Action::ConnectPooled if self.sockets_by_ring => {
+                // The socket through the ring: its completion (at submission)
+                // posts TCP_NODELAY and the connect, with no syscall of their own.
+                slot.io.socket_pending = true;
+                self.ring
+                    .push_socket(backend.family as i32, token(Op::BackendSocket));
             }
             Action::Connect | Action::ConnectPooled => match backend.socket() {
                 Ok(fd) => {
@@ -628,6 +761,7 @@ impl Driver for Uring {
                 }
             },
             Action::CancelConnect => {
+                slot.io.connect_cancelled |= slot.io.socket_pending;
                 if let Some(fd) = slot.fd(Side::Backend) {
                     self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
                 }
@@ -640,6 +774,7 @@ impl Driver for Uring {
                 }
             }
             Action::Cancel => {
+                slot.io.connect_cancelled |= slot.io.socket_pending;
                 for side in [Side::Client, Side::Backend] {
                     if let Some(fd) = slot.fd(side) {
                         self.ring.push_cancel_fd(fd, detached_token(Op::Cancel));
@@ -652,7 +787,7 @@ impl Driver for Uring {
     }
 
     /// Sends still held back go out alone.
-    fn flush(&mut self, key: usize, slot: &mut Slot<LinkedSends>) {
+    fn flush(&mut self, key: usize, slot: &mut Slot<UringIo>) {
         for side in [Side::Client, Side::Backend] {
             if std::mem::take(&mut self.held[side_index(side)]) {
                 self.push_send(key, slot, side, None);
@@ -661,9 +796,15 @@ impl Driver for Uring {
     }
 
     /// Its sockets are closed by the ring (no close(2) of their own).
-    fn close(&mut self, slot: Slot<LinkedSends>) {
+    fn close(&mut self, slot: Slot<UringIo>) {
         let token = detached_token(Op::Close);
         self.ring.push_close(slot.client, token);
+        if let (Some(entry), Some(b)) = (slot.io.pool_entry, &slot.backend) {
+            // A socket lent by the pool: its poll holds it open.
+            self.pool.forget(entry);
+            self.ring
+                .push_cancel_fd(b.as_raw_fd(), detached_token(Op::Cancel));
+        }
         if let Some(b) = slot.backend {
             self.ring.push_close(b, token);
         }

@@ -21,6 +21,8 @@ use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 #[derive(Default)]
 pub(crate) struct Seen {
     accepted: AtomicU64,
+    /// Connections that ended (our close, or the backend's own).
+    ended: AtomicU64,
     heads: Mutex<Vec<String>>,
 }
 
@@ -43,6 +45,9 @@ pub(crate) enum Backend {
     IdleReset,
     /// `425 Too Early` to every request marked `Early-Data: 1`.
     TooEarly,
+    /// Never answers a request for `/hang` (and says nothing more on that
+    /// connection until it is closed).
+    Hang,
 }
 
 /// Read from `s` into `buf` until it holds `want` bytes; false at EOF.
@@ -137,6 +142,14 @@ pub(crate) fn http_backend(how: Backend) -> (String, Arc<Seen>) {
     let s2 = seen.clone();
     let addr = serve(move |mut s| {
         s2.accepted.fetch_add(1, Ordering::Relaxed);
+        /// Counts the connection as ended however the handler returns.
+        struct Ends<'a>(&'a AtomicU64);
+        impl Drop for Ends<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let _ends = Ends(&s2.ended);
         let idle_limit = matches!(how, Backend::IdleClose | Backend::IdleReset);
         let _ = s.set_read_timeout(Some(if idle_limit {
             Duration::from_millis(100)
@@ -153,6 +166,9 @@ pub(crate) fn http_backend(how: Backend) -> (String, Arc<Seen>) {
             };
             let lower = head.to_ascii_lowercase();
             s2.heads.lock().unwrap().push(head);
+            if how == Backend::Hang && lower.starts_with("get /hang ") {
+                continue; // silent until the connection ends
+            }
             let close = how == Backend::CloseEveryOther && n % 2 == 1;
             let mut resp = Vec::new();
             if how == Backend::TooEarly && lower.contains("\r\nearly-data: 1\r\n") {
@@ -368,6 +384,50 @@ fn kept_alive_backend_connections_serve_many_devices() {
         "{stats}"
     );
     assert_eq!(stats["http"]["requests"], 60);
+}
+
+/// A pooled backend connection lent to a device whose exchange is given up
+/// (the backend never answers; the idle timeout ends it) is closed for real:
+/// io_uring keeps a poll posted on every pooled socket, which holds it open
+/// until it is cancelled, so a missed cancel would leave the backend's
+/// connection open for good.
+#[test]
+fn a_pooled_backend_connection_given_up_mid_exchange_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, seen) = http_backend(Backend::Hang);
+    let server = http_server(&dir, &backend, &["--idle-timeout", "1s"]);
+    let device = &mixed_devices(&server.cert_path(), 1)[0];
+    let mut buf = Vec::new();
+    // Devices one after another until each worker has a pooled connection
+    // (the kernel spreads them by port: two workers, eight tries).
+    for _ in 0..8 {
+        let mut tls = connect(device, &server.addr()).unwrap();
+        let (head, _) = exchange_one(&mut tls, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut buf);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        buf.clear();
+    }
+    assert!(server.wait_idle(Duration::from_secs(5)));
+    assert_eq!(seen.ended.load(Ordering::Relaxed), 0, "all kept");
+    // A device whose request the backend never answers: on a pooled
+    // connection (else on a new one, and again), given up at the idle timeout.
+    for given_up in 1..=4 {
+        let reused = server.stats()["http"]["backend_reused"].as_u64().unwrap();
+        let mut tls = connect(device, &server.addr()).unwrap();
+        tls.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert!(
+            wait_for(Duration::from_secs(6), || seen
+                .ended
+                .load(Ordering::Relaxed)
+                == given_up),
+            "the backend's connection was closed when the exchange was given up: {}",
+            server.stats()
+        );
+        if server.stats()["http"]["backend_reused"].as_u64().unwrap() > reused {
+            return;
+        }
+    }
+    panic!("no device took a pooled connection: {}", server.stats());
 }
 
 #[test]
