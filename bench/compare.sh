@@ -185,10 +185,13 @@ for p in $BACKEND_PORT $WARMTLS_PORT $NGINX_PORT $HAPROXY_PORT $WARMTLS_HTTP_POR
   fi
 done
 # Room for every device's session in every cache: warmtls slots; nginx ~4000
-# sessions per MiB of shared zone (x2); HAProxy entries (x2).
+# sessions per MiB of shared zone (x2); HAProxy blocks (~200 B each) x8: with
+# TLS 1.3 OpenSSL issues two stateful tickets per handshake, each resumption two
+# more, and a session can take more than one block — at x2 HAProxy resumed only
+# 82% of TLS 1.3 devices for lack of room.
 WARMTLS_CAPACITY=$((DEVICES + DEVICES / 10 + 64))
 NGINX_CACHE_MB=$((DEVICES / 2000 + 8))
-HAPROXY_CACHE=$((DEVICES * 2 + 1000))
+HAPROXY_CACHE=$((DEVICES * 8 + 1000))
 
 cat >"$W/env" <<EOF
 W=$W
