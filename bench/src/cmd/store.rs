@@ -192,18 +192,21 @@ fn run(table: &dyn Table, keys: &[[u8; 32]], value: &[u8], threads: usize, op: O
 /// Takes of [`RANDOM_TAKES`] keys in random order, one thread: ops/s. Run after
 /// the warm gets; the later passes then miss these keys (never the middle key,
 /// which the reopen check gets).
-fn random_take_sample(table: &dyn Table, keys: &[[u8; 32]]) -> f64 {
+fn random_take_sample(table: &dyn Table, keys: &[[u8; 32]]) -> Option<f64> {
     let sample: Vec<[u8; 32]> = shuffled(keys.len(), 99)
         .into_iter()
         .filter(|&i| i != keys.len() / 2)
         .take(RANDOM_TAKES)
         .map(|i| keys[i])
         .collect();
+    if sample.is_empty() {
+        return None;
+    }
     let t0 = Instant::now();
     for k in &sample {
         table.take(k);
     }
-    sample.len() as f64 / t0.elapsed().as_secs_f64()
+    Some(sample.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Keys in the random-order take sample: enough for a stable rate, few enough
@@ -366,7 +369,7 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
         "take_ratio_vs_rustls_memcache": ratio(&take, rustls.as_ref().map(|r| &r.2)),
         "random_order_takes": RANDOM_TAKES.min(keys.len().saturating_sub(1)),
         "random_order_take_ops_per_s": random_take,
-        "rustls_memcache_random_order_take_ops_per_s": rustls.as_ref().map(|r| r.3),
+        "rustls_memcache_random_order_take_ops_per_s": rustls.as_ref().and_then(|r| r.3),
         "put_ratio_vs_rustls_memcache": ratio(&put, rustls.as_ref().map(|r| &r.0)),
         "churn": churn,
         "migration": migration,
@@ -416,15 +419,18 @@ pub fn main(a: StoreArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
-    println!(
-        "take in random order ({} keys, one thread): warmtls {:.0} ops/s, rustls memcache {}",
-        RANDOM_TAKES.min(keys.len().saturating_sub(1)),
-        random_take,
-        rustls
-            .as_ref()
-            .map(|r| format!("{:.0} ops/s ({:.0}x)", r.3, random_take / r.3))
-            .unwrap_or_else(|| "-".into())
-    );
+    if let Some(ours) = random_take {
+        println!(
+            "take in random order ({} keys, one thread): warmtls {:.0} ops/s, rustls memcache {}",
+            RANDOM_TAKES.min(keys.len().saturating_sub(1)),
+            ours,
+            rustls
+                .as_ref()
+                .and_then(|r| r.3)
+                .map(|theirs| format!("{theirs:.0} ops/s ({:.0}x)", ours / theirs))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
     println!("reopen (page cache dropped) {reopen_ms:.2} ms; first get served {reopen_first_get_ms:.2} ms after open began");
     println!(
         "first pass of gets after the cold reopen: {:.0} ops/s (page faults)",
