@@ -1,18 +1,12 @@
 //! The connection's lifecycle driven in memory through the very machine the
 //! endpoint runs (a real rustls client and server, a real store file), where
 //! the order of completions matters and a socket test could only hit it by luck.
-use std::sync::Arc;
-use std::time::Duration;
-
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
 
 use super::memory::MemoryDriver;
-use super::{Limits, Side};
-use crate::config::Config;
-use crate::store::SessionStore;
-use crate::tls::{self, ServerConfigs};
+use super::Side;
+use crate::tls::ServerConfigs;
 
 /// A TLS 1.3 ChangeCipherSpec record: allowed during the handshake (middlebox
 /// compatibility), a fatal `unexpected_message` after the client's Finished.
@@ -26,31 +20,13 @@ const CCS: [u8; 6] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
 /// `idle_timeout` (it did, whenever the connect won the race with the alert).
 #[test]
 fn a_connect_that_completes_after_a_tls_failure_does_not_revive_the_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.cache.path = dir.path().join("c");
-    cfg.cache.capacity = 1000;
-    let store = Arc::new(SessionStore::open_or_create(&cfg.store_config()).unwrap());
-    let resolver = Arc::new(tls::CertResolver::new(tls::load_certs(&cfg).unwrap()));
-    let server = tls::server_config(&cfg, resolver, store, Duration::from_secs(3600)).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(tls::self_signed_paths(&cfg.cache.path).cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = Arc::new(
-        ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+    let w = super::tests::world_with(&[&rustls::version::TLS13]);
+    let mut d = MemoryDriver::new(
+        ServerConfigs::new(w.server.clone()),
+        super::tests::limits(None),
     );
-    let limits = Limits {
-        handshake_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        backend_connect_timeout: Duration::from_secs(3),
-        proxy_protocol: false,
-        http: None,
-    };
-    let mut d = MemoryDriver::new(ServerConfigs::new(server), limits);
-    let mut c = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut c = ClientConnection::new(w.client.clone(), ServerName::try_from("localhost").unwrap())
+        .unwrap();
 
     // Handshake until the client's Finished has gone in and the machine wants
     // the backend.

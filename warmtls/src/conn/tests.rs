@@ -19,13 +19,21 @@ use crate::metrics::{snapshot, Snapshot};
 use crate::store::SessionStore;
 use crate::tls::{self, ServerConfigs};
 
-struct World {
+/// A real rustls server over a real store file, and a client that trusts its
+/// self-signed certificate (shared with `lifecycle_tests`).
+pub(super) struct World {
     _dir: tempfile::TempDir,
-    server: Arc<rustls::ServerConfig>,
-    client: Arc<ClientConfig>,
+    pub(super) server: Arc<rustls::ServerConfig>,
+    pub(super) client: Arc<ClientConfig>,
 }
 
+/// A [`World`] whose client offers rustls' default protocol versions.
 fn world() -> World {
+    world_with(rustls::DEFAULT_VERSIONS)
+}
+
+/// A [`World`] whose client offers only `versions`.
+pub(super) fn world_with(versions: &[&'static rustls::SupportedProtocolVersion]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.cache.path = dir.path().join("c");
@@ -37,7 +45,7 @@ fn world() -> World {
     for c in CertificateDer::pem_file_iter(tls::self_signed_paths(&cfg.cache.path).cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let client = ClientConfig::builder()
+    let client = ClientConfig::builder_with_protocol_versions(versions)
         .with_root_certificates(roots)
         .with_no_client_auth();
     World {
@@ -47,15 +55,22 @@ fn world() -> World {
     }
 }
 
-fn http_driver(w: &World) -> MemoryDriver {
-    let limits = Limits {
+/// The machine's limits in these tests: `http` mode or not.
+pub(super) fn limits(http: Option<HttpLimits>) -> Limits {
+    Limits {
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         backend_connect_timeout: Duration::from_secs(3),
         proxy_protocol: false,
-        http: Some(HttpLimits::default()),
-    };
-    MemoryDriver::new(ServerConfigs::new(w.server.clone()), limits)
+        http,
+    }
+}
+
+fn http_driver(w: &World) -> MemoryDriver {
+    MemoryDriver::new(
+        ServerConfigs::new(w.server.clone()),
+        limits(Some(HttpLimits::default())),
+    )
 }
 
 /// Shuttle bytes between a device sending `request` and the driven machine;
