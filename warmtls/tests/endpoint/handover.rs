@@ -61,6 +61,16 @@ impl Procs {
         (child.id(), port) // reaped by pid in `exit_status`
     }
 
+    /// `warmtls upgrade` the process serving `ctl` (pid `old`): its successor
+    /// is tracked, and the old process must have drained and exited 0.
+    /// Returns the successor's pid.
+    fn upgrade_from(&mut self, ctl: &Path, old: u32) -> u32 {
+        let new = upgrade(ctl).expect("upgrade");
+        self.track(new);
+        assert_eq!(self.exit_status(old), 0, "the old process exits 0");
+        new
+    }
+
     fn track(&mut self, pid: u32) {
         self.0.push(pid);
     }
@@ -212,6 +222,15 @@ impl Load {
         Load { stop, threads }
     }
 
+    /// Stop, and check that no device noticed anything: every connection
+    /// answered, and every one resumed.
+    fn finish_unnoticed(self) -> Seen {
+        let seen = self.finish();
+        assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+        assert_eq!(seen.full, 0, "every connection resumed: {seen:?}");
+        seen
+    }
+
     fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Seen::default();
@@ -294,9 +313,7 @@ fn upgrades_refuse_nothing(listen: &str, host: &str) {
         pid = new;
     }
     std::thread::sleep(Duration::from_millis(400));
-    let seen = load.finish();
-    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
-    assert_eq!(seen.full, 0, "every connection resumed: {seen:?}");
+    let seen = load.finish_unnoticed();
     assert!(seen.resumed > 100, "{seen:?}");
 
     assert_eq!(procs.stop(pid), 0);
@@ -392,13 +409,9 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
 
     // Fixed: the upgrade goes through.
     good(&cfg);
-    let new = upgrade(&ctl).expect("upgrade");
-    procs.track(new);
-    assert_eq!(procs.exit_status(pid), 0);
+    let new = procs.upgrade_from(&ctl, pid);
     std::thread::sleep(Duration::from_millis(300));
-    let seen = load.finish();
-    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
-    assert_eq!(seen.full, 0, "{seen:?}");
+    load.finish_unnoticed();
     assert_eq!(procs.stop(new), 0);
 }
 
@@ -421,27 +434,21 @@ fn the_worker_count_may_change_across_an_upgrade() {
     // Fewer workers: one worker accepts from both sockets (closing one would
     // reset the connections queued on it).
     write_config(&cfg, "127.0.0.1:0", &backend, &cache, "workers = 1", "");
-    let new = upgrade(&ctl).unwrap();
-    procs.track(new);
-    assert_eq!(procs.exit_status(pid), 0);
+    let new = procs.upgrade_from(&ctl, pid);
     pid = new;
     assert_eq!(worker_threads(pid), 1);
     assert_eq!(listening_inodes(port), two);
     std::thread::sleep(Duration::from_millis(300));
     // More workers than sockets: one more joins the SO_REUSEPORT group.
     write_config(&cfg, "127.0.0.1:0", &backend, &cache, "workers = 3", "");
-    let new = upgrade(&ctl).unwrap();
-    procs.track(new);
-    assert_eq!(procs.exit_status(pid), 0);
+    let new = procs.upgrade_from(&ctl, pid);
     pid = new;
     assert_eq!(worker_threads(pid), 3);
     let three = listening_inodes(port);
     assert_eq!(three.len(), 3);
     assert!(three.is_superset(&two));
     std::thread::sleep(Duration::from_millis(300));
-    let seen = load.finish();
-    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
-    assert_eq!(seen.full, 0, "{seen:?}");
+    load.finish_unnoticed();
     assert_eq!(procs.stop(pid), 0);
 }
 
@@ -478,9 +485,7 @@ fn the_metrics_page_moves_to_the_new_process() {
     assert!(status.contains(" 200 "), "{status}");
     // The running process holds the port while the new one starts: the new
     // one must not fail for it, and takes the port once the old one lets go.
-    let new = upgrade(&ctl).unwrap();
-    procs.track(new);
-    assert_eq!(procs.exit_status(pid), 0);
+    let new = procs.upgrade_from(&ctl, pid);
     let end = Instant::now() + Duration::from_secs(10);
     let body = loop {
         match scrape(&metrics) {
@@ -822,9 +827,7 @@ fn socket_activated_sockets_are_shared_by_workers_and_passed_on() {
     let load = Load::start(&devices, &addr);
 
     std::thread::sleep(Duration::from_millis(300));
-    let new = upgrade(&ctl).unwrap();
-    procs.track(new);
-    assert_eq!(procs.exit_status(pid), 0);
+    let new = procs.upgrade_from(&ctl, pid);
     assert_eq!(listening_inodes(port), one, "passed on, not re-bound");
     assert_eq!(worker_threads(new), 2);
 
@@ -836,9 +839,7 @@ fn socket_activated_sockets_are_shared_by_workers_and_passed_on() {
     std::thread::sleep(Duration::from_millis(200));
     let (last, _) = procs.start(activated(&held, &args));
     std::thread::sleep(Duration::from_millis(300));
-    let seen = load.finish();
-    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
-    assert_eq!(seen.full, 0, "{seen:?}");
+    load.finish_unnoticed();
     assert_eq!(procs.stop(last), 0);
 }
 
