@@ -15,6 +15,7 @@
 # Knobs: DEVICES=20000 TLS_VERSIONS="1.2 1.3" CONCURRENCY=32 BASE_PORT=25400
 #        LOOKUP_TIMEOUT=5ms SKIP_BUILD=0 OUT=bench/out/cluster BIN=target/release
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 SELF="$PWD/bench/cluster.sh"
 
@@ -27,7 +28,6 @@ OUT=${OUT:-bench/out/cluster}
 BIN=${BIN:-$PWD/target/release}
 REDIS_PORT=$BASE_PORT BACKEND_PORT=$((BASE_PORT + 1)) A_PORT=$((BASE_PORT + 2)) B_PORT=$((BASE_PORT + 3))
 
-wait_port() { for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "cluster: nothing on $1" >&2; return 1; }
 
 # One endpoint: NAME PORT [extra flags], its pid in $W/NAME.pid. A makes the
 # certificate, B uses it.
@@ -72,7 +72,7 @@ export W
 
 cleanup() {
   for f in "$W"/a.pid "$W"/b.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-  nginx -c "$W/backend.conf" -p "$W" -s stop 2>/dev/null || true
+  nginx -c "$W/backend.conf" -p "$W/backend" -s stop 2>/dev/null || true
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -89,15 +89,7 @@ stop_endpoints() {
   rm -f "$W"/a.pid "$W"/b.pid
 }
 
-cat >"$W/backend.conf" <<EOF
-worker_processes 1;
-pid $W/backend.pid;
-error_log $W/backend-error.log warn;
-events { worker_connections 8192; }
-http { access_log off; server { listen 127.0.0.1:$BACKEND_PORT backlog=4096; location / { return 200 "warm\n"; } } }
-EOF
-nginx -c "$W/backend.conf" -p "$W"
-wait_port "$BACKEND_PORT"
+start_backend "$W" "$BACKEND_PORT"
 
 for tls in $TLS_VERSIONS; do
   rm -f "$W"/a.cache "$W"/b.cache "$W"/*.stats.json "$W/step"

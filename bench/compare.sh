@@ -30,19 +30,11 @@
 #   SEQUENTIAL_SECONDS=10 (0: skip the sequential part) STRACE_SECONDS=4
 #   NO_RESULTS=0 (1: leave bench/RESULTS.md alone)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 # ---------------------------------------------------------------------------
 # Server control. Each function reads the run's settings from $W/env.
 # ---------------------------------------------------------------------------
-
-wait_port() { # PORT: until something accepts on 127.0.0.1:PORT (30 s)
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "compare: nothing accepts on port $1" >&2
-  return 1
-}
 
 wait_gone() { # PID: until the process exits (or is a zombie) (60 s)
   for _ in $(seq 1 1200); do
@@ -218,31 +210,11 @@ trap cleanup EXIT
 # worker, its own instance. It closes after answering an HTTP/1.0 request that
 # did not ask for keep-alive (the tcp-mode proxies pass the devices' requests
 # on as they are), and keeps connections alive for the http-mode proxies.
-mkdir -p "$W/backend/logs" "$W/nginx-tls/logs" "$W/nginx-http/logs"
-cat >"$W/backend.conf" <<EOF
-worker_processes 1;
-pid $W/backend.pid;
-error_log $W/backend/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-    location / { return 200 "warm\n"; }
-  }
-}
-EOF
-nginx -c "$W/backend.conf" -p "$W/backend"
-wait_port "$BACKEND_PORT"
+mkdir -p "$W/nginx-tls/logs" "$W/nginx-http/logs"
+start_backend "$W" "$BACKEND_PORT"
 
 # One certificate for all: let warmtls generate its self-signed ECDSA P-256 one.
-"$BIN/warmtls" serve --listen 127.0.0.1:0 --backend "127.0.0.1:$BACKEND_PORT" \
-  --cache "$W/certgen.cache" --cache-capacity 1000 --log warn >"$W/certgen.out" 2>&1 &
-certgen=$!
-for _ in $(seq 1 200); do [ -s "$W/certgen.out" ] && break; sleep 0.05; done
-kill -TERM "$certgen"; wait "$certgen" || true
+make_cert "$W" "$BIN"
 cp "$W/certgen.cache.cert.pem" "$W/cert.pem"
 cp "$W/certgen.cache.key.pem" "$W/key.pem"
 cat "$W/cert.pem" "$W/key.pem" >"$W/haproxy.pem"

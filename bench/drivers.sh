@@ -20,6 +20,7 @@
 # Usage: bench/drivers.sh            (from the repository root)
 # Knobs: DEVICES=20000 REPEATS=2 TIME=8 CONCURRENCY=32 BASE_PORT=24600 SKIP_BUILD=0
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEVICES=${DEVICES:-20000}
@@ -47,32 +48,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # PORT: until something accepts on 127.0.0.1:PORT (30 s)
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "drivers: nothing accepts on port $1" >&2
-  return 1
-}
-
-mkdir -p "$W/backend/logs" "$OUT"
+mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.strace "$OUT"/*.txt
-cat >"$W/backend.conf" <<EOF
-worker_processes 1;
-pid $W/backend.pid;
-error_log $W/backend/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-    location / { return 200 "warm\n"; }
-  }
-}
-EOF
-nginx -c "$W/backend.conf" -p "$W/backend"
-wait_port "$BACKEND_PORT"
+start_backend "$W" "$BACKEND_PORT"
 
 # serve DRIVER WORKERS: start the endpoint (pid in $W/warmtls.pid)
 serve() {

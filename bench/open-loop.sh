@@ -12,6 +12,7 @@
 #   SERVERS="warmtls_http" (add nginx_http for nginx's http proxy with
 #   upstream keepalive, same backend) BASE_PORT=24500
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 RATES=${RATES:-"550 2200"}
@@ -25,45 +26,18 @@ OUT="$ROOT/bench/out/open-loop"
 W=$(mktemp -d /tmp/warmtls-open-loop.XXXXXX)
 BACKEND_PORT=$BASE_PORT
 PORT=$((BASE_PORT + 1))
-mkdir -p "$OUT" "$W/backend/logs" "$W/nginx-http/logs"
+mkdir -p "$OUT" "$W/nginx-http/logs"
 rm -f "$OUT"/*.json
 
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "open-loop: nothing accepts on port $1" >&2
-  return 1
-}
 cleanup() {
   for f in "$W"/*.pid; do [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
-cat >"$W/backend.conf" <<CONF
-worker_processes 1;
-pid $W/backend.pid;
-error_log $W/backend/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-    location / { return 200 "warm\n"; }
-  }
-}
-CONF
-nginx -c "$W/backend.conf" -p "$W/backend"
-wait_port "$BACKEND_PORT"
+start_backend "$W" "$BACKEND_PORT"
 
 # The certificate: warmtls makes its self-signed one on first start.
-"$BIN/warmtls" serve --listen 127.0.0.1:0 --cache "$W/certgen.cache" --cache-capacity 1000 --log warn >"$W/certgen.out" 2>&1 &
-certgen=$!
-for _ in $(seq 1 200); do [ -s "$W/certgen.out" ] && break; sleep 0.05; done
-kill -TERM "$certgen"; wait "$certgen" || true
+make_cert "$W" "$BIN"
 
 cat >"$W/nginx-http.conf" <<CONF
 worker_processes $WORKERS;

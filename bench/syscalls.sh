@@ -14,6 +14,7 @@
 # conn/s here means nothing; the counts are what to compare, side by side on
 # the same machine (which completions share a wakeup depends on timing).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/release/warmtls}
 MODE=${2:-http}
@@ -22,20 +23,6 @@ TLS=${4:-1.2}
 BP=${BASE_PORT:-25600}
 P=$((BP + 1))
 W=$(mktemp -d /tmp/warmtls-syscalls.XXXXXX)
-mkdir -p "$W/backend/logs"
-cat >"$W/backend.conf" <<C
-worker_processes 1;
-pid $W/backend.pid;
-error_log $W/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  server { listen 127.0.0.1:$BP; location / { return 200 "warm\n"; } }
-}
-C
-nginx -c "$W/backend.conf" -p "$W/backend"
 cleanup() {
   [ -s "$W/backend.pid" ] && kill "$(cat "$W/backend.pid")" 2>/dev/null
   [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null
@@ -43,13 +30,11 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+start_backend "$W" "$BP"
 "$BIN" serve --listen "127.0.0.1:$P" --backend "127.0.0.1:$BP" --backend-protocol "$MODE" \
   --cache "$W/c.cache" --cache-capacity 1000 --workers 1 --log warn >"$W/out" 2>"$W/err" &
 SERVER=$!
-for _ in $(seq 1 200); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$P") 2>/dev/null && break
-  sleep 0.05
-done
+wait_port "$P"
 flag=-tls1_2
 [ "$TLS" = 1.3 ] && flag=-tls1_3
 openssl s_time -connect "127.0.0.1:$P" -reuse -www / -time 1 $flag >/dev/null 2>&1
