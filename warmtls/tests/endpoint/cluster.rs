@@ -6,13 +6,13 @@
 //! handshakes, never a failed connection.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+use rustls::{ClientConfig, HandshakeKind};
 
+use crate::early_data::{early_device, early_request, replay};
 use crate::redis_server::{RedisCluster, RedisServer};
 use crate::support::*;
 
@@ -275,66 +275,6 @@ fn the_devices_of_a_killed_endpoint_resume_on_the_other() {
     assert!(again.resumed_nearly_all(), "{again:?}");
 }
 
-/// A TLS 1.3 device that offers 0-RTT when its ticket allows it.
-fn early_device(cert: &Path) -> Arc<ClientConfig> {
-    let mut cfg = Arc::unwrap_or_clone(device(cert, &rustls::version::TLS13));
-    cfg.enable_early_data = true;
-    Arc::new(cfg)
-}
-
-/// One connection sending `req` as 0-RTT data when the ticket allows: (first
-/// flight as sent, early data accepted, handshake kind).
-fn early_request(
-    cfg: &Arc<ClientConfig>,
-    addr: &str,
-    req: &[u8],
-) -> (Vec<u8>, bool, HandshakeKind) {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_nodelay(true).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut conn =
-        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut sent_early = false;
-    if let Some(mut early) = conn.early_data() {
-        sent_early = early.write(req).unwrap() == req.len();
-    }
-    let mut flight = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut flight).unwrap();
-    }
-    sock.write_all(&flight).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).unwrap();
-    }
-    let accepted = sent_early && tls.conn.is_early_data_accepted();
-    if !accepted {
-        tls.write_all(req).unwrap();
-    }
-    let mut resp = Vec::new();
-    let _ = tls.read_to_end(&mut resp);
-    assert!(resp.ends_with(b"hello"), "answered");
-    (flight, accepted, tls.conn.handshake_kind().unwrap())
-}
-
-/// Send captured bytes on a fresh connection and read what comes back until
-/// the server gives up or we do.
-fn replay(addr: &str, flight: &[u8]) {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    sock.write_all(flight).unwrap();
-    let mut buf = [0u8; 4096];
-    let end = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < end {
-        match sock.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
 fn seen(requests: &Requests, marker: &[u8]) -> usize {
     requests
         .lock()
@@ -358,13 +298,16 @@ fn a_0rtt_first_flight_replayed_to_another_endpoint_reaches_the_backend_once() {
     fleet.wait_tier_up();
     let (a, b) = (fleet.addr(0), fleet.addr(1));
     let dev = early_device(&fleet.cert);
-    let (_, accepted, kind) = early_request(&dev, &a, b"GET /prime HTTP/1.0\r\n\r\n");
-    assert_eq!((accepted, kind), (false, HandshakeKind::Full));
+    let r = early_request(&dev, &a, b"GET /prime HTTP/1.0\r\n\r\n");
+    assert_eq!((r.accepted, r.kind), (false, HandshakeKind::Full));
+    assert!(r.response.ends_with(b"hello"), "answered");
     wait_keys(&redis, 1);
 
     // Resumed on A with 0-RTT: A redeemed the ticket in the tier first.
-    let (flight, accepted, kind) = early_request(&dev, &a, b"GET /early-on-a HTTP/1.0\r\n\r\n");
-    assert_eq!((accepted, kind), (true, HandshakeKind::Resumed));
+    let r = early_request(&dev, &a, b"GET /early-on-a HTTP/1.0\r\n\r\n");
+    assert_eq!((r.accepted, r.kind), (true, HandshakeKind::Resumed));
+    assert!(r.response.ends_with(b"hello"), "answered");
+    let flight = r.first_flight;
     assert_eq!(seen(&requests, b"/early-on-a"), 1);
     // Captured and replayed to B, and to A: never a second time.
     replay(&b, &flight);
@@ -385,8 +328,10 @@ fn a_0rtt_first_flight_replayed_to_another_endpoint_reaches_the_backend_once() {
     // The device's next ticket was issued by A (and is still in A's store):
     // the device takes it to B, which redeems it in the tier and accepts 0-RTT.
     wait_keys(&redis, 1);
-    let (flight, accepted, kind) = early_request(&dev, &b, b"GET /early-on-b HTTP/1.0\r\n\r\n");
-    assert_eq!((accepted, kind), (true, HandshakeKind::Resumed));
+    let r = early_request(&dev, &b, b"GET /early-on-b HTTP/1.0\r\n\r\n");
+    assert_eq!((r.accepted, r.kind), (true, HandshakeKind::Resumed));
+    assert!(r.response.ends_with(b"hello"), "answered");
+    let flight = r.first_flight;
     // Replayed to A, which still holds its own copy of that ticket: A must
     // redeem it in the tier before accepting early data, and cannot.
     replay(&a, &flight);

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::early_data::{early_device, early_request};
 use crate::support::*;
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 
 /// What the backend saw.
@@ -268,41 +268,14 @@ fn requests_carry_x_forwarded_for_and_proto_never_the_devices_own() {
     }
 }
 
-/// A TLS 1.3 device that sends `req` as 0-RTT when its ticket allows; returns
-/// whether the server took it early, and the response.
-fn early_request(cfg: &Arc<ClientConfig>, addr: &str, req: &[u8]) -> (bool, String) {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_nodelay(true).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut conn =
-        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut sent_early = 0;
-    if let Some(mut early) = conn.early_data() {
-        sent_early = early.write(req).unwrap();
-    }
-    let mut first = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut first).unwrap();
-    }
-    sock.write_all(&first).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).unwrap();
-    }
-    let accepted = sent_early > 0 && tls.conn.is_early_data_accepted();
-    if !accepted {
-        tls.write_all(req).unwrap();
-    }
-    let mut resp = Vec::new();
-    let _ = tls.read_to_end(&mut resp);
-    (accepted, String::from_utf8_lossy(&resp).into_owned())
-}
-
-fn early_device(cert: &std::path::Path) -> Arc<ClientConfig> {
-    let mut cfg = Arc::unwrap_or_clone(device(cert, &rustls::version::TLS13));
-    cfg.enable_early_data = true;
-    Arc::new(cfg)
+/// A device sends `req` as 0-RTT when its ticket allows (`early_data::early_request`):
+/// whether the server took it early, and the response as text.
+fn early_text(cfg: &Arc<ClientConfig>, addr: &str, req: &[u8]) -> (bool, String) {
+    let r = early_request(cfg, addr, req);
+    (
+        r.accepted,
+        String::from_utf8_lossy(&r.response).into_owned(),
+    )
 }
 
 #[test]
@@ -312,8 +285,8 @@ fn early_data_is_marked_on_0rtt_requests_only() {
     let server = http_server(&dir, &backend, &["--early-data", "4096"]);
     let cfg = early_device(&server.cert_path());
     let req = b"GET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let (early0, resp0) = early_request(&cfg, &server.addr(), req);
-    let (early1, resp1) = early_request(&cfg, &server.addr(), req);
+    let (early0, resp0) = early_text(&cfg, &server.addr(), req);
+    let (early1, resp1) = early_text(&cfg, &server.addr(), req);
     assert!(
         !early0 && early1,
         "the second connection's request went as 0-RTT"
@@ -335,8 +308,8 @@ fn a_425_to_a_0rtt_request_is_sent_again_after_the_handshake() {
     let server = http_server(&dir, &backend, &["--early-data", "4096"]);
     let cfg = early_device(&server.cert_path());
     let req = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
-    early_request(&cfg, &server.addr(), req);
-    let (early, resp) = early_request(&cfg, &server.addr(), req);
+    early_text(&cfg, &server.addr(), req);
+    let (early, resp) = early_text(&cfg, &server.addr(), req);
     assert!(early);
     assert!(
         resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("body"),
